@@ -1,0 +1,255 @@
+"""ModelConfig: the numbers of config.json that the engine uses, normalised across families.
+
+Both the released form (`rope_theta` + `rope_scaling`) and the newer transformers form
+(`rope_parameters`) are accepted. Every field keeps the config.json key it came from in its
+comment, so a porter can map it back.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import MtpRefError
+
+
+@dataclass
+class RopeConfig:
+    theta: float = 10000.0
+    kind: str = "default"                  # rope_type / type: default | linear | yarn | llama3
+    factor: float = 1.0
+    original_max_position_embeddings: int | None = None
+    beta_fast: float = 32.0                # yarn
+    beta_slow: float = 1.0                 # yarn
+    mscale: float | None = None            # yarn (DeepSeek)
+    mscale_all_dim: float | None = None    # yarn (DeepSeek): softmax scale *= mscale(factor, mscale_all_dim)^2
+    attention_factor: float | None = None  # yarn: multiplies cos/sin
+    truncate: bool = True                  # yarn
+    low_freq_factor: float = 1.0           # llama3
+    high_freq_factor: float = 4.0          # llama3
+    partial_rotary_factor: float = 1.0     # fraction of head_dim that is rotated
+
+
+@dataclass
+class ModelConfig:
+    model_type: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    max_position_embeddings: int
+    rope: RopeConfig
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False           # q/k/v bias (Qwen2/MiMo always, GLM via attention_bias)
+    use_qk_norm: bool = False              # per-head RMSNorm on q and k (Qwen3, GLM use_qk_norm)
+    # MLA (deepseek_v3)
+    q_lora_rank: int | None = None
+    kv_lora_rank: int = 0
+    qk_nope_head_dim: int = 0
+    qk_rope_head_dim: int = 0
+    v_head_dim: int = 0
+    # MoE (deepseek_v3, glm4_moe)
+    n_routed_experts: int = 0
+    n_shared_experts: int = 0
+    num_experts_per_tok: int = 0
+    moe_intermediate_size: int = 0
+    n_group: int = 1
+    topk_group: int = 1
+    routed_scaling_factor: float = 1.0
+    norm_topk_prob: bool = True
+    first_k_dense_replace: int = 0
+    moe_layer_freq: int = 1
+    scoring_func: str = "sigmoid"
+    # MTP
+    num_nextn_predict_layers: int = 0      # what config.json DECLARES (num_nextn_predict_layers)
+    num_mtp_modules: int = 0               # what the weights really hold (set by the loader)
+    # weights
+    quantization_config: dict | None = None
+    torch_dtype: str | None = None
+    bos_token_id: int | None = None
+    eos_token_id: list[int] = field(default_factory=list)
+    raw: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def qk_head_dim(self) -> int:
+        return self.qk_nope_head_dim + self.qk_rope_head_dim
+
+    @property
+    def rotary_dim(self) -> int:
+        """How many dims of each q/k head get rotated."""
+        if self.qk_rope_head_dim:
+            return self.qk_rope_head_dim
+        return int(self.head_dim * self.rope.partial_rotary_factor)
+
+    def is_moe_layer(self, i: int) -> bool:
+        return (self.n_routed_experts > 0 and i >= self.first_k_dense_replace
+                and i % max(self.moe_layer_freq, 1) == 0)
+
+
+def _rope_from(raw: dict) -> RopeConfig:
+    params = raw.get("rope_parameters")
+    if isinstance(params, dict) and params and not any(isinstance(v, dict) for v in params.values()):
+        d = dict(params)
+    else:
+        d = dict(raw.get("rope_scaling") or {})
+        if "rope_theta" in raw:
+            d.setdefault("rope_theta", raw["rope_theta"])
+    kind = d.get("rope_type", d.get("type", "default")) or "default"
+    if kind not in ("default", "linear", "yarn", "llama3"):
+        raise MtpRefError(f"config.json: rope type '{kind}' is not supported (supported: default, linear, yarn, llama3)")
+    partial = d.get("partial_rotary_factor", raw.get("partial_rotary_factor", 1.0))
+    r = RopeConfig(
+        theta=float(d.get("rope_theta", raw.get("rope_theta", 10000.0))),
+        kind=kind,
+        factor=float(d["factor"]) if d.get("factor") is not None else 1.0,
+        original_max_position_embeddings=d.get("original_max_position_embeddings"),
+        beta_fast=float(d.get("beta_fast") or 32.0),
+        beta_slow=float(d.get("beta_slow") or 1.0),
+        mscale=d.get("mscale"),
+        mscale_all_dim=d.get("mscale_all_dim"),
+        attention_factor=d.get("attention_factor"),
+        truncate=bool(d.get("truncate", True)),
+        low_freq_factor=float(d.get("low_freq_factor", 1.0)),
+        high_freq_factor=float(d.get("high_freq_factor", 4.0)),
+        partial_rotary_factor=float(partial),
+    )
+    if kind == "yarn" and d.get("factor") is None:
+        if not r.original_max_position_embeddings:
+            raise MtpRefError("config.json: yarn rope needs 'factor' or 'original_max_position_embeddings'")
+        r.factor = raw["max_position_embeddings"] / r.original_max_position_embeddings
+    return r
+
+
+_REQUIRED = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
+
+
+def config_from_dict(raw: dict, source: str = "config.json") -> ModelConfig:
+    for k in _REQUIRED:
+        if k not in raw:
+            raise MtpRefError(f"{source}: required field '{k}' is missing")
+    H, nh = int(raw["hidden_size"]), int(raw["num_attention_heads"])
+    mt = raw["model_type"]
+    eos = raw.get("eos_token_id")
+    eos = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+    n_mtp = raw.get("num_nextn_predict_layers", raw.get("num_mtp_layers", 0)) or 0
+    cfg = ModelConfig(
+        model_type=mt,
+        vocab_size=int(raw["vocab_size"]),
+        hidden_size=H,
+        intermediate_size=int(raw.get("intermediate_size", 4 * H)),
+        num_hidden_layers=int(raw["num_hidden_layers"]),
+        num_attention_heads=nh,
+        num_key_value_heads=int(raw.get("num_key_value_heads") or nh),
+        head_dim=int(raw.get("head_dim") or H // nh),
+        rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
+        max_position_embeddings=int(raw.get("max_position_embeddings", 2048)),
+        rope=_rope_from(raw),
+        tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
+        attention_bias=bool(raw.get("attention_bias", False)),
+        use_qk_norm=bool(raw.get("use_qk_norm", False)),
+        q_lora_rank=raw.get("q_lora_rank"),
+        kv_lora_rank=int(raw.get("kv_lora_rank") or 0),
+        qk_nope_head_dim=int(raw.get("qk_nope_head_dim") or 0),
+        qk_rope_head_dim=int(raw.get("qk_rope_head_dim") or 0),
+        v_head_dim=int(raw.get("v_head_dim") or 0),
+        n_routed_experts=int(raw.get("n_routed_experts") or 0),
+        n_shared_experts=int(raw.get("n_shared_experts") or 0),
+        num_experts_per_tok=int(raw.get("num_experts_per_tok") or 0),
+        moe_intermediate_size=int(raw.get("moe_intermediate_size") or 0),
+        n_group=int(raw.get("n_group") or 1),
+        topk_group=int(raw.get("topk_group") or 1),
+        routed_scaling_factor=float(raw.get("routed_scaling_factor") or 1.0),
+        norm_topk_prob=bool(raw.get("norm_topk_prob", True)),
+        first_k_dense_replace=int(raw.get("first_k_dense_replace") or 0),
+        moe_layer_freq=int(raw.get("moe_layer_freq") or 1),
+        scoring_func=raw.get("scoring_func", "sigmoid"),
+        num_nextn_predict_layers=int(n_mtp),
+        quantization_config=raw.get("quantization_config"),
+        torch_dtype=raw.get("torch_dtype", raw.get("dtype")),
+        bos_token_id=raw.get("bos_token_id"),
+        eos_token_id=eos,
+        raw=raw,
+    )
+    if cfg.num_attention_heads % cfg.num_key_value_heads:
+        raise MtpRefError(f"{source}: num_attention_heads {nh} is not a multiple of num_key_value_heads {cfg.num_key_value_heads}")
+    return cfg
+
+
+def load_config(path: Path) -> ModelConfig:
+    path = Path(path)
+    f = path / "config.json"
+    if not path.exists():
+        raise MtpRefError(f"{path}: no such checkpoint directory")
+    if not f.exists():
+        raise MtpRefError(f"{f}: config.json is missing; a Hugging Face checkpoint directory needs one")
+    try:
+        raw = json.loads(f.read_text())
+    except json.JSONDecodeError as e:
+        raise MtpRefError(f"{f}: not valid JSON ({e})") from None
+    if "text_config" in raw and "hidden_size" not in raw:
+        raw = {**raw["text_config"], **{k: v for k, v in raw.items() if k == "quantization_config"}}
+    return config_from_dict(raw, str(f))
+
+
+# ---------------------------------------------------------------- rotary tables
+
+def rope_inv_freq(cfg: ModelConfig) -> tuple[np.ndarray, float]:
+    """Inverse frequencies [rotary_dim/2] and the cos/sin multiplier ("attention factor")."""
+    r, dim = cfg.rope, cfg.rotary_dim
+    inv = 1.0 / (r.theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim))  # [dim/2]
+    if r.kind == "default":
+        return inv, 1.0
+    if r.kind == "linear":
+        return inv / r.factor, 1.0
+    if r.kind == "llama3":
+        old = r.original_max_position_embeddings or 8192
+        low_wl, high_wl = old / r.low_freq_factor, old / r.high_freq_factor
+        wl = 2 * math.pi / inv
+        scaled = np.where(wl > low_wl, inv / r.factor, inv)
+        smooth = (old / wl - r.low_freq_factor) / (r.high_freq_factor - r.low_freq_factor)
+        smoothed = (1 - smooth) * scaled / r.factor + smooth * scaled
+        medium = ~(wl < high_wl) & ~(wl > low_wl)
+        return np.where(medium, smoothed, scaled), 1.0
+    # yarn (Peng et al. 2023), as DeepSeek-V3 and transformers compute it
+    def mscale(s, m=1.0):
+        return 1.0 if s <= 1 else 0.1 * m * math.log(s) + 1.0
+
+    if r.attention_factor is not None:
+        att = float(r.attention_factor)
+    elif r.mscale and r.mscale_all_dim:
+        att = mscale(r.factor, r.mscale) / mscale(r.factor, r.mscale_all_dim)
+    else:
+        att = mscale(r.factor)
+    orig = r.original_max_position_embeddings or cfg.max_position_embeddings
+
+    def corr_dim(rot):
+        return dim * math.log(orig / (rot * 2 * math.pi)) / (2 * math.log(r.theta))
+
+    low, high = corr_dim(r.beta_fast), corr_dim(r.beta_slow)
+    if r.truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    if low == high:
+        high += 0.001
+    ramp = np.clip((np.arange(dim // 2, dtype=np.float64) - low) / (high - low), 0, 1)  # [dim/2]
+    extrap = 1 - ramp
+    inv = (inv / r.factor) * (1 - extrap) + inv * extrap
+    return inv, att
+
+
+def softmax_scale(cfg: ModelConfig, head_dim: int) -> float:
+    """1/sqrt(d), times mscale(factor, mscale_all_dim)^2 for DeepSeek's YaRN."""
+    s = head_dim ** -0.5
+    r = cfg.rope
+    if r.kind == "yarn" and r.mscale_all_dim:
+        m = 1.0 if r.factor <= 1 else 0.1 * r.mscale_all_dim * math.log(r.factor) + 1.0
+        s *= m * m
+    return s

@@ -1,0 +1,291 @@
+"""The model: trunk forward and MTP module forward over n new tokens with KV caches.
+
+Weights stay in plain dicts keyed by the checkpoint's own tensor names (`W["self_attn.q_proj.weight"]`
+inside a block, via a prefix view). Every family-specific choice comes from the FamilySpec.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from . import ops
+from .cache import KVCache, LayerCache
+from .config import ModelConfig, load_config, rope_inv_freq, softmax_scale
+from .errors import MtpRefError
+from .families import FamilySpec, block_tensors, family_for, mtp_tensors, trunk_tensors
+from .weights import Checkpoint
+
+BUNDLED = Path(__file__).parent / "checkpoints" / "mtp-tiny"
+
+
+class Prefixed:
+    """W["x.weight"] -> checkpoint["model.layers.3.x.weight"], recording which tensors a forward reads."""
+
+    def __init__(self, model: "Model", prefix: str):
+        self.model, self.prefix = model, prefix
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.model.weight(self.prefix + name)
+
+    def get(self, name: str) -> np.ndarray | None:
+        full = self.prefix + name
+        return self.model.weight(full) if full in self.model.ckpt else None
+
+
+class Model:
+    """A loaded checkpoint plus the forward passes. Stateless between calls: all state is in caches."""
+
+    def __init__(self, path: Path, cfg: ModelConfig, spec: FamilySpec, ckpt: Checkpoint, tokenizer=None):
+        self.path, self.config, self.spec, self.ckpt, self.tokenizer = Path(path), cfg, spec, ckpt, tokenizer
+        self.inv_freq, self.attention_factor = rope_inv_freq(cfg)
+        qk_dim = cfg.qk_head_dim if spec.attention == "mla" else cfg.head_dim
+        self.scale = softmax_scale(cfg, qk_dim)
+        self.attn_impl = "naive"  # MLA: "naive" expands keys/values from the latent; "absorbed" folds kv_b into q/o
+        self.bytes_read = 0       # weight bytes touched since reset_meter() (what decode must stream from memory)
+        self._touched: set[str] = set()
+
+    # ------------------------------------------------------------------ weights + metering
+    def weight(self, name: str) -> np.ndarray:
+        if name not in self._touched:
+            self._touched.add(name)
+            self.bytes_read += self.ckpt.stored_nbytes(name)
+        return self.ckpt.get(name)
+
+    def begin_forward(self) -> None:
+        """Each forward streams every weight it uses once, whatever n is (the point of verifying in one pass)."""
+        self._touched = set()
+
+    def reset_meter(self) -> None:
+        self.bytes_read = 0
+        self._touched = set()
+
+    def embed(self, ids: np.ndarray, name: str = "model.embed_tokens.weight") -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.int64)
+        if ids.size and (ids.min() < 0 or ids.max() >= self.config.vocab_size):
+            raise MtpRefError(f"token id {int(ids.max() if ids.max() >= self.config.vocab_size else ids.min())} "
+                              f"is outside the vocabulary [0, {self.config.vocab_size})")
+        table = self.ckpt.get(name)                          # only the gathered rows are read
+        row_bytes = self.ckpt.stored_nbytes(name) // self.config.vocab_size
+        self.bytes_read += row_bytes * len(np.unique(ids))
+        return table[ids]                                    # [n] -> [n, H]
+
+    def head(self, x: np.ndarray, name: str | None = None) -> np.ndarray:
+        if name is None:
+            name = "model.embed_tokens.weight" if self.config.tie_word_embeddings else "lm_head.weight"
+        return ops.linear(x, self.weight(name))              # [n, H] -> [n, V]
+
+    # ------------------------------------------------------------------ building blocks
+    def rope(self, positions: np.ndarray):
+        return ops.rope_tables(self.inv_freq, positions, self.attention_factor)
+
+    def gqa_attention(self, x, W: Prefixed, cache: LayerCache, start: int, cos, sin):
+        cfg, spec = self.config, self.spec
+        n, nh, nkv, hd = x.shape[0], cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        q = ops.linear(x, W["self_attn.q_proj.weight"], W.get("self_attn.q_proj.bias")).reshape(n, nh, hd)
+        k = ops.linear(x, W["self_attn.k_proj.weight"], W.get("self_attn.k_proj.bias")).reshape(n, nkv, hd)
+        v = ops.linear(x, W["self_attn.v_proj.weight"], W.get("self_attn.v_proj.bias")).reshape(n, nkv, hd)
+        if spec.has_qk_norm(cfg):
+            q = ops.rms_norm(q, W["self_attn.q_norm.weight"], cfg.rms_norm_eps)  # per head, [n, h, d]
+            k = ops.rms_norm(k, W["self_attn.k_norm.weight"], cfg.rms_norm_eps)
+        q = ops.apply_rope(q, cos, sin, spec.rope_style)
+        k = ops.apply_rope(k, cos, sin, spec.rope_style)
+        kv = cache.append(k=k, v=v)                                              # [T, g, d] each
+        o = ops.causal_attention(q, kv["k"], kv["v"], self.scale, start)        # [n, h*d]
+        return ops.linear(o, W["self_attn.o_proj.weight"])                       # [n, H]
+
+    def mla_attention(self, x, W: Prefixed, cache: LayerCache, start: int, cos, sin):
+        """DeepSeek Multi-head Latent Attention. The cache holds c_kv [T, r] and k_pe [T, dr] only."""
+        cfg = self.config
+        n, nh = x.shape[0], cfg.num_attention_heads
+        dn, dr, dv, r = cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim, cfg.kv_lora_rank
+        if cfg.q_lora_rank:
+            cq = ops.rms_norm(ops.linear(x, W["self_attn.q_a_proj.weight"]), W["self_attn.q_a_layernorm.weight"],
+                              cfg.rms_norm_eps)                                  # [n, H] -> [n, rq]
+            q = ops.linear(cq, W["self_attn.q_b_proj.weight"])                   # [n, rq] -> [n, h*(dn+dr)]
+        else:
+            q = ops.linear(x, W["self_attn.q_proj.weight"])
+        q = q.reshape(n, nh, dn + dr)
+        q_nope, q_pe = q[..., :dn], ops.apply_rope(q[..., dn:], cos, sin, self.spec.rope_style)  # [n, h, dn], [n, h, dr]
+        ckv = ops.linear(x, W["self_attn.kv_a_proj_with_mqa.weight"])            # [n, H] -> [n, r + dr]
+        c = ops.rms_norm(ckv[:, :r], W["self_attn.kv_a_layernorm.weight"], cfg.rms_norm_eps)  # [n, r]
+        k_pe = ops.apply_rope(ckv[:, None, r:], cos, sin, self.spec.rope_style)[:, 0]          # [n, dr], shared by heads
+        kv = cache.append(c=c, k_pe=k_pe)                                        # [T, r], [T, dr]
+        C, KPE = kv["c"], kv["k_pe"]
+        w_kvb = W["self_attn.kv_b_proj.weight"].reshape(nh, dn + dv, r)          # [h, dn+dv, r]
+        if self.attn_impl == "naive":
+            kvx = np.einsum("tr,hkr->thk", C, w_kvb)                             # [T, h, dn+dv]
+            k = np.concatenate([kvx[..., :dn], np.broadcast_to(KPE[:, None, :], (C.shape[0], nh, dr))], -1)
+            qf = np.concatenate([q_nope, q_pe], -1)                              # [n, h, dn+dr]
+            o = ops.causal_attention(qf, k, np.ascontiguousarray(kvx[..., dn:]), self.scale, start)  # [n, h*dv]
+        else:  # absorbed: scores = (q_nope W_UK) . c + q_pe . k_pe ; out = (p C) W_UV
+            q_lat = np.einsum("nhd,hdr->nhr", q_nope, w_kvb[:, :dn])             # [n, h, r]
+            qf = np.concatenate([q_lat, q_pe], -1)                               # [n, h, r+dr]
+            kf = np.concatenate([C, KPE], -1)[:, None, :]                        # [T, 1, r+dr]
+            o_lat = ops.causal_attention(qf, kf, C[:, None, :], self.scale, start).reshape(n, nh, r)
+            o = np.einsum("nhr,hvr->nhv", o_lat, w_kvb[:, dn:]).reshape(n, nh * dv)  # [n, h*dv]
+        return ops.linear(o, W["self_attn.o_proj.weight"])                       # [n, H]
+
+    def route(self, x, W: Prefixed):
+        """DeepSeek-V3 router: sigmoid scores; the correction bias only picks experts; group-limited top-k."""
+        cfg = self.config
+        n, E, G = x.shape[0], cfg.n_routed_experts, cfg.n_group
+        scores = ops.sigmoid(ops.linear(x, W["mlp.gate.weight"]))                # [n, E]
+        choice = scores + W["mlp.gate.e_score_correction_bias"]                  # [n, E]
+        if G > 1:
+            grouped = choice.reshape(n, G, E // G)
+            gscore = np.sort(grouped, axis=-1)[..., -2:].sum(-1)                 # [n, G] top-2 sum per group
+            keep = np.argsort(-gscore, axis=-1, kind="stable")[:, : cfg.topk_group]
+            gmask = np.zeros((n, G), bool)
+            np.put_along_axis(gmask, keep, True, axis=-1)
+            # dropped groups get -inf, as DeepSeek's inference/model.py and transformers 5.23 do
+            choice = np.where(np.repeat(gmask, E // G, axis=-1), choice, -np.inf)
+        idx = np.argsort(-choice, axis=-1, kind="stable")[:, : cfg.num_experts_per_tok]  # [n, k]
+        w = np.take_along_axis(scores, idx, axis=-1)                             # [n, k] unbiased scores
+        if cfg.norm_topk_prob:
+            w = w / (w.sum(-1, keepdims=True) + 1e-20)
+        return idx, w * cfg.routed_scaling_factor
+
+    def moe(self, x, W: Prefixed):
+        idx, w = self.route(x, W)                                                # [n, k], [n, k]
+        y = np.zeros_like(x)
+        for e in np.unique(idx):                                                 # each selected expert read once
+            rows, slot = np.nonzero(idx == e)
+            p = f"mlp.experts.{e}."
+            out = ops.swiglu_mlp(x[rows], W[p + "gate_proj.weight"], W[p + "up_proj.weight"], W[p + "down_proj.weight"])
+            np.add.at(y, rows, out * w[rows, slot][:, None])
+        if self.config.n_shared_experts:
+            y = y + ops.swiglu_mlp(x, W["mlp.shared_experts.gate_proj.weight"], W["mlp.shared_experts.up_proj.weight"],
+                                   W["mlp.shared_experts.down_proj.weight"])
+        return y
+
+    def block(self, x, W: Prefixed, layer: int, cache: LayerCache, start: int, cos, sin):
+        """Pre-norm decoder block: x + attn(norm(x)), then + mlp(norm(.))."""
+        eps = self.config.rms_norm_eps
+        attn = self.mla_attention if self.spec.attention == "mla" else self.gqa_attention
+        h = x + attn(ops.rms_norm(x, W["input_layernorm.weight"], eps), W, cache, start, cos, sin)
+        hn = ops.rms_norm(h, W["post_attention_layernorm.weight"], eps)
+        if self.spec.moe and self.config.is_moe_layer(layer):
+            return h + self.moe(hn, W)
+        return h + ops.swiglu_mlp(hn, W["mlp.gate_proj.weight"], W["mlp.up_proj.weight"], W["mlp.down_proj.weight"])
+
+    # ------------------------------------------------------------------ forwards
+    def forward(self, ids, cache: KVCache, collect: dict | None = None):
+        """Trunk over n new tokens at positions cache.length .. +n-1.
+
+        Returns (h [n, H] after the final norm, logits [n, V]). `collect`, if given, receives
+        per-layer intermediates for traces.
+        """
+        cfg = self.config
+        start = cache.length
+        n = len(ids)
+        if start + n > cfg.max_position_embeddings:
+            raise MtpRefError(f"sequence of {start + n} tokens exceeds max_position_embeddings "
+                              f"{cfg.max_position_embeddings} of config.json; shorten the prompt or --max-new-tokens")
+        self.begin_forward()
+        cos, sin = self.rope(np.arange(start, start + n))
+        x = self.embed(ids)                                                      # [n, H]
+        if collect is not None:
+            collect["embed"] = x
+        for i in range(cfg.num_hidden_layers):
+            x = self.block(x, Prefixed(self, f"model.layers.{i}."), i, cache.layers[i], start, cos, sin)
+            if collect is not None:
+                collect[f"layers.{i}.out"] = x
+        h = ops.rms_norm(x, self.weight("model.norm.weight"), cfg.rms_norm_eps)  # [n, H]
+        return h, self.head(h)                                                   # [n, H], [n, V]
+
+    def mtp_forward(self, j: int, ids, prev_h, cache: LayerCache, positions: np.ndarray):
+        """MTP module j over n rows: row r pairs the previous hidden prev_h[r] with the embedding of ids[r].
+
+        x = proj(concat[emb_norm(E ids), hid_norm(prev_h)])   (order per family)
+        g = out_norm(block(x));  logits = head(g)
+        Returns (g [n, H] post-norm, which feeds depth j+1, and logits [n, V]).
+        """
+        cfg, lay = self.config, self.spec.mtp
+        if j >= cfg.num_mtp_modules:
+            raise MtpRefError(f"MTP module {j} requested but the checkpoint holds {cfg.num_mtp_modules}")
+        eps = cfg.rms_norm_eps
+        p = lay.module_prefix(cfg, j)
+        W = Prefixed(self, p)
+        self.begin_forward()
+        own_embed = lay.embed and (p + lay.embed) in self.ckpt
+        e = self.embed(ids, p + lay.embed if own_embed else "model.embed_tokens.weight")  # [n, H]
+        en = ops.rms_norm(e, W[lay.emb_norm], eps)
+        hn = ops.rms_norm(prev_h, W[lay.hid_norm], eps)
+        cat = np.concatenate([hn, en] if lay.hidden_first else [en, hn], axis=-1)  # [n, 2H]
+        x = ops.linear(cat, W[lay.proj])                                          # [n, 2H] -> [n, H]
+        cos, sin = self.rope(positions)
+        # the mask indexes cache rows (row r sits at rotary position positions[r - cache.length])
+        x = self.block(x, W, cfg.num_hidden_layers + j, cache, cache.length, cos, sin)
+        g = ops.rms_norm(x, W[lay.out_norm], eps)                                 # [n, H]
+        own_head = lay.head and (p + lay.head) in self.ckpt
+        return g, self.head(g, p + lay.head if own_head else None)
+
+    def new_cache(self) -> KVCache:
+        return KVCache(self.config.num_hidden_layers)
+
+    def new_mtp_cache(self) -> LayerCache:
+        return LayerCache()
+
+    # ------------------------------------------------------------------ text
+    def encode(self, text: str) -> list[int]:
+        if self.tokenizer is None:
+            raise MtpRefError(f"{self.path}: no tokenizer.json, so text prompts cannot be encoded; pass --prompt-ids")
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids) -> str:
+        if self.tokenizer is None:
+            return " ".join(str(i) for i in ids)
+        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
+
+    def weight_nbytes(self, names) -> int:
+        return sum(self.ckpt.stored_nbytes(n) for n in names if n in self.ckpt)
+
+
+def check_tensors(ckpt: Checkpoint, expected: dict[str, tuple[int, ...]], what: str) -> None:
+    for name, shape in expected.items():
+        if name not in ckpt:
+            raise MtpRefError(f"{ckpt.path}: tensor '{name}' ({what}) is missing from the checkpoint")
+        if tuple(ckpt.shape(name)) != tuple(shape):
+            raise MtpRefError(f"{ckpt.path}: tensor '{name}' has shape {list(ckpt.shape(name))}, "
+                              f"config.json implies {list(shape)}; config and weights do not match")
+
+
+def count_mtp_modules(cfg: ModelConfig, spec: FamilySpec, ckpt: Checkpoint) -> int:
+    """How many MTP modules the WEIGHTS hold (the config flag alone proves nothing: conversions drop them)."""
+    if spec.mtp is None:
+        return 0
+    n = 0
+    while True:
+        want = mtp_tensors(cfg, spec, n)
+        optional = {spec.mtp.module_prefix(cfg, n) + s for s in (spec.mtp.head, spec.mtp.embed) if s}
+        present = [k for k in want if k in ckpt]
+        if not present or (n >= cfg.num_nextn_predict_layers and len(present) < len(want) - len(optional)):
+            return n
+        check_tensors(ckpt, {k: s for k, s in want.items() if k not in optional or k in ckpt},
+                      f"MTP module {n}")
+        n += 1
+
+
+def load_model(path: str | Path | None = None) -> Model:
+    """Open a Hugging Face checkpoint directory (None: the bundled tiny MTP model)."""
+    path = Path(path) if path is not None else BUNDLED
+    cfg = load_config(path)
+    spec = family_for(cfg)
+    q = cfg.quantization_config or {}
+    if q and q.get("quant_method") not in ("fp8", None):
+        raise MtpRefError(f"{path / 'config.json'}: quantization_config.quant_method '{q.get('quant_method')}' "
+                          f"is not supported (only the DeepSeek-style block 'fp8')")
+    ckpt = Checkpoint(path, tuple(q.get("weight_block_size", (128, 128))))
+    check_tensors(ckpt, trunk_tensors(cfg, spec), "trunk")
+    cfg.num_mtp_modules = count_mtp_modules(cfg, spec, ckpt)
+    tok = None
+    tf = path / "tokenizer.json"
+    if tf.exists():
+        from tokenizers import Tokenizer
+        try:
+            tok = Tokenizer.from_file(str(tf))
+        except Exception as e:  # the tokenizers library raises its own exception types
+            raise MtpRefError(f"{tf}: cannot be read by the tokenizers library ({e})") from None
+    return Model(path, cfg, spec, ckpt, tok)

@@ -1,0 +1,43 @@
+"""Logits -> probabilities (temperature, top-k, top-p) and the draws, in float64 for exact sums."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 0.0   # 0 = greedy (argmax)
+    top_k: int = 0             # 0 = off
+    top_p: float = 1.0         # 1 = off
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+def probs_from_logits(logits: np.ndarray, sp: SamplingParams) -> np.ndarray:
+    """The distribution a token is drawn from; applied identically to target (p) and draft (q)."""
+    z = logits.astype(np.float64) / sp.temperature                      # [V]
+    if sp.top_k and sp.top_k < z.shape[-1]:
+        kth = np.partition(z, -sp.top_k)[-sp.top_k]
+        z = np.where(z < kth, -np.inf, z)
+    p = np.exp(z - z.max())
+    p /= p.sum()
+    if sp.top_p < 1.0:
+        order = np.argsort(-p, kind="stable")
+        csum = np.cumsum(p[order])
+        keep = csum - p[order] < sp.top_p                                # smallest set with mass >= top_p
+        mask = np.zeros_like(p, bool)
+        mask[order[keep]] = True
+        p = np.where(mask, p, 0.0)
+        p /= p.sum()
+    return p                                                             # [V] float64
+
+
+def sample(p: np.ndarray, rng: np.random.Generator) -> int:
+    """Inverse-CDF draw: one uniform per token, so a seed fixes the whole run."""
+    c = np.cumsum(p)
+    return int(min(np.searchsorted(c, rng.random() * c[-1], side="right"), len(p) - 1))

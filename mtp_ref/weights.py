@@ -1,0 +1,111 @@
+"""Checkpoint: lazy, tensor-by-tensor access to a Hugging Face safetensors checkpoint.
+
+* single `model.safetensors`, or shards listed in `model.safetensors.index.json`
+* bf16 / f16 / f32 stored weights decode to float32 exactly
+* FP8 (e4m3) weights with a `<name>_scale_inv` partner are dequantised exactly with
+  128x128 blocks (DeepSeek-V3 release format, `quantization_config.weight_block_size`):
+  W[i, j] = fp8(W[i, j]) * scale_inv[i // 128, j // 128]
+Only headers are read when the checkpoint is opened; a tensor's bytes are read the first
+time it is used, then kept (decoded, float32) for the next forwards.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from .errors import MtpRefError
+from .safetensors_io import TensorInfo, read_header, read_tensor
+
+SCALE_SUFFIX = "_scale_inv"
+
+
+class Checkpoint:
+    def __init__(self, path: Path, block_size: tuple[int, int] = (128, 128)):
+        self.path = Path(path)
+        self.block_size = tuple(block_size)
+        self.infos: dict[str, TensorInfo] = {}
+        self._cache: dict[str, np.ndarray] = {}
+        index = self.path / "model.safetensors.index.json"
+        single = self.path / "model.safetensors"
+        if index.exists():
+            try:
+                wmap = json.loads(index.read_text())["weight_map"]
+            except (json.JSONDecodeError, KeyError) as e:
+                raise MtpRefError(f"{index}: not a valid safetensors index ({e!r}); it needs a 'weight_map'") from None
+            headers = {}
+            for shard in sorted(set(wmap.values())):
+                f = self.path / shard
+                if not f.exists():
+                    raise MtpRefError(f"{f}: shard listed in model.safetensors.index.json is missing; download it")
+                headers[shard] = read_header(f)
+            for name, shard in wmap.items():
+                if name not in headers[shard]:
+                    raise MtpRefError(f"{self.path / shard}: tensor '{name}' is listed in the index but not in the shard")
+                self.infos[name] = headers[shard][name]
+        elif single.exists():
+            self.infos = read_header(single)
+        else:
+            found = sorted(p.name for p in self.path.glob("*.safetensors"))
+            if found:  # shards without an index (some conversions): read them all
+                for f in found:
+                    self.infos.update(read_header(self.path / f))
+            else:
+                raise MtpRefError(f"{self.path}: no model.safetensors or model.safetensors.index.json; "
+                                  f"mtp-ref reads safetensors checkpoints only (never pickle .bin files)")
+
+    # -- lookup ---------------------------------------------------------------------------
+    def __contains__(self, name: str) -> bool:
+        return name in self.infos
+
+    def names(self) -> list[str]:
+        return list(self.infos)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.infos[name].shape
+
+    def dtype(self, name: str) -> str:
+        return self.infos[name].dtype
+
+    def stored_nbytes(self, name: str) -> int:
+        """Bytes this weight occupies in the checkpoint (incl. its FP8 scale, if any)."""
+        n = self.infos[name].nbytes
+        s = self.infos.get(name + SCALE_SUFFIX)
+        return n + (s.nbytes if s else 0)
+
+    def get(self, name: str) -> np.ndarray:
+        """The tensor as float32 (dequantised if FP8), read on first use."""
+        arr = self._cache.get(name)
+        if arr is None:
+            arr = self._load(name)
+            self._cache[name] = arr
+        return arr
+
+    def _load(self, name: str) -> np.ndarray:
+        info = self.infos.get(name)
+        if info is None:
+            raise MtpRefError(f"{self.path}: tensor '{name}' is missing from the checkpoint")
+        w = read_tensor(info)
+        if info.dtype == "F8_E4M3":
+            sname = name + SCALE_SUFFIX
+            if sname not in self.infos:
+                raise MtpRefError(f"{self.path}: FP8 tensor '{name}' has no '{sname}' partner; cannot dequantise it")
+            w = dequant_fp8_block(w, read_tensor(self.infos[sname]), self.block_size, name)
+        elif w.dtype != np.float32 and w.dtype.kind == "f":
+            w = w.astype(np.float32)
+        return w
+
+
+def dequant_fp8_block(w: np.ndarray, scale_inv: np.ndarray, block: tuple[int, int], name: str = "") -> np.ndarray:
+    """W[i, j] * scale_inv[i // bm, j // bn]; edge blocks may be partial."""
+    M, N = w.shape  # [M, N] f32 (already decoded from e4m3)
+    bm, bn = block
+    want = (math.ceil(M / bm), math.ceil(N / bn))
+    if scale_inv.shape != want:
+        raise MtpRefError(f"'{name}_scale_inv' has shape {list(scale_inv.shape)}, expected {list(want)} "
+                          f"for a [{M}, {N}] weight in {bm}x{bn} blocks")
+    s = np.repeat(np.repeat(scale_inv.astype(np.float32), bm, axis=0), bn, axis=1)[:M, :N]  # [M, N]
+    return w * s
