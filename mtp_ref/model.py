@@ -6,6 +6,7 @@ inside a block, via a prefix view). Every family-specific choice comes from the 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,9 @@ class Model:
         self.inv_freq, self.attention_factor = rope_inv_freq(cfg)
         qk_dim = cfg.qk_head_dim if spec.attention == "mla" else cfg.head_dim
         self.scale = softmax_scale(cfg, qk_dim)
-        self.attn_impl = "naive"  # MLA: "naive" expands keys/values from the latent; "absorbed" folds kv_b into q/o
+        # MLA: "absorbed" folds kv_b into q and the output (what DeepSeek runs for decode; no per-token
+        # expansion of the cache); "naive" expands keys/values from the latent, the readable reference.
+        self.attn_impl = "absorbed"
         self.bytes_read = 0       # weight bytes touched since reset_meter() (what decode must stream from memory)
         self._touched: set[str] = set()
 
@@ -113,18 +116,20 @@ class Model:
         k_pe = ops.apply_rope(ckv[:, None, r:], cos, sin, self.spec.rope_style)[:, 0]          # [n, dr], shared by heads
         kv = cache.append(c=c, k_pe=k_pe)                                        # [T, r], [T, dr]
         C, KPE = kv["c"], kv["k_pe"]
-        w_kvb = W["self_attn.kv_b_proj.weight"].reshape(nh, dn + dv, r)          # [h, dn+dv, r]
-        if self.attn_impl == "naive":
-            kvx = np.einsum("tr,hkr->thk", C, w_kvb)                             # [T, h, dn+dv]
+        w_kvb = W["self_attn.kv_b_proj.weight"]                                  # [h*(dn+dv), r]
+        if self.attn_impl == "naive":  # expand every cached latent into per-head keys and values
+            kvx = ops.linear(C, w_kvb).reshape(-1, nh, dn + dv)                  # [T, r] -> [T, h, dn+dv]
             k = np.concatenate([kvx[..., :dn], np.broadcast_to(KPE[:, None, :], (C.shape[0], nh, dr))], -1)
             qf = np.concatenate([q_nope, q_pe], -1)                              # [n, h, dn+dr]
             o = ops.causal_attention(qf, k, np.ascontiguousarray(kvx[..., dn:]), self.scale, start)  # [n, h*dv]
-        else:  # absorbed: scores = (q_nope W_UK) . c + q_pe . k_pe ; out = (p C) W_UV
-            q_lat = np.einsum("nhd,hdr->nhr", q_nope, w_kvb[:, :dn])             # [n, h, r]
+        else:  # absorbed: scores = (q_nope W_UK) . c + q_pe . k_pe ; out = (p C) W_UV; no per-token expansion
+            w3 = w_kvb.reshape(nh, dn + dv, r)                                   # [h, dn+dv, r]
+            q_lat = (q_nope.transpose(1, 0, 2) @ w3[:, :dn]).transpose(1, 0, 2)  # [n, h, dn] -> [n, h, r]
             qf = np.concatenate([q_lat, q_pe], -1)                               # [n, h, r+dr]
             kf = np.concatenate([C, KPE], -1)[:, None, :]                        # [T, 1, r+dr]
             o_lat = ops.causal_attention(qf, kf, C[:, None, :], self.scale, start).reshape(n, nh, r)
-            o = np.einsum("nhr,hvr->nhv", o_lat, w_kvb[:, dn:]).reshape(n, nh * dv)  # [n, h*dv]
+            o = (o_lat.transpose(1, 0, 2) @ w3[:, dn:].transpose(0, 2, 1))       # [h, n, r] -> [h, n, dv]
+            o = o.transpose(1, 0, 2).reshape(n, nh * dv)                         # [n, h*dv]
         return ops.linear(o, W["self_attn.o_proj.weight"])                       # [n, H]
 
     def route(self, x, W: Prefixed):
@@ -268,6 +273,22 @@ def count_mtp_modules(cfg: ModelConfig, spec: FamilySpec, ckpt: Checkpoint) -> i
         n += 1
 
 
+_BLAS_LIMIT = None
+
+
+def _limit_blas_threads(cfg: ModelConfig) -> None:
+    """Small models: one BLAS thread. Their [n, H] x [H, I] products take microseconds, and a second
+    OpenBLAS thread spins against the first (and against anything else on a 2-core machine):
+    measured here, a 10-layer H=256 forward took 2 ms on one thread and 12-160 ms on two under load.
+    MTP_REF_BLAS_THREADS overrides; large models keep the library default."""
+    global _BLAS_LIMIT
+    n = os.environ.get("MTP_REF_BLAS_THREADS")
+    if n is None and cfg.hidden_size > 1024:
+        return
+    from threadpoolctl import threadpool_limits
+    _BLAS_LIMIT = threadpool_limits(limits=int(n or 1), user_api="blas")
+
+
 def load_model(path: str | Path | None = None) -> Model:
     """Open a Hugging Face checkpoint directory (None: the bundled tiny MTP model)."""
     path = Path(path) if path is not None else BUNDLED
@@ -278,6 +299,7 @@ def load_model(path: str | Path | None = None) -> Model:
         raise MtpRefError(f"{path / 'config.json'}: quantization_config.quant_method '{q.get('quant_method')}' "
                           f"is not supported (only the DeepSeek-style block 'fp8')")
     ckpt = Checkpoint(path, tuple(q.get("weight_block_size", (128, 128))))
+    _limit_blas_threads(cfg)
     check_tensors(ckpt, trunk_tensors(cfg, spec), "trunk")
     cfg.num_mtp_modules = count_mtp_modules(cfg, spec, ckpt)
     tok = None

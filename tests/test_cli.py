@@ -72,6 +72,7 @@ def test_trace_matches_incremental_decoding(tiny_checkpoint):
 def test_mla_absorbed_equals_naive(tiny_checkpoint):
     m = load_model(tiny_checkpoint("deepseek_v3"))
     ids = [4, 8, 15, 16, 23, 42]
+    m.attn_impl = "naive"
     naive = build_trace(m, ids)
     m.attn_impl = "absorbed"
     absorbed = build_trace(m, ids)
