@@ -29,7 +29,7 @@ def cmd_generate(args) -> int:
         model = CudaModel(model)
     ids = _prompt_ids(model, args)
     res = generate(model, ids, args.max_new_tokens, args.draft, args.mode, args.temperature, args.top_k,
-                   args.top_p, args.seed)
+                   args.top_p, args.seed, rollback=args.rollback)
     if args.json:
         print(json.dumps({"token_ids": res.token_ids, "text": res.text, "stats": res.stats}))
     else:
@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-new-tokens", type=int, default=64)
     g.add_argument("--draft", type=int, default=0, help="draft depth k (0 = plain decoding)")
     g.add_argument("--mode", choices=["chain", "recursive"], default="chain")
+    g.add_argument("--rollback", choices=["snapshot", "redecode"], default="snapshot",
+                   help="recurrent-state rollback after a rejection: per-token snapshots, or checkpoint + re-decode")
     g.add_argument("--temperature", type=float, default=0.0)
     g.add_argument("--top-k", type=int, default=0)
     g.add_argument("--top-p", type=float, default=1.0)

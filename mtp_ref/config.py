@@ -31,7 +31,7 @@ class RopeConfig:
     truncate: bool = True                  # yarn
     low_freq_factor: float = 1.0           # llama3
     high_freq_factor: float = 4.0          # llama3
-    partial_rotary_factor: float = 1.0     # fraction of head_dim that is rotated
+    partial_rotary_factor: float | None = None  # fraction of head_dim rotated (None: the family's default)
 
 
 @dataclass
@@ -56,18 +56,28 @@ class ModelConfig:
     qk_nope_head_dim: int = 0
     qk_rope_head_dim: int = 0
     v_head_dim: int = 0
-    # MoE (deepseek_v3, glm4_moe)
-    n_routed_experts: int = 0
+    # MoE (deepseek_v3, glm4_moe; qwen3_next, qwen3_5_moe)
+    n_routed_experts: int = 0              # n_routed_experts | num_experts (Qwen)
     n_shared_experts: int = 0
     num_experts_per_tok: int = 0
     moe_intermediate_size: int = 0
+    shared_expert_intermediate_size: int = 0  # Qwen's single gated shared expert
     n_group: int = 1
     topk_group: int = 1
     routed_scaling_factor: float = 1.0
     norm_topk_prob: bool = True
     first_k_dense_replace: int = 0
     moe_layer_freq: int = 1
+    decoder_sparse_step: int = 1           # Qwen: layer i is MoE when (i + 1) % decoder_sparse_step == 0 ...
+    mlp_only_layers: list[int] = field(default_factory=list)  # ... and i is not listed here
     scoring_func: str = "sigmoid"
+    # hybrid linear attention (qwen3_next, qwen3_5): layer_types[i] is "full_attention" or "linear_attention"
+    layer_types: list[str] = field(default_factory=list)
+    linear_num_key_heads: int = 0
+    linear_num_value_heads: int = 0
+    linear_key_head_dim: int = 0
+    linear_value_head_dim: int = 0
+    linear_conv_kernel_dim: int = 0
     # MTP
     num_nextn_predict_layers: int = 0      # what config.json DECLARES (num_nextn_predict_layers)
     num_mtp_modules: int = 0               # what the weights really hold (set by the loader)
@@ -87,11 +97,23 @@ class ModelConfig:
         """How many dims of each q/k head get rotated."""
         if self.qk_rope_head_dim:
             return self.qk_rope_head_dim
-        return int(self.head_dim * self.rope.partial_rotary_factor)
+        partial = self.rope.partial_rotary_factor
+        return int(self.head_dim * (1.0 if partial is None else partial))
+
+    @property
+    def linear_dims(self) -> tuple[int, int, int, int]:
+        """Gated DeltaNet (key heads, value heads, key head dim, value head dim)."""
+        return (self.linear_num_key_heads, self.linear_num_value_heads,
+                self.linear_key_head_dim, self.linear_value_head_dim)
 
     def is_moe_layer(self, i: int) -> bool:
         return (self.n_routed_experts > 0 and i >= self.first_k_dense_replace
-                and i % max(self.moe_layer_freq, 1) == 0)
+                and i % max(self.moe_layer_freq, 1) == 0
+                and (i + 1) % max(self.decoder_sparse_step, 1) == 0 and i not in self.mlp_only_layers)
+
+    def layer_type(self, i: int) -> str:
+        """"linear_attention" (Gated DeltaNet) or "full_attention"; MTP blocks (i >= L) are always full attention."""
+        return self.layer_types[i] if i < min(len(self.layer_types), self.num_hidden_layers) else "full_attention"
 
 
 def _rope_from(raw: dict) -> RopeConfig:
@@ -105,7 +127,7 @@ def _rope_from(raw: dict) -> RopeConfig:
     kind = d.get("rope_type", d.get("type", "default")) or "default"
     if kind not in ("default", "linear", "yarn", "llama3"):
         raise MtpRefError(f"config.json: rope type '{kind}' is not supported (supported: default, linear, yarn, llama3)")
-    partial = d.get("partial_rotary_factor", raw.get("partial_rotary_factor", 1.0))
+    partial = d.get("partial_rotary_factor", raw.get("partial_rotary_factor"))
     r = RopeConfig(
         theta=float(d.get("rope_theta", raw.get("rope_theta", 10000.0))),
         kind=kind,
@@ -119,7 +141,7 @@ def _rope_from(raw: dict) -> RopeConfig:
         truncate=bool(d.get("truncate", True)),
         low_freq_factor=float(d.get("low_freq_factor", 1.0)),
         high_freq_factor=float(d.get("high_freq_factor", 4.0)),
-        partial_rotary_factor=float(partial),
+        partial_rotary_factor=None if partial is None else float(partial),
     )
     if kind == "yarn" and d.get("factor") is None:
         if not r.original_max_position_embeddings:
@@ -139,7 +161,13 @@ def config_from_dict(raw: dict, source: str = "config.json") -> ModelConfig:
     mt = raw["model_type"]
     eos = raw.get("eos_token_id")
     eos = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
-    n_mtp = raw.get("num_nextn_predict_layers", raw.get("num_mtp_layers", 0)) or 0
+    # num_nextn_predict_layers (DeepSeek, GLM, Qwen3-Next) | num_mtp_layers | mtp_num_hidden_layers (Qwen3.5)
+    n_mtp = raw.get("num_nextn_predict_layers", raw.get("num_mtp_layers", raw.get("mtp_num_hidden_layers", 0))) or 0
+    layer_types = list(raw.get("layer_types") or [])
+    if not layer_types and raw.get("linear_num_value_heads"):  # hybrid config without the list (Qwen3-Next release)
+        every = int(raw.get("full_attention_interval", 4))
+        layer_types = ["full_attention" if (i + 1) % every == 0 else "linear_attention"
+                       for i in range(int(raw["num_hidden_layers"]))]
     cfg = ModelConfig(
         model_type=mt,
         vocab_size=int(raw["vocab_size"]),
@@ -160,17 +188,26 @@ def config_from_dict(raw: dict, source: str = "config.json") -> ModelConfig:
         qk_nope_head_dim=int(raw.get("qk_nope_head_dim") or 0),
         qk_rope_head_dim=int(raw.get("qk_rope_head_dim") or 0),
         v_head_dim=int(raw.get("v_head_dim") or 0),
-        n_routed_experts=int(raw.get("n_routed_experts") or 0),
+        n_routed_experts=int(raw.get("n_routed_experts") or raw.get("num_experts") or 0),
         n_shared_experts=int(raw.get("n_shared_experts") or 0),
         num_experts_per_tok=int(raw.get("num_experts_per_tok") or 0),
         moe_intermediate_size=int(raw.get("moe_intermediate_size") or 0),
+        shared_expert_intermediate_size=int(raw.get("shared_expert_intermediate_size") or 0),
         n_group=int(raw.get("n_group") or 1),
         topk_group=int(raw.get("topk_group") or 1),
         routed_scaling_factor=float(raw.get("routed_scaling_factor") or 1.0),
         norm_topk_prob=bool(raw.get("norm_topk_prob", True)),
         first_k_dense_replace=int(raw.get("first_k_dense_replace") or 0),
         moe_layer_freq=int(raw.get("moe_layer_freq") or 1),
+        decoder_sparse_step=int(raw.get("decoder_sparse_step") or 1),
+        mlp_only_layers=[int(i) for i in raw.get("mlp_only_layers") or []],
         scoring_func=raw.get("scoring_func", "sigmoid"),
+        layer_types=layer_types,
+        linear_num_key_heads=int(raw.get("linear_num_key_heads") or 0),
+        linear_num_value_heads=int(raw.get("linear_num_value_heads") or 0),
+        linear_key_head_dim=int(raw.get("linear_key_head_dim") or 0),
+        linear_value_head_dim=int(raw.get("linear_value_head_dim") or 0),
+        linear_conv_kernel_dim=int(raw.get("linear_conv_kernel_dim") or 0),
         num_nextn_predict_layers=int(n_mtp),
         quantization_config=raw.get("quantization_config"),
         torch_dtype=raw.get("torch_dtype", raw.get("dtype")),
@@ -180,6 +217,18 @@ def config_from_dict(raw: dict, source: str = "config.json") -> ModelConfig:
     )
     if cfg.num_attention_heads % cfg.num_key_value_heads:
         raise MtpRefError(f"{source}: num_attention_heads {nh} is not a multiple of num_key_value_heads {cfg.num_key_value_heads}")
+    bad = sorted(set(cfg.layer_types) - {"full_attention", "linear_attention"})
+    if bad or (cfg.layer_types and len(cfg.layer_types) < cfg.num_hidden_layers):
+        unknown = f", unknown {bad}" if bad else ""
+        raise MtpRefError(f"{source}: layer_types must list 'full_attention' / 'linear_attention' for all "
+                          f"{cfg.num_hidden_layers} layers (got {len(cfg.layer_types)} entries{unknown})")
+    if "linear_attention" in cfg.layer_types:
+        nk, nv = cfg.linear_num_key_heads, cfg.linear_num_value_heads
+        if not (nk and nv and cfg.linear_key_head_dim and cfg.linear_value_head_dim and cfg.linear_conv_kernel_dim):
+            raise MtpRefError(f"{source}: linear_attention layers need linear_num_key_heads, linear_num_value_heads, "
+                              f"linear_key_head_dim, linear_value_head_dim and linear_conv_kernel_dim")
+        if nv % nk:
+            raise MtpRefError(f"{source}: linear_num_value_heads {nv} is not a multiple of linear_num_key_heads {nk}")
     return cfg
 
 
@@ -195,7 +244,14 @@ def load_config(path: Path) -> ModelConfig:
     except json.JSONDecodeError as e:
         raise MtpRefError(f"{f}: not valid JSON ({e})") from None
     if "text_config" in raw and "hidden_size" not in raw:
-        raw = {**raw["text_config"], **{k: v for k, v in raw.items() if k == "quantization_config"}}
+        # multimodal release (Qwen3.5/3.6): the text model's config is nested. The outer object keeps
+        # quantization_config and tie_word_embeddings (what the multimodal model class reads); the
+        # outer model_type stands in when the inner one is missing.
+        outer = raw
+        raw = {"model_type": outer.get("model_type"), **outer["text_config"]}
+        for k in ("quantization_config", "tie_word_embeddings"):
+            if k in outer:
+                raw[k] = outer[k]
     return config_from_dict(raw, str(f))
 
 

@@ -13,11 +13,16 @@ Conventions, per the sources in ../shared/reference/mtp_families.md:
 * MTP "mimo" layout (MiMo-7B): module j is `model.mtp_layers.{j}` with token_layernorm,
   hidden_layernorm, input_proj, a Qwen2 block, final_layernorm; concat is [hidden, embedding];
   embedding and head are the main model's.
+* MTP "qwen" layout (Qwen3-Next, Qwen3.5/3.6): top-level `mtp.` with pre_fc_norm_embedding,
+  pre_fc_norm_hidden, fc, norm SHARED by all modules, and module j's block at `mtp.layers.{j}.`
+  (always full attention); concat is [embedding, hidden]; embedding and head are the main model's.
+* Qwen3-Next / Qwen3.5 trunks: zero-centred RMSNorms (x * (1 + w)), gated attention, and Gated
+  DeltaNet "linear_attention" layers (config layer_types) whose state is recurrent (cache.RecurrentCache).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .config import ModelConfig
 from .errors import MtpRefError
@@ -33,9 +38,13 @@ class MtpLayout:
     out_norm: str          # RMSNorm applied to the block output; its output feeds the next depth
     head: str | None       # the module's own output head, or None to use lm_head
     embed: str | None      # the module's own embedding copy, or None to use model.embed_tokens
+    block: str = ""        # prefix of the module's decoder block inside the module ("layers.{j}." when glue is shared)
 
     def module_prefix(self, cfg: ModelConfig, j: int) -> str:
         return self.prefix.format(L=cfg.num_hidden_layers + j, j=j)
+
+    def block_prefix(self, cfg: ModelConfig, j: int) -> str:
+        return self.module_prefix(cfg, j) + self.block.format(L=cfg.num_hidden_layers + j, j=j)
 
 
 NEXTN = MtpLayout(prefix="model.layers.{L}.", emb_norm="enorm.weight", hid_norm="hnorm.weight",
@@ -44,6 +53,9 @@ NEXTN = MtpLayout(prefix="model.layers.{L}.", emb_norm="enorm.weight", hid_norm=
 MIMO = MtpLayout(prefix="model.mtp_layers.{j}.", emb_norm="token_layernorm.weight",
                  hid_norm="hidden_layernorm.weight", proj="input_proj.weight", hidden_first=True,
                  out_norm="final_layernorm.weight", head=None, embed=None)
+QWEN_MTP = MtpLayout(prefix="mtp.", emb_norm="pre_fc_norm_embedding.weight", hid_norm="pre_fc_norm_hidden.weight",
+                     proj="fc.weight", hidden_first=False, out_norm="norm.weight", head=None, embed=None,
+                     block="layers.{j}.")
 
 
 @dataclass(frozen=True)
@@ -53,9 +65,22 @@ class FamilySpec:
     rope_style: str            # "interleaved" or "half"
     qkv_bias: str              # "always", "never" or "config" (config.attention_bias)
     qk_norm: str               # "always", "never" or "config" (config.use_qk_norm)
-    moe: bool                  # sigmoid-scored, group-limited, bias-corrected router (DeepSeek-V3 style)
+    moe: bool                  # routed experts in the layers config.is_moe_layer picks
     mtp: MtpLayout | None
     hf_class: str              # the transformers class that is this family's oracle
+    router: str = "sigmoid_group"  # "sigmoid_group": DeepSeek-V3 sigmoid, bias-corrected, group-limited top-k;
+                                   # "softmax": softmax over all experts, top-k, renormalised (Qwen)
+    shared_expert: str = "plain"   # "plain": mlp.shared_experts.* (DeepSeek); "gated": mlp.shared_expert.* times
+                                   # sigmoid(mlp.shared_expert_gate x) (Qwen)
+    expert_layout: str = "per_expert"  # "per_expert": mlp.experts.{e}.{gate,up,down}_proj.weight;
+                                       # "fused": mlp.experts.gate_up_proj [E, 2I, H] + down_proj [E, H, I]
+                                       # (Qwen3.5-MoE BF16); load_model takes the layout the checkpoint holds
+    norm_offset: float = 0.0   # RMSNorm scale is (norm_offset + w): 1 for zero-centred weights (Qwen3-Next/3.5)
+    attn_gate: bool = False    # q_proj gives [query | gate] per head; attention output * sigmoid(gate)
+    linear_attn: str | None = None  # Gated DeltaNet input projections: "qkvz" (Qwen3-Next in_proj_qkvz + in_proj_ba,
+                                    # grouped per key head) or "split" (Qwen3.5 in_proj_qkv, _z, _b, _a)
+    partial_rotary_default: float = 1.0  # partial_rotary_factor when config.json has none (transformers' default)
+    trunk_aliases: tuple[str, ...] = ()  # other release prefixes of "model." (multimodal wrappers), renamed on load
 
     def has_qkv_bias(self, cfg: ModelConfig) -> bool:
         return self.qkv_bias == "always" or (self.qkv_bias == "config" and cfg.attention_bias)
@@ -72,7 +97,20 @@ FAMILIES = {
     "qwen2": FamilySpec("qwen2", "gqa", "half", "always", "never", False, None, "Qwen2ForCausalLM"),
     "qwen3": FamilySpec("qwen3", "gqa", "half", "config", "always", False, None, "Qwen3ForCausalLM"),
     "llama": FamilySpec("llama", "gqa", "half", "config", "never", False, None, "LlamaForCausalLM"),
+    "qwen3_next": FamilySpec("qwen3_next", "gqa", "half", "config", "always", True, QWEN_MTP, "Qwen3NextForCausalLM",
+                             router="softmax", shared_expert="gated", norm_offset=1.0, attn_gate=True,
+                             linear_attn="qkvz", partial_rotary_default=0.25),
+    "qwen3_5": FamilySpec("qwen3_5", "gqa", "half", "config", "always", False, QWEN_MTP, "Qwen3_5ForCausalLM",
+                          norm_offset=1.0, attn_gate=True, linear_attn="split", partial_rotary_default=0.25,
+                          trunk_aliases=("model.language_model.",)),
+    "qwen3_5_moe": FamilySpec("qwen3_5_moe", "gqa", "half", "config", "always", True, QWEN_MTP,
+                              "Qwen3_5MoeForCausalLM", router="softmax", shared_expert="gated",
+                              expert_layout="fused", norm_offset=1.0, attn_gate=True, linear_attn="split",
+                              partial_rotary_default=0.25, trunk_aliases=("model.language_model.",)),
 }
+# the text model of the multimodal Qwen3.5/3.6 releases (model_type inside text_config)
+FAMILIES["qwen3_5_text"] = FAMILIES["qwen3_5"]
+FAMILIES["qwen3_5_moe_text"] = FAMILIES["qwen3_5_moe"]
 
 
 def family_for(cfg: ModelConfig) -> FamilySpec:
@@ -80,10 +118,26 @@ def family_for(cfg: ModelConfig) -> FamilySpec:
     if spec is None:
         raise MtpRefError(f"config.json: model_type '{cfg.model_type}' is not supported; supported families: "
                           f"{', '.join(sorted(FAMILIES))}")
-    if spec.moe and cfg.scoring_func != "sigmoid":
+    if spec.moe and spec.router == "sigmoid_group" and cfg.scoring_func != "sigmoid":
         raise MtpRefError(f"config.json: scoring_func '{cfg.scoring_func}' is not supported for {spec.name} (only 'sigmoid')")
+    if "linear_attention" in cfg.layer_types and spec.linear_attn is None:
+        raise MtpRefError(f"config.json: layer_types lists linear_attention layers, which {spec.name} does not have")
     if spec.attention == "mla" and not (cfg.kv_lora_rank and cfg.qk_rope_head_dim and cfg.v_head_dim):
         raise MtpRefError("config.json: an MLA model needs kv_lora_rank, qk_rope_head_dim, qk_nope_head_dim and v_head_dim")
+    return spec
+
+
+def with_checkpoint_layout(spec: FamilySpec, cfg: ModelConfig, names) -> FamilySpec:
+    """The spec with the expert layout the checkpoint really holds: releases of one family differ (Qwen3.6-35B-A3B
+    ships fused experts in BF16 but per-expert, FP8 block-quantised ones in its -FP8 release; transformers'
+    conversions accept both). Decided on the first MoE layer of the trunk."""
+    first = next((i for i in range(cfg.num_hidden_layers) if spec.moe and cfg.is_moe_layer(i)), None)
+    if first is None:
+        return spec
+    p = f"model.layers.{first}.mlp.experts."
+    fused, per_expert = p + "gate_up_proj" in names, p + "0.gate_proj.weight" in names
+    if fused != per_expert:
+        return replace(spec, expert_layout="fused" if fused else "per_expert")
     return spec
 
 
@@ -105,9 +159,11 @@ def block_tensors(cfg: ModelConfig, spec: FamilySpec, layer: int) -> dict[str, t
         t["self_attn.kv_a_layernorm.weight"] = (cfg.kv_lora_rank,)
         t["self_attn.kv_b_proj.weight"] = (nh * (cfg.qk_nope_head_dim + cfg.v_head_dim), cfg.kv_lora_rank)
         t["self_attn.o_proj.weight"] = (H, nh * cfg.v_head_dim)
+    elif cfg.layer_type(layer) == "linear_attention":
+        t.update(linear_attention_tensors(cfg, spec))
     else:
         hd, nkv = cfg.head_dim, cfg.num_key_value_heads
-        t["self_attn.q_proj.weight"] = (nh * hd, H)
+        t["self_attn.q_proj.weight"] = ((2 if spec.attn_gate else 1) * nh * hd, H)
         t["self_attn.k_proj.weight"] = (nkv * hd, H)
         t["self_attn.v_proj.weight"] = (nkv * hd, H)
         t["self_attn.o_proj.weight"] = (H, nh * hd)
@@ -121,12 +177,24 @@ def block_tensors(cfg: ModelConfig, spec: FamilySpec, layer: int) -> dict[str, t
     if spec.moe and cfg.is_moe_layer(layer):
         E, I = cfg.n_routed_experts, cfg.moe_intermediate_size
         t["mlp.gate.weight"] = (E, H)
-        t["mlp.gate.e_score_correction_bias"] = (E,)
-        for e in range(E):
-            t[f"mlp.experts.{e}.gate_proj.weight"] = (I, H)
-            t[f"mlp.experts.{e}.up_proj.weight"] = (I, H)
-            t[f"mlp.experts.{e}.down_proj.weight"] = (H, I)
-        if cfg.n_shared_experts:
+        if spec.router == "sigmoid_group":
+            t["mlp.gate.e_score_correction_bias"] = (E,)
+        if spec.expert_layout == "fused":
+            t["mlp.experts.gate_up_proj"] = (E, 2 * I, H)
+            t["mlp.experts.down_proj"] = (E, H, I)
+        else:
+            for e in range(E):
+                t[f"mlp.experts.{e}.gate_proj.weight"] = (I, H)
+                t[f"mlp.experts.{e}.up_proj.weight"] = (I, H)
+                t[f"mlp.experts.{e}.down_proj.weight"] = (H, I)
+        if spec.shared_expert == "gated":
+            if cfg.shared_expert_intermediate_size:
+                Is = cfg.shared_expert_intermediate_size
+                t["mlp.shared_expert.gate_proj.weight"] = (Is, H)
+                t["mlp.shared_expert.up_proj.weight"] = (Is, H)
+                t["mlp.shared_expert.down_proj.weight"] = (H, Is)
+                t["mlp.shared_expert_gate.weight"] = (1, H)
+        elif cfg.n_shared_experts:
             Is = I * cfg.n_shared_experts
             t["mlp.shared_experts.gate_proj.weight"] = (Is, H)
             t["mlp.shared_experts.up_proj.weight"] = (Is, H)
@@ -136,6 +204,22 @@ def block_tensors(cfg: ModelConfig, spec: FamilySpec, layer: int) -> dict[str, t
         t["mlp.gate_proj.weight"] = (I, H)
         t["mlp.up_proj.weight"] = (I, H)
         t["mlp.down_proj.weight"] = (H, I)
+    return t
+
+
+def linear_attention_tensors(cfg: ModelConfig, spec: FamilySpec) -> dict[str, tuple[int, ...]]:
+    """A Gated DeltaNet layer's tensors (names relative to the block prefix), as released."""
+    H, K = cfg.hidden_size, cfg.linear_conv_kernel_dim
+    nk, nv, dk, dv = cfg.linear_dims
+    C = 2 * nk * dk + nv * dv                        # conv channels: all q, all k, all v
+    p = "linear_attn."
+    if spec.linear_attn == "qkvz":
+        t = {p + "in_proj_qkvz.weight": (C + nv * dv, H), p + "in_proj_ba.weight": (2 * nv, H)}
+    else:
+        t = {p + "in_proj_qkv.weight": (C, H), p + "in_proj_z.weight": (nv * dv, H),
+             p + "in_proj_b.weight": (nv, H), p + "in_proj_a.weight": (nv, H)}
+    t.update({p + "conv1d.weight": (C, 1, K), p + "dt_bias": (nv,), p + "A_log": (nv,),
+              p + "norm.weight": (dv,), p + "out_proj.weight": (H, nv * dv)})
     return t
 
 
@@ -154,13 +238,14 @@ def mtp_tensors(cfg: ModelConfig, spec: FamilySpec, j: int) -> dict[str, tuple[i
     """Names (absolute) and shapes of MTP module j."""
     lay = spec.mtp
     H, V = cfg.hidden_size, cfg.vocab_size
-    p = lay.module_prefix(cfg, j)
+    p, b = lay.module_prefix(cfg, j), lay.block_prefix(cfg, j)
     t = {p + lay.emb_norm: (H,), p + lay.hid_norm: (H,), p + lay.proj: (H, 2 * H), p + lay.out_norm: (H,)}
     if lay.head:
         t[p + lay.head] = (V, H)
     if lay.embed:
         t[p + lay.embed] = (V, H)
-    # the block inside an MTP module follows the layer-index rule of its index (L + j for nextn)
+    # the block inside an MTP module follows the layer-index rule of its index L + j (MoE or dense; always
+    # full attention: config.layer_type(i >= L))
     for k, s in block_tensors(cfg, spec, cfg.num_hidden_layers + j).items():
-        t[p + k] = s
+        t[b + k] = s
     return t

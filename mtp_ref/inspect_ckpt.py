@@ -48,10 +48,12 @@ def summarize(model: Model) -> dict:
         "hidden_size": cfg.hidden_size,
         "vocab_size": cfg.vocab_size,
         "attention": spec.attention,
+        "linear_attention_layers": sum(cfg.layer_type(i) == "linear_attention" for i in range(cfg.num_hidden_layers)),
         "moe_layers": len(moe_layers),
         "routed_experts": cfg.n_routed_experts,
         "experts_per_token": cfg.num_experts_per_tok,
-        "shared_experts": cfg.n_shared_experts,
+        "shared_experts": cfg.n_shared_experts or int(spec.shared_expert == "gated"
+                                                      and cfg.shared_expert_intermediate_size > 0),
         "mtp_declared": cfg.num_nextn_predict_layers,
         "mtp_present": cfg.num_mtp_modules,
         "mtp_modules": mtp,
@@ -76,6 +78,9 @@ def format_summary(s: dict) -> str:
     lines = [f"checkpoint   {s['path']}",
              f"family       {s['family']} ({s['attention']} attention)",
              f"layers       {s['layers']} (hidden {s['hidden_size']}, vocab {s['vocab_size']})"]
+    if s["linear_attention_layers"]:
+        lines.append(f"hybrid       {s['linear_attention_layers']} Gated DeltaNet (linear attention) layers, "
+                     f"{s['layers'] - s['linear_attention_layers']} full attention")
     if s["routed_experts"]:
         lines.append(f"MoE          {s['moe_layers']} MoE layers, {s['routed_experts']} routed experts "
                      f"(top-{s['experts_per_token']}) + {s['shared_experts']} shared")

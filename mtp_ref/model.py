@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from . import ops
-from .cache import KVCache, LayerCache
+from .cache import KVCache, LayerCache, RecurrentCache
 from .config import ModelConfig, load_config, rope_inv_freq, softmax_scale
 from .errors import MtpRefError
-from .families import FamilySpec, block_tensors, family_for, mtp_tensors, trunk_tensors
+from .families import FamilySpec, block_tensors, family_for, mtp_tensors, trunk_tensors, with_checkpoint_layout
 from .weights import Checkpoint
 
 BUNDLED = Path(__file__).parent / "checkpoints" / "mtp-tiny"
@@ -34,6 +34,10 @@ class Prefixed:
         full = self.prefix + name
         return self.model.weight(full) if full in self.model.ckpt else None
 
+    def expert(self, name: str, e: int) -> np.ndarray:
+        """Expert e's slice of a fused [E, ...] expert tensor."""
+        return self.model.expert_weight(self.prefix + name, e)
+
 
 class Model:
     """A loaded checkpoint plus the forward passes. Stateless between calls: all state is in caches."""
@@ -46,8 +50,14 @@ class Model:
         # MLA: "absorbed" folds kv_b into q and the output (what DeepSeek runs for decode; no per-token
         # expansion of the cache); "naive" expands keys/values from the latent, the readable reference.
         self.attn_impl = "absorbed"
+        # Gated DeltaNet: "recurrent" runs the delta rule one token at a time and keeps the state after every
+        # token (the snapshots speculative rollback restores); "chunked" is the parallel form prefill uses.
+        # "auto": recurrent for up to recurrent_max_tokens new tokens (decode, verify), chunked above.
+        self.delta_rule = "auto"
+        self.recurrent_max_tokens = 16
+        self.delta_chunk = 64
         self.bytes_read = 0       # weight bytes touched since reset_meter() (what decode must stream from memory)
-        self._touched: set[str] = set()
+        self._touched: set = set()   # tensor names (and (name, expert) slices) read in this forward
 
     # ------------------------------------------------------------------ weights + metering
     def weight(self, name: str) -> np.ndarray:
@@ -55,6 +65,13 @@ class Model:
             self._touched.add(name)
             self.bytes_read += self.ckpt.stored_nbytes(name)
         return self.ckpt.get(name)
+
+    def expert_weight(self, name: str, e: int) -> np.ndarray:
+        """Slice e of a fused expert tensor, metered as 1/E of its bytes (only the selected experts are read)."""
+        if (name, e) not in self._touched:
+            self._touched.add((name, e))
+            self.bytes_read += self.ckpt.stored_nbytes(name) // self.ckpt.shape(name)[0]
+        return self.ckpt.get(name)[e]
 
     def begin_forward(self) -> None:
         """Each forward streams every weight it uses once, whatever n is (the point of verifying in one pass)."""
@@ -80,23 +97,72 @@ class Model:
         return ops.linear(x, self.weight(name))              # [n, H] -> [n, V]
 
     # ------------------------------------------------------------------ building blocks
+    def rms_norm(self, x: np.ndarray, w: np.ndarray) -> np.ndarray:
+        """The family's RMSNorm: x / rms(x) * (norm_offset + w); Qwen3-Next/3.5 store zero-centred w (offset 1)."""
+        return ops.rms_norm(x, w + self.spec.norm_offset if self.spec.norm_offset else w, self.config.rms_norm_eps)
+
     def rope(self, positions: np.ndarray):
         return ops.rope_tables(self.inv_freq, positions, self.attention_factor)
 
     def gqa_attention(self, x, W: Prefixed, cache: LayerCache, start: int, cos, sin):
         cfg, spec = self.config, self.spec
         n, nh, nkv, hd = x.shape[0], cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        q = ops.linear(x, W["self_attn.q_proj.weight"], W.get("self_attn.q_proj.bias")).reshape(n, nh, hd)
+        q = ops.linear(x, W["self_attn.q_proj.weight"], W.get("self_attn.q_proj.bias"))
+        if spec.attn_gate:  # per head [query (d) | gate (d)]
+            q, gate = np.split(q.reshape(n, nh, 2 * hd), 2, axis=-1)              # [n, h, d] each
+        else:
+            q = q.reshape(n, nh, hd)
         k = ops.linear(x, W["self_attn.k_proj.weight"], W.get("self_attn.k_proj.bias")).reshape(n, nkv, hd)
         v = ops.linear(x, W["self_attn.v_proj.weight"], W.get("self_attn.v_proj.bias")).reshape(n, nkv, hd)
         if spec.has_qk_norm(cfg):
-            q = ops.rms_norm(q, W["self_attn.q_norm.weight"], cfg.rms_norm_eps)  # per head, [n, h, d]
-            k = ops.rms_norm(k, W["self_attn.k_norm.weight"], cfg.rms_norm_eps)
+            q = self.rms_norm(q, W["self_attn.q_norm.weight"])                   # per head, [n, h, d]
+            k = self.rms_norm(k, W["self_attn.k_norm.weight"])
         q = ops.apply_rope(q, cos, sin, spec.rope_style)
         k = ops.apply_rope(k, cos, sin, spec.rope_style)
         kv = cache.append(k=k, v=v)                                              # [T, g, d] each
         o = ops.causal_attention(q, kv["k"], kv["v"], self.scale, start)        # [n, h*d]
+        if spec.attn_gate:
+            o = o * ops.sigmoid(gate.reshape(n, nh * hd))
         return ops.linear(o, W["self_attn.o_proj.weight"])                       # [n, H]
+
+    def linear_attention(self, x, W: Prefixed, cache: RecurrentCache):
+        """Gated DeltaNet (Qwen3-Next / Qwen3.5 `linear_attn`) over n new tokens, continuing the cache's state.
+
+        qkv -> causal depthwise conv + silu -> q, k, v heads; q, k l2-normalised (q also * dk^-1/2);
+        beta = sigmoid(b), g = -exp(A_log) * softplus(a + dt_bias) (log decay); the gated delta rule;
+        gated RMSNorm with silu(z); out_proj.
+        """
+        cfg, spec = self.config, self.spec
+        n = x.shape[0]
+        nk, nv, dk, dv = cfg.linear_dims
+        p = "linear_attn."
+        if spec.linear_attn == "qkvz":
+            qkv, z, b, a = ops.unpack_qkvz_ba(ops.linear(x, W[p + "in_proj_qkvz.weight"]),
+                                              ops.linear(x, W[p + "in_proj_ba.weight"]), nk, nv, dk, dv)
+        else:
+            qkv = ops.linear(x, W[p + "in_proj_qkv.weight"])                     # [n, C]  C = 2 nk dk + nv dv
+            z = ops.linear(x, W[p + "in_proj_z.weight"])                         # [n, nv*dv]
+            b = ops.linear(x, W[p + "in_proj_b.weight"])                         # [n, nv]
+            a = ops.linear(x, W[p + "in_proj_a.weight"])                         # [n, nv]
+        conv_w = W[p + "conv1d.weight"][:, 0, :]                                 # [C, 1, K] -> [C, K]
+        conv0, S0 = cache.initial(qkv.shape[1], conv_w.shape[1], (nv, dk, dv))
+        qkv, window = ops.causal_conv1d(qkv, conv0, conv_w)                      # [n, C]
+        q, k, v = np.split(qkv, [nk * dk, 2 * nk * dk], axis=-1)
+        q = ops.l2norm(q.reshape(n, nk, dk)) * dk ** -0.5                        # [n, nk, dk]
+        k = ops.l2norm(k.reshape(n, nk, dk))
+        q, k = np.repeat(q, nv // nk, axis=1), np.repeat(k, nv // nk, axis=1)     # key head i serves value heads
+                                                                                 # i*r .. i*r + r-1, r = nv/nk
+        v = v.reshape(n, nv, dv)
+        beta = ops.sigmoid(b)                                                    # [n, nv] write strength
+        g = -np.exp(W[p + "A_log"]) * ops.softplus(a + W[p + "dt_bias"])         # [n, nv] log decay <= 0
+        if self.delta_rule == "recurrent" or (self.delta_rule == "auto" and n <= self.recurrent_max_tokens):
+            o, states = ops.gated_delta_rule_recurrent(q, k, v, g, beta, S0)     # [n, nv, dv], [n+1, nv, dk, dv]
+        else:
+            o, S = ops.gated_delta_rule_chunked(q, k, v, g, beta, S0, self.delta_chunk)
+            states = S[None]
+        cache.advance(n, window, states)
+        o = ops.gated_rms_norm(o, z.reshape(n, nv, dv), W[p + "norm.weight"], cfg.rms_norm_eps)  # [n, nv, dv]
+        return ops.linear(o.reshape(n, nv * dv), W[p + "out_proj.weight"])      # [n, H]
 
     def mla_attention(self, x, W: Prefixed, cache: LayerCache, start: int, cos, sin):
         """DeepSeek Multi-head Latent Attention. The cache holds c_kv [T, r] and k_pe [T, dr] only."""
@@ -104,15 +170,15 @@ class Model:
         n, nh = x.shape[0], cfg.num_attention_heads
         dn, dr, dv, r = cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim, cfg.kv_lora_rank
         if cfg.q_lora_rank:
-            cq = ops.rms_norm(ops.linear(x, W["self_attn.q_a_proj.weight"]), W["self_attn.q_a_layernorm.weight"],
-                              cfg.rms_norm_eps)                                  # [n, H] -> [n, rq]
+            cq = self.rms_norm(ops.linear(x, W["self_attn.q_a_proj.weight"]),
+                               W["self_attn.q_a_layernorm.weight"])             # [n, H] -> [n, rq]
             q = ops.linear(cq, W["self_attn.q_b_proj.weight"])                   # [n, rq] -> [n, h*(dn+dr)]
         else:
             q = ops.linear(x, W["self_attn.q_proj.weight"])
         q = q.reshape(n, nh, dn + dr)
         q_nope, q_pe = q[..., :dn], ops.apply_rope(q[..., dn:], cos, sin, self.spec.rope_style)  # [n, h, dn], [n, h, dr]
         ckv = ops.linear(x, W["self_attn.kv_a_proj_with_mqa.weight"])            # [n, H] -> [n, r + dr]
-        c = ops.rms_norm(ckv[:, :r], W["self_attn.kv_a_layernorm.weight"], cfg.rms_norm_eps)  # [n, r]
+        c = self.rms_norm(ckv[:, :r], W["self_attn.kv_a_layernorm.weight"])      # [n, r]
         k_pe = ops.apply_rope(ckv[:, None, r:], cos, sin, self.spec.rope_style)[:, 0]          # [n, dr], shared by heads
         kv = cache.append(c=c, k_pe=k_pe)                                        # [T, r], [T, dr]
         C, KPE = kv["c"], kv["k_pe"]
@@ -133,9 +199,18 @@ class Model:
         return ops.linear(o, W["self_attn.o_proj.weight"])                       # [n, H]
 
     def route(self, x, W: Prefixed):
-        """DeepSeek-V3 router: sigmoid scores; the correction bias only picks experts; group-limited top-k."""
+        """Expert choice: (indices [n, k], weights [n, k]).
+
+        "softmax" (Qwen): softmax over all experts, top-k, renormalised (norm_topk_prob).
+        "sigmoid_group" (DeepSeek-V3): sigmoid scores; the correction bias only picks experts; group-limited top-k.
+        """
         cfg = self.config
         n, E, G = x.shape[0], cfg.n_routed_experts, cfg.n_group
+        if self.spec.router == "softmax":
+            p = ops.softmax(ops.linear(x, W["mlp.gate.weight"]))                 # [n, E]
+            idx = np.argsort(-p, axis=-1, kind="stable")[:, : cfg.num_experts_per_tok]
+            w = np.take_along_axis(p, idx, axis=-1)                              # [n, k]
+            return idx, (w / w.sum(-1, keepdims=True) if cfg.norm_topk_prob else w)
         scores = ops.sigmoid(ops.linear(x, W["mlp.gate.weight"]))                # [n, E]
         choice = scores + W["mlp.gate.e_score_correction_bias"]                  # [n, E]
         if G > 1:
@@ -152,25 +227,40 @@ class Model:
             w = w / (w.sum(-1, keepdims=True) + 1e-20)
         return idx, w * cfg.routed_scaling_factor
 
+    def expert(self, x, W: Prefixed, e: int):
+        if self.spec.expert_layout == "fused":  # gate_up_proj [E, 2I, H] (gate rows first), down_proj [E, H, I]
+            gu = W.expert("mlp.experts.gate_up_proj", e)
+            I = gu.shape[0] // 2
+            return ops.swiglu_mlp(x, gu[:I], gu[I:], W.expert("mlp.experts.down_proj", e))
+        p = f"mlp.experts.{e}."
+        return ops.swiglu_mlp(x, W[p + "gate_proj.weight"], W[p + "up_proj.weight"], W[p + "down_proj.weight"])
+
     def moe(self, x, W: Prefixed):
         idx, w = self.route(x, W)                                                # [n, k], [n, k]
         y = np.zeros_like(x)
         for e in np.unique(idx):                                                 # each selected expert read once
             rows, slot = np.nonzero(idx == e)
-            p = f"mlp.experts.{e}."
-            out = ops.swiglu_mlp(x[rows], W[p + "gate_proj.weight"], W[p + "up_proj.weight"], W[p + "down_proj.weight"])
-            np.add.at(y, rows, out * w[rows, slot][:, None])
-        if self.config.n_shared_experts:
+            np.add.at(y, rows, self.expert(x[rows], W, int(e)) * w[rows, slot][:, None])
+        if self.spec.shared_expert == "gated":
+            if self.config.shared_expert_intermediate_size:
+                s = ops.swiglu_mlp(x, W["mlp.shared_expert.gate_proj.weight"], W["mlp.shared_expert.up_proj.weight"],
+                                   W["mlp.shared_expert.down_proj.weight"])
+                y = y + ops.sigmoid(ops.linear(x, W["mlp.shared_expert_gate.weight"])) * s   # [n, 1] * [n, H]
+        elif self.config.n_shared_experts:
             y = y + ops.swiglu_mlp(x, W["mlp.shared_experts.gate_proj.weight"], W["mlp.shared_experts.up_proj.weight"],
                                    W["mlp.shared_experts.down_proj.weight"])
         return y
 
-    def block(self, x, W: Prefixed, layer: int, cache: LayerCache, start: int, cos, sin):
-        """Pre-norm decoder block: x + attn(norm(x)), then + mlp(norm(.))."""
-        eps = self.config.rms_norm_eps
-        attn = self.mla_attention if self.spec.attention == "mla" else self.gqa_attention
-        h = x + attn(ops.rms_norm(x, W["input_layernorm.weight"], eps), W, cache, start, cos, sin)
-        hn = ops.rms_norm(h, W["post_attention_layernorm.weight"], eps)
+    def block(self, x, W: Prefixed, layer: int, cache, start: int, cos, sin):
+        """Pre-norm decoder block: x + mixer(norm(x)), then + mlp(norm(.)). The mixer is attention, or
+        Gated DeltaNet for the "linear_attention" layers of hybrid models (cache is then a RecurrentCache)."""
+        xn = self.rms_norm(x, W["input_layernorm.weight"])
+        if self.config.layer_type(layer) == "linear_attention":
+            h = x + self.linear_attention(xn, W, cache)
+        else:
+            attn = self.mla_attention if self.spec.attention == "mla" else self.gqa_attention
+            h = x + attn(xn, W, cache, start, cos, sin)
+        hn = self.rms_norm(h, W["post_attention_layernorm.weight"])
         if self.spec.moe and self.config.is_moe_layer(layer):
             return h + self.moe(hn, W)
         return h + ops.swiglu_mlp(hn, W["mlp.gate_proj.weight"], W["mlp.up_proj.weight"], W["mlp.down_proj.weight"])
@@ -197,7 +287,7 @@ class Model:
             x = self.block(x, Prefixed(self, f"model.layers.{i}."), i, cache.layers[i], start, cos, sin)
             if collect is not None:
                 collect[f"layers.{i}.out"] = x
-        h = ops.rms_norm(x, self.weight("model.norm.weight"), cfg.rms_norm_eps)  # [n, H]
+        h = self.rms_norm(x, self.weight("model.norm.weight"))                   # [n, H]
         return h, self.head(h)                                                   # [n, H], [n, V]
 
     def mtp_forward(self, j: int, ids, prev_h, cache: LayerCache, positions: np.ndarray):
@@ -205,30 +295,35 @@ class Model:
 
         x = proj(concat[emb_norm(E ids), hid_norm(prev_h)])   (order per family)
         g = out_norm(block(x));  logits = head(g)
+        (Qwen3-Next/3.5: the glue norms and proj are shared by all modules; block j is `mtp.layers.{j}.`)
         Returns (g [n, H] post-norm, which feeds depth j+1, and logits [n, V]).
         """
         cfg, lay = self.config, self.spec.mtp
         if j >= cfg.num_mtp_modules:
             raise MtpRefError(f"MTP module {j} requested but the checkpoint holds {cfg.num_mtp_modules}")
-        eps = cfg.rms_norm_eps
         p = lay.module_prefix(cfg, j)
         W = Prefixed(self, p)
         self.begin_forward()
         own_embed = lay.embed and (p + lay.embed) in self.ckpt
         e = self.embed(ids, p + lay.embed if own_embed else "model.embed_tokens.weight")  # [n, H]
-        en = ops.rms_norm(e, W[lay.emb_norm], eps)
-        hn = ops.rms_norm(prev_h, W[lay.hid_norm], eps)
+        en = self.rms_norm(e, W[lay.emb_norm])
+        hn = self.rms_norm(prev_h, W[lay.hid_norm])
         cat = np.concatenate([hn, en] if lay.hidden_first else [en, hn], axis=-1)  # [n, 2H]
         x = ops.linear(cat, W[lay.proj])                                          # [n, 2H] -> [n, H]
         cos, sin = self.rope(positions)
         # the mask indexes cache rows (row r sits at rotary position positions[r - cache.length])
-        x = self.block(x, W, cfg.num_hidden_layers + j, cache, cache.length, cos, sin)
-        g = ops.rms_norm(x, W[lay.out_norm], eps)                                 # [n, H]
+        x = self.block(x, Prefixed(self, lay.block_prefix(cfg, j)), cfg.num_hidden_layers + j, cache, cache.length,
+                       cos, sin)
+        g = self.rms_norm(x, W[lay.out_norm])                                     # [n, H]
         own_head = lay.head and (p + lay.head) in self.ckpt
         return g, self.head(g, p + lay.head if own_head else None)
 
-    def new_cache(self) -> KVCache:
-        return KVCache(self.config.num_hidden_layers)
+    def new_cache(self, keep_snapshots: bool = True) -> KVCache:
+        """A cache per trunk layer; the Gated DeltaNet layers get a RecurrentCache. keep_snapshots: keep the
+        per-token recurrent states of each forward (what lets rollback restore any accepted length)."""
+        cfg = self.config
+        linear = [i for i in range(cfg.num_hidden_layers) if cfg.layer_type(i) == "linear_attention"]
+        return KVCache(cfg.num_hidden_layers, recurrent=linear, keep_snapshots=keep_snapshots)
 
     def new_mtp_cache(self) -> LayerCache:
         return LayerCache()
@@ -265,8 +360,10 @@ def count_mtp_modules(cfg: ModelConfig, spec: FamilySpec, ckpt: Checkpoint) -> i
     while True:
         want = mtp_tensors(cfg, spec, n)
         optional = {spec.mtp.module_prefix(cfg, n) + s for s in (spec.mtp.head, spec.mtp.embed) if s}
-        present = [k for k in want if k in ckpt]
-        if not present or (n >= cfg.num_nextn_predict_layers and len(present) < len(want) - len(optional)):
+        # what only module n has: all of it (nextn, mimo), or its block when the glue is shared (Qwen `mtp.`)
+        own = [k for k in want if n == 0 or k.startswith(spec.mtp.block_prefix(cfg, n))]
+        present = [k for k in own if k in ckpt]
+        if not present or (n >= cfg.num_nextn_predict_layers and len(present) < len(set(own) - optional)):
             return n
         check_tensors(ckpt, {k: s for k, s in want.items() if k not in optional or k in ckpt},
                       f"MTP module {n}")
@@ -298,8 +395,11 @@ def load_model(path: str | Path | None = None) -> Model:
     if q and q.get("quant_method") not in ("fp8", None):
         raise MtpRefError(f"{path / 'config.json'}: quantization_config.quant_method '{q.get('quant_method')}' "
                           f"is not supported (only the DeepSeek-style block 'fp8')")
-    ckpt = Checkpoint(path, tuple(q.get("weight_block_size", (128, 128))))
+    if cfg.rope.partial_rotary_factor is None:
+        cfg.rope.partial_rotary_factor = spec.partial_rotary_default
+    ckpt = Checkpoint(path, tuple(q.get("weight_block_size", (128, 128))), aliases=spec.trunk_aliases)
     _limit_blas_threads(cfg)
+    spec = with_checkpoint_layout(spec, cfg, ckpt.infos)
     check_tensors(ckpt, trunk_tensors(cfg, spec), "trunk")
     cfg.num_mtp_modules = count_mtp_modules(cfg, spec, ckpt)
     tok = None

@@ -14,6 +14,12 @@ Verification of k drafts is ONE trunk forward over [pending, d1 .. dk]. Greedy: 
 d_j equals the target argmax; the first mismatch is replaced by the argmax, or a bonus token
 follows when all k pass. Sampling: accept d_j with prob min(1, p(d_j)/q(d_j)), else draw from
 normalise(max(p - q, 0)); bonus from p. Output is then distributed exactly as plain sampling.
+
+Rollback of the main cache after a rejection (recurrent Gated DeltaNet layers cannot drop rows):
+rollback="snapshot":  cache.truncate(N + 1 + a); recurrent layers restore the state they kept
+                      after that token of the verify forward (per-token snapshots, llama.cpp's way).
+rollback="redecode":  the readable reference: checkpoint the cache before verify, restore it on a
+                      rejection and run the trunk again over the kept tokens [pending, d1 .. da].
 """
 
 from __future__ import annotations
@@ -57,6 +63,7 @@ class Stats:
     target_forwards: int = 0
     mtp_forwards: int = 0
     hist: list[int] = field(default_factory=list)
+    redecode_forwards: int = 0         # extra trunk forwards of rollback="redecode"
     prefill_seconds: float = 0.0
     seconds: float = 0.0
     bytes_read: int = 0                # weight bytes read after prefill
@@ -76,6 +83,7 @@ class Stats:
             "acceptance_per_depth": per_depth,
             "mean_accepted_length": float((a * np.array(self.hist)).sum() / rounds) if rounds and self.k else 0.0,
             "tokens_per_target_forward": self.generated / self.target_forwards if self.target_forwards else float(self.generated),
+            "redecode_forwards": self.redecode_forwards,
             "seconds": self.seconds,
             "prefill_seconds": self.prefill_seconds,
             "weight_bytes_per_token": self.bytes_read / self.generated if self.generated else 0.0,
@@ -84,10 +92,17 @@ class Stats:
 
 class SpeculativeDecoder:
     def __init__(self, model: Model, draft_depth: int = 0, mode: str = "chain",
-                 sampling: SamplingParams = SamplingParams(), seed: int = 0):
+                 sampling: SamplingParams = SamplingParams(), seed: int = 0, rollback: str = "snapshot"):
         cfg = model.config
         if mode not in ("chain", "recursive"):
             raise MtpRefError(f"--mode must be 'chain' or 'recursive', not '{mode}'")
+        if rollback not in ("snapshot", "redecode"):
+            raise MtpRefError(f"--rollback must be 'snapshot' or 'redecode', not '{rollback}'")
+        if (rollback == "snapshot" and "linear_attention" in cfg.layer_types and model.delta_rule != "chunked"
+                and draft_depth + 1 > model.recurrent_max_tokens):
+            raise MtpRefError(f"--draft {draft_depth}: a verify window of {draft_depth + 1} tokens exceeds the "
+                              f"{model.recurrent_max_tokens} tokens for which the recurrent layers keep per-token "
+                              f"snapshots; use a smaller --draft or --rollback redecode")
         if draft_depth < 0:
             raise MtpRefError("--draft must be >= 0")
         if draft_depth > 0 and cfg.num_mtp_modules == 0:
@@ -100,10 +115,11 @@ class SpeculativeDecoder:
             raise MtpRefError(f"chain mode drafts depth j with module j, and this checkpoint has "
                               f"{cfg.num_mtp_modules} MTP module(s): use --draft <= {cfg.num_mtp_modules} "
                               f"or --mode recursive")
-        self.model, self.k, self.mode, self.sp = model, draft_depth, mode, sampling
+        self.model, self.k, self.mode, self.sp, self.rollback_mode = model, draft_depth, mode, sampling, rollback
         self.rng = np.random.default_rng(seed)
         n_mod = 0 if draft_depth == 0 else (draft_depth if mode == "chain" else 1)
-        self.cache = model.new_cache()
+        self.cache = model.new_cache() if rollback == "snapshot" else model.new_cache(keep_snapshots=False)
+        self._saved = None                                     # pre-verify checkpoint (rollback="redecode")
         self.mtp_caches = [model.new_mtp_cache() for _ in range(n_mod)]
         self.mtp_out: list[np.ndarray] = [np.zeros((0, cfg.hidden_size), np.float32) for _ in range(n_mod)]
         self.h = np.zeros((0, cfg.hidden_size), np.float32)   # trunk hidden per committed position
@@ -185,6 +201,8 @@ class SpeculativeDecoder:
     def verify(self, drafts: list[int]) -> tuple[np.ndarray, np.ndarray]:
         """ONE trunk forward over [pending, d1 .. dk]: k+1 rows of (hidden, logits)."""
         self.stats.target_forwards += 1
+        if self.rollback_mode == "redecode":
+            self._saved = self.cache.checkpoint()
         return self.model.forward(np.asarray([self.pending] + drafts), self.cache)
 
     def accept(self, drafts, qs, logits):
@@ -213,9 +231,15 @@ class SpeculativeDecoder:
         bonus = sample(probs_from_logits(logits[len(drafts)], self.sp), self.rng)
         return len(drafts), drafts + [bonus], us, pds, None
 
-    def rollback(self, N: int, a: int, h_new: np.ndarray) -> None:
+    def rollback(self, N: int, a: int, h_new: np.ndarray, drafts: list[int] = ()) -> None:
         """Keep pending + a accepted drafts in the main cache; cut rows that saw a rejected draft."""
-        self.cache.truncate(N + 1 + a)
+        if self.rollback_mode == "redecode" and a + 1 < len(h_new):
+            # the reference: back to the state before verify, then decode the kept tokens again
+            self.cache.restore(self._saved)
+            h_new, _ = self.model.forward(np.asarray([self.pending] + list(drafts[:a])), self.cache)
+            self.stats.redecode_forwards += 1
+        else:
+            self.cache.truncate(N + 1 + a)
         self.h = np.concatenate([self.h, h_new[: a + 1]])
         for j, c in enumerate(self.mtp_caches):
             if self.mode == "chain":
@@ -246,7 +270,7 @@ class SpeculativeDecoder:
             h, logits = self.verify(drafts)
             a, new, us, pds, resid = self.accept(drafts, qs, logits)
             before = self.cache_lengths()
-            self.rollback(N, a, h)
+            self.rollback(N, a, h, drafts)
             self.tokens += [self.pending] + drafts[:a]
             rec = StepRecord(N, self.pending, infos, [int(x) for x in np.argmax(logits, -1)], pds, us, a, new,
                              resid, before, self.cache_lengths())
@@ -267,7 +291,7 @@ class GenerationResult:
 
 def generate(model: Model, prompt_ids: list[int], max_new_tokens: int = 32, draft_depth: int = 0,
              mode: str = "chain", temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
-             stop_at_eos: bool = True) -> GenerationResult:
+             stop_at_eos: bool = True, rollback: str = "snapshot") -> GenerationResult:
     """Generate up to max_new_tokens tokens after prompt_ids (stops early at an eos token)."""
     if max_new_tokens < 1:
         raise MtpRefError("--max-new-tokens must be >= 1")
@@ -279,7 +303,7 @@ def generate(model: Model, prompt_ids: list[int], max_new_tokens: int = 32, draf
     if total > cfg.max_position_embeddings:
         raise MtpRefError(f"prompt ({len(prompt_ids)}) + max_new_tokens ({max_new_tokens}) + draft ({draft_depth}) "
                           f"= {total} tokens exceeds max_position_embeddings {cfg.max_position_embeddings}")
-    dec = SpeculativeDecoder(model, draft_depth, mode, SamplingParams(temperature, top_k, top_p), seed)
+    dec = SpeculativeDecoder(model, draft_depth, mode, SamplingParams(temperature, top_k, top_p), seed, rollback)
     t0 = time.perf_counter()
     dec.prefill(list(prompt_ids))
     eos = set(cfg.eos_token_id) if stop_at_eos else set()

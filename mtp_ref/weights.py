@@ -2,6 +2,7 @@
 
 * single `model.safetensors`, or shards listed in `model.safetensors.index.json`
 * bf16 / f16 / f32 stored weights decode to float32 exactly
+* release prefixes of a multimodal wrapper (`model.language_model.`) can be read as `model.`
 * FP8 (e4m3) weights with a `<name>_scale_inv` partner are dequantised exactly with
   128x128 blocks (DeepSeek-V3 release format, `quantization_config.weight_block_size`):
   W[i, j] = fp8(W[i, j]) * scale_inv[i // 128, j // 128]
@@ -24,7 +25,10 @@ SCALE_SUFFIX = "_scale_inv"
 
 
 class Checkpoint:
-    def __init__(self, path: Path, block_size: tuple[int, int] = (128, 128)):
+    def __init__(self, path: Path, block_size: tuple[int, int] = (128, 128), aliases: tuple[str, ...] = ()):
+        """aliases: release prefixes that stand for "model." (the text model inside a multimodal release,
+        "model.language_model."); tensors under them are known by their "model." names, as transformers'
+        PrefixChange conversion loads them."""
         self.path = Path(path)
         self.block_size = tuple(block_size)
         self.infos: dict[str, TensorInfo] = {}
@@ -56,6 +60,9 @@ class Checkpoint:
             else:
                 raise MtpRefError(f"{self.path}: no model.safetensors or model.safetensors.index.json; "
                                   f"mtp-ref reads safetensors checkpoints only (never pickle .bin files)")
+        for alias in aliases:
+            for name in [n for n in self.infos if n.startswith(alias)]:
+                self.infos.setdefault("model." + name[len(alias):], self.infos.pop(name))
 
     # -- lookup ---------------------------------------------------------------------------
     def __contains__(self, name: str) -> bool:
