@@ -1,0 +1,1 @@
+"""The Streamlit explainer: `streamlit run explainer/app.py`."""

@@ -1,0 +1,1 @@
+"""One module per explainer page; app.py registers them with st.navigation."""
