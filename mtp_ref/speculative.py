@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .cache import LayerCache
 from .errors import MtpRefError
 from .model import Model
 from .sampling import SamplingParams, probs_from_logits, sample
@@ -121,8 +122,9 @@ class SpeculativeDecoder:
         self.cache = model.new_cache() if rollback == "snapshot" else model.new_cache(keep_snapshots=False)
         self._saved = None                                     # pre-verify checkpoint (rollback="redecode")
         self.mtp_caches = [model.new_mtp_cache() for _ in range(n_mod)]
-        self.mtp_out: list[np.ndarray] = [np.zeros((0, cfg.hidden_size), np.float32) for _ in range(n_mod)]
-        self.h = np.zeros((0, cfg.hidden_size), np.float32)   # trunk hidden per committed position
+        # per-row hidden histories, in growable buffers (appending must not copy the whole history each step)
+        self._out = [LayerCache() for _ in range(n_mod)]      # module j's post-norm outputs g^j, per row
+        self._h = LayerCache()                                 # trunk hidden h per committed position
         self.tokens: list[int] = []                            # committed tokens (in the main cache)
         self.pending: int | None = None
         self.prompt_len = 0
@@ -130,6 +132,13 @@ class SpeculativeDecoder:
         self.records: list[StepRecord] = []
 
     # -------------------------------------------------------------- helpers
+    @property
+    def h(self) -> np.ndarray:
+        return self._h.view("h")                               # [N, H]
+
+    def mtp_out(self, j: int) -> np.ndarray:
+        return self._out[j].view("g")                          # [rows of module j, H]
+
     def _choose(self, logits: np.ndarray) -> tuple[int, np.ndarray | None]:
         if self.sp.greedy:
             return int(np.argmax(logits)), None
@@ -151,11 +160,12 @@ class SpeculativeDecoder:
         r0 = c.length
         if r0 >= stop:
             return None
-        prev = self.h if j == 0 else self.mtp_out[j - 1]
+        prev = self.h if j == 0 else self.mtp_out(j - 1)
         rows = np.arange(r0, stop)
         module = j if self.mode == "chain" else 0
         g, logits = self.model.mtp_forward(module, [ext[i + j + 1] for i in rows], prev[r0:stop], c, rows + j + 1)
-        self.mtp_out[j] = np.concatenate([self.mtp_out[j][:r0], g])
+        self._out[j].truncate(r0)
+        self._out[j].append(g=g)
         return logits
 
     # -------------------------------------------------------------- named steps
@@ -166,7 +176,8 @@ class SpeculativeDecoder:
         t0 = time.perf_counter()
         self.model.reset_meter()
         h, logits = self.model.forward(np.asarray(prompt), self.cache)
-        self.h, self.tokens, self.prompt_len = h, list(prompt), len(prompt)
+        self._h.append(h=h)
+        self.tokens, self.prompt_len = list(prompt), len(prompt)
         self.pending, _ = self._choose(logits[-1])
         # rows that use prompt tokens only: module j, rows 0 .. N-2-j
         ext = self.tokens
@@ -185,8 +196,8 @@ class SpeculativeDecoder:
                 logits = self._mtp_rows(j, N, ext)[-1]
             else:  # recursive: one provisional row at N-1+j fed with the previous step's output
                 c = self.mtp_caches[0]
-                g, lg = self.model.mtp_forward(0, [ext[N + j]], self.mtp_out[0][-1:], c, np.array([N + j]))
-                self.mtp_out[0] = np.concatenate([self.mtp_out[0], g])
+                g, lg = self.model.mtp_forward(0, [ext[N + j]], self.mtp_out(0)[-1:], c, np.array([N + j]))
+                self._out[0].append(g=g)
                 logits = lg[-1]
             self.stats.mtp_forwards += 1
             d, q = self._choose(logits)
@@ -240,7 +251,7 @@ class SpeculativeDecoder:
             self.stats.redecode_forwards += 1
         else:
             self.cache.truncate(N + 1 + a)
-        self.h = np.concatenate([self.h, h_new[: a + 1]])
+        self._h.append(h=h_new[: a + 1])
         for j, c in enumerate(self.mtp_caches):
             if self.mode == "chain":
                 # module j row i used tokens up to t[i+j+1] and drafts of depth < j: still valid when i+j+1 <= N+a
@@ -248,7 +259,7 @@ class SpeculativeDecoder:
             else:
                 keep = min(c.length, N)  # provisional recursive rows were fed MTP outputs, not trunk hiddens
             c.truncate(max(keep, 0))
-            self.mtp_out[j] = self.mtp_out[j][: c.length]
+            self._out[j].truncate(min(self._out[j].length, c.length))
 
     def step(self) -> StepRecord:
         """One cycle (or one plain decode step when k = 0); commits >= 1 token."""
@@ -260,7 +271,7 @@ class SpeculativeDecoder:
             self.stats.target_forwards += 1
             h, logits = self.model.forward(np.asarray([self.pending]), self.cache)
             self.tokens.append(self.pending)
-            self.h = np.concatenate([self.h, h])
+            self._h.append(h=h)
             nxt, _ = self._choose(logits[-1])
             rec = StepRecord(N, self.pending, [], [int(np.argmax(logits[-1]))], [], [], 0, [nxt], None,
                              self.cache_lengths(), self.cache_lengths())

@@ -149,8 +149,8 @@ def machine_bandwidth(nonce: int) -> float:
 @st.cache_data(show_spinner=False)
 def cuda_status() -> str:
     try:
-        from numba import cuda
-        if not cuda.is_available():
+        from numba import config as numba_config, cuda
+        if numba_config.ENABLE_CUDASIM or not cuda.is_available():  # the simulator is no GPU to time
             return "CUDA: no GPU visible to numba on this machine, so only the NumPy curve is shown."
         from kernels_cuda.backend import CudaModel  # noqa: F401
     except Exception as e:  # noqa: BLE001 - optional extra: report why it is off, never fail the page
