@@ -1,0 +1,232 @@
+"""Low-level device helpers: 16-byte vector loads and bf16 / fp8 bit decoding.
+
+On a real GPU these are numba `@intrinsic`s that emit one PTX instruction each
+(`ld.global.nc.L1::no_allocate.v4.u32`, `ld.global.v4.f32`, a bitcast). Under the CUDA
+simulator (NUMBA_ENABLE_CUDASIM=1) the same names are plain Python functions with the same
+results, so every kernel runs unchanged on the CPU in CI.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+SIM = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
+
+
+def factory(make):
+    """Mark a kernel factory: the kernel it returns remembers (module, factory, args), so that
+    compile_check.py can rebuild it and compile it for sm_90 on a machine without a GPU."""
+    def wrapped(*args):
+        k = make(*args)
+        try:
+            k._mtp_src = (make.__module__, make.__name__, tuple(args))
+        except AttributeError:
+            pass
+        return k
+
+    wrapped.__name__, wrapped.__doc__, wrapped.__wrapped__ = make.__name__, make.__doc__, make
+    return wrapped
+
+if SIM:
+    import struct
+
+    from . import simfast
+
+    simfast.enable()
+
+    def _np(a):
+        """The NumPy array behind a simulator device array (element access through the simulator's
+        wrappers costs microseconds; these helpers run millions of times in CI)."""
+        while hasattr(a, "_item") or hasattr(a, "_ary"):
+            a = a._item if hasattr(a, "_item") else a._ary
+        return a
+
+    def ld_u32x4(a, i):
+        """16 bytes at &a[i] (any 1-D array, i in elements of a) as four uint32 words."""
+        a = _np(a)
+        return tuple(int(v) for v in a[i: i + 16 // a.itemsize].view(np.uint32))
+
+    def ld_u32x2(a, i):
+        """8 bytes at &a[i] as two uint32 words."""
+        a = _np(a)
+        return tuple(int(v) for v in a[i: i + 8 // a.itemsize].view(np.uint32))
+
+    def ld_f32x4(a, i):
+        a = _np(a)
+        v = a[i: i + 4]
+        return v[0], v[1], v[2], v[3]
+
+    _pack, _unpack = struct.Struct("<I").pack, struct.Struct("<f").unpack
+
+    def bits_f32(v):
+        """Reinterpret the low 32 bits of an integer as a float32."""
+        return np.float32(_unpack(_pack(int(v) & 0xFFFFFFFF))[0])
+
+else:
+    from llvmlite import ir
+    from numba import types
+    try:
+        from numba.cuda.extending import intrinsic
+    except ImportError:  # older numba-cuda
+        from numba.core.extending import intrinsic
+
+    def _elem_ptr(context, builder, aty, arr, idx):
+        ary = context.make_array(aty)(context, builder, value=arr)
+        base = ary.data                                   # element pointer
+        return builder.gep(base, [idx])
+
+    def _vec_load(n_words, ty, asm):
+        @intrinsic
+        def impl(typingctx, a, i):
+            if not (isinstance(a, types.Array) and a.ndim == 1 and isinstance(i, types.Integer)):
+                return None
+            sig = types.UniTuple(ty, n_words)(a, i)
+
+            def codegen(context, builder, sig, args):
+                aty, ity = sig.args
+                arr, idx = args
+                idx = context.cast(builder, idx, ity, types.intp)
+                ptr = _elem_ptr(context, builder, aty, arr, idx)
+                lt = context.get_value_type(ty)
+                ptr = builder.bitcast(ptr, lt.as_pointer())
+                ret = ir.LiteralStructType([lt] * n_words)
+                fnty = ir.FunctionType(ret, [lt.as_pointer()])
+                cons = ",".join(["=r" if ty == types.uint32 else "=f"] * n_words) + ",l"
+                call = builder.call(ir.InlineAsm(fnty, asm, cons), [ptr])
+                vals = [builder.extract_value(call, k) for k in range(n_words)]
+                return context.make_tuple(builder, sig.return_type, vals)
+
+            return sig, codegen
+
+        return impl
+
+    # weights: read-only for the whole kernel, streamed once -> non-coherent path, skip L1
+    ld_u32x4 = _vec_load(4, types.uint32, "ld.global.nc.L1::no_allocate.v4.u32 {$0, $1, $2, $3}, [$4];")
+    ld_u32x2 = _vec_load(2, types.uint32, "ld.global.nc.L1::no_allocate.v2.u32 {$0, $1}, [$2];")
+    # activations: re-read by every warp of a block -> keep them in L1
+    ld_f32x4 = _vec_load(4, types.float32, "ld.global.v4.f32 {$0, $1, $2, $3}, [$4];")
+
+    @intrinsic
+    def bits_f32(typingctx, v):
+        if not isinstance(v, types.Integer):
+            return None
+        sig = types.float32(v)
+
+        def codegen(context, builder, sig, args):
+            (x,) = args
+            w = sig.args[0].bitwidth
+            i32 = ir.IntType(32)
+            x = builder.trunc(x, i32) if w > 32 else (builder.zext(x, i32) if w < 32 else x)
+            return builder.bitcast(x, ir.FloatType())
+
+        return sig, codegen
+
+
+# ----------------------------------------------------------------------------- warp exchange
+# shfl_xor(v, m): the value of lane (lane ^ m) of the same warp; syncwarp(): warp barrier;
+# warp_sum / warp_max: the reduction over the warp, every lane gets it. All lanes of the warp must
+# call them. On the GPU blocks have a multiple of 32 threads; the simulator also runs blocks of
+# fewer threads (one "warp" of that many lanes), which is much faster there.
+if SIM:
+    import threading
+
+    from numba import cuda
+
+    _warp_lock = threading.Lock()
+    _warps: dict = {}
+
+    class _Warp:
+        def __init__(self, size):
+            self.size = size
+            self.barrier = threading.Barrier(size)
+            self.vals = [None] * size
+
+    def _warp():
+        """The simulated warp of this thread: min(32, threads per block) lanes."""
+        t, b = cuda.threadIdx, cuda.blockIdx
+        d = cuda.blockDim
+        nthreads = d.x * d.y * d.z
+        lin = t.x + d.x * (t.y + d.y * t.z)
+        size = min(32, nthreads)
+        key = (b.x, b.y, b.z, lin // 32, size)
+        with _warp_lock:
+            w = _warps.get(key)
+            if w is None:
+                w = _warps[key] = _Warp(size)
+        return w, lin % 32
+
+    @cuda.jit(device=True)
+    def shfl_xor(v, m):
+        w, lane = _warp()
+        w.vals[lane] = v
+        w.barrier.wait()
+        r = w.vals[lane ^ m]
+        w.barrier.wait()
+        return r
+
+    @cuda.jit(device=True)
+    def syncwarp():
+        w, _ = _warp()
+        if w.size > 1:
+            w.barrier.wait()
+
+else:
+    from numba import cuda
+
+    @cuda.jit(device=True, inline=True)
+    def shfl_xor(v, m):
+        return cuda.shfl_xor_sync(0xFFFFFFFF, v, m)
+
+    @cuda.jit(device=True, inline=True)
+    def syncwarp():
+        cuda.syncwarp(0xFFFFFFFF)
+
+
+if SIM:
+    @cuda.jit(device=True)
+    def warp_sum(v):
+        """Sum over the 32 lanes (simulator: one exchange, 2 barriers, fixed order)."""
+        w, lane = _warp()
+        if w.size == 1:
+            return v
+        w.vals[lane] = v
+        w.barrier.wait()
+        s = w.vals[0]
+        for j in range(1, w.size):
+            s += w.vals[j]
+        w.barrier.wait()
+        return s
+
+    @cuda.jit(device=True)
+    def warp_max(v):
+        w, lane = _warp()
+        if w.size == 1:
+            return v
+        w.vals[lane] = v
+        w.barrier.wait()
+        s = w.vals[0]
+        for j in range(1, w.size):
+            s = max(s, w.vals[j])
+        w.barrier.wait()
+        return s
+
+else:
+    @cuda.jit(device=True, inline=True)
+    def warp_sum(v):
+        v += shfl_xor(v, 16)
+        v += shfl_xor(v, 8)
+        v += shfl_xor(v, 4)
+        v += shfl_xor(v, 2)
+        v += shfl_xor(v, 1)
+        return v
+
+    @cuda.jit(device=True, inline=True)
+    def warp_max(v):
+        v = max(v, shfl_xor(v, 16))
+        v = max(v, shfl_xor(v, 8))
+        v = max(v, shfl_xor(v, 4))
+        v = max(v, shfl_xor(v, 2))
+        v = max(v, shfl_xor(v, 1))
+        return v

@@ -1,0 +1,555 @@
+"""The non-GEMM kernels of the forward pass (the GEMM is in gemm.py).
+
+Every kernel has a NumPy reference in reference.py and a test in tests/test_kernels.py.
+Work items (rows, heads, ...) are visited with a grid-stride loop: on the GPU the grid has one
+block per item, so each block runs its loop once; the simulator gets a grid of 1 block and 1
+thread, which it runs far faster than one Python thread per element.
+Arrays are flat 1-D device arrays with explicit leading dimensions (ld*) and offsets (*off), so
+that one kernel serves q/k/v segments of a fused buffer or halves of a concatenation. Values
+that change from step to step (cache length, positions, token ids, the MoE expert count) are read
+from the int32 device array `meta`, never passed as launch arguments: the launches are then
+identical from one step to the next and can be captured once into a CUDA graph and replayed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import cuda, float32, float64, int32
+
+from .gemm import LOADERS
+from .intrinsics import SIM, factory, ld_f32x4, warp_max, warp_sum
+
+# layout of the int32 `meta` array
+M_START, M_N, M_NACT = 0, 1, 3
+M_POS, M_IDS = 16, 32
+META_LEN = 64
+NEG_INF = float32(-np.inf)
+
+NT = 1 if SIM else 128            # threads per block of the elementwise / row kernels (backend)
+
+
+# ----------------------------------------------------------------------------- block reductions
+@cuda.jit(device=True, inline=True)
+def block_sum(v, buf):
+    """Sum of v over the block (blockDim.x a multiple of 32); buf: shared float32[32]."""
+    v = warp_sum(v)
+    nw = cuda.blockDim.x >> 5
+    if nw <= 1:
+        return v
+    if (cuda.threadIdx.x & 31) == 0:
+        buf[cuda.threadIdx.x >> 5] = v
+    cuda.syncthreads()
+    t = buf[0]
+    for j in range(1, nw):
+        t += buf[j]
+    cuda.syncthreads()
+    return t
+
+
+@cuda.jit(device=True, inline=True)
+def block_max(v, buf):
+    v = warp_max(v)
+    nw = cuda.blockDim.x >> 5
+    if nw <= 1:
+        return v
+    if (cuda.threadIdx.x & 31) == 0:
+        buf[cuda.threadIdx.x >> 5] = v
+    cuda.syncthreads()
+    t = buf[0]
+    for j in range(1, nw):
+        t = max(t, buf[j])
+    cuda.syncthreads()
+    return t
+
+
+# ----------------------------------------------------------------------------- embedding gather
+@factory
+def make_embed(fmt: str):
+    _, load1 = LOADERS[fmt]
+
+    @cuda.jit
+    def embed(table, ws, meta, out, ldo, H, n):
+        """out[i, :] = table[ids[i], :] (decoded to f32); ids = meta[M_IDS + i]; items: n."""
+        for i in range(cuda.blockIdx.x, n, cuda.gridDim.x):
+            row = meta[M_IDS + i]
+            for j in range(cuda.threadIdx.x, H, cuda.blockDim.x):
+                out[i * ldo + j] = load1(table, ws, row, j, H)
+
+    return embed
+
+
+# ----------------------------------------------------------------------------- RMSNorm
+@cuda.jit
+def rmsnorm(x, ldx, xoff, segs, D, w, y, ldy, yoff, eps, n):
+    """y[seg] = x[seg] / sqrt(mean(x[seg]^2) + eps) * w, seg = row i, segment s of length D.
+
+    items n * segs; segments at x[i * ldx + xoff + s * D ...]; y may be x (in place)."""
+    buf = cuda.shared.array(32, float32)
+    for b in range(cuda.blockIdx.x, n * segs, cuda.gridDim.x):
+        i = b // segs
+        s = b - i * segs
+        xb = i * ldx + xoff + s * D
+        yb = i * ldy + yoff + s * D
+        acc = float32(0.0)
+        for j in range(cuda.threadIdx.x, D, cuda.blockDim.x):
+            v = x[xb + j]
+            acc += v * v
+        ss = block_sum(acc, buf)
+        den = math.sqrt(ss / float32(D) + float32(eps))
+        for j in range(cuda.threadIdx.x, D, cuda.blockDim.x):
+            y[yb + j] = x[xb + j] / den * w[j]
+
+
+# ----------------------------------------------------------------------------- RoPE
+STYLE_HALF, STYLE_INTERLEAVED = 0, 1
+
+
+@cuda.jit
+def rope(buf, ldb, off, hd, half, meta, inv_freq, att, style, n, heads):
+    """Rotate the first 2*half dims of head h of row i in place; items (i, h): n * heads.
+
+    angle = pos[i] * inv_freq[j] in float64 (as ops.rope_tables); cos/sin scaled by att.
+    half style pairs (j, j + half); interleaved pairs (2j, 2j + 1)."""
+    for item in range(cuda.blockIdx.x, n * heads, cuda.gridDim.x):
+        i = item // heads
+        h = item - i * heads
+        pos = float64(meta[M_POS + i])
+        base = i * ldb + off + h * hd
+        for j in range(cuda.threadIdx.x, half, cuda.blockDim.x):
+            ang = pos * inv_freq[j]
+            c = float32(math.cos(ang) * att)
+            s = float32(math.sin(ang) * att)
+            if style == STYLE_HALF:
+                a = base + j
+                b = base + j + half
+            else:
+                a = base + 2 * j
+                b = base + 2 * j + 1
+            x1 = buf[a]
+            x2 = buf[b]
+            buf[a] = x1 * c - x2 * s
+            buf[b] = x2 * c + x1 * s
+
+
+# ----------------------------------------------------------------------------- cache write
+@cuda.jit
+def cache_write(src, lds, soff, width, dst, ldd, doff, meta, n):
+    """dst[start + i, doff : doff + width] = src[i, soff : soff + width]; items n."""
+    for i in range(cuda.blockIdx.x, n, cuda.gridDim.x):
+        r = meta[M_START] + i
+        for j in range(cuda.threadIdx.x, width, cuda.blockDim.x):
+            dst[r * ldd + doff + j] = src[i * lds + soff + j]
+
+
+# ----------------------------------------------------------------------------- attention
+def attn_chunk(NQ: int, dk: int, limit_bytes: int = 48 * 1024) -> int:
+    """Keys per block: the largest of 256..32 whose shared memory (q rows + scores) fits."""
+    for C in (256, 128, 64, 32):
+        if (NQ * dk + NQ * C) * 4 <= limit_bytes:
+            return C
+    raise ValueError(f"attention head dim {dk} too large for shared memory")
+
+
+@factory
+def make_attention(NQ: int):
+    """Split-K ("flash-decoding") attention of n <= NQ new queries over the cache.
+
+    attn_partial: block (h, s) scores the keys [s C, (s+1) C) of the cache for the n queries of
+    head h (kv group h // rep), with the causal mask t <= start + i, and writes per query the
+    chunk's max m, sum l = sum exp(score - m) and unnormalised output sum_t exp(score - m) v_t.
+    attn_combine: merges the chunks: out = sum_s e^(m_s - M) o_s / sum_s e^(m_s - M) l_s.
+    """
+
+    @cuda.jit
+    def attn_partial(q, ldq, qoff, kc, ldk, vc, ldv, po, pml, meta, n, nh, rep, dk, dv, scale, C, S, vec):
+        """items (h, s): nh * S; shared memory: q rows [NQ, dk] then scores [NQ, C]."""
+        sm = cuda.shared.array(0, float32)
+        tid = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        wl = min(32, nt)                  # lanes per warp (the simulator runs 1-thread blocks)
+        lane = tid % wl
+        nw = nt // wl
+        start = meta[M_START]
+        T = start + n
+        sc0 = NQ * dk
+        acc = cuda.local.array(NQ, float32)
+        for item in range(cuda.blockIdx.x, nh * S, cuda.gridDim.x):
+            h = item // S
+            s = item - h * S
+            g = h // rep
+            t0 = s * C
+            if t0 >= T:                   # uniform over the block: no barrier is skipped by part of it
+                continue
+            t1 = min(t0 + C, T)
+            for idx in range(tid, n * dk, nt):
+                i = idx // dk
+                sm[idx] = q[i * ldq + qoff + h * dk + (idx - i * dk)]
+            cuda.syncthreads()
+            # scores: one thread per key, all NQ queries at once (q broadcast from shared memory)
+            for t in range(t0 + tid, t1, nt):
+                for i in range(NQ):
+                    acc[i] = float32(0.0)
+                kb = t * ldk + g * dk
+                if vec:
+                    for e in range(0, dk, 4):
+                        k0, k1, k2, k3 = ld_f32x4(kc, kb + e)
+                        for i in range(NQ):
+                            qb = i * dk + e
+                            acc[i] += sm[qb] * k0 + sm[qb + 1] * k1 + sm[qb + 2] * k2 + sm[qb + 3] * k3
+                else:
+                    for e in range(dk):
+                        kv = kc[kb + e]
+                        for i in range(NQ):
+                            acc[i] += sm[i * dk + e] * kv
+                for i in range(NQ):
+                    sm[sc0 + i * C + t - t0] = acc[i] * scale if t <= start + i else NEG_INF
+            cuda.syncthreads()
+            # softmax statistics of this chunk: warp w handles queries w, w + nw, ...
+            L = t1 - t0
+            for i in range(tid // wl, n, nw):
+                m = NEG_INF
+                for j in range(lane, L, wl):
+                    m = max(m, sm[sc0 + i * C + j])
+                m = warp_max(m)
+                l = float32(0.0)
+                for j in range(lane, L, wl):
+                    p = math.exp(sm[sc0 + i * C + j] - m) if m != NEG_INF else float32(0.0)
+                    sm[sc0 + i * C + j] = p
+                    l += p
+                l = warp_sum(l)
+                if lane == 0:
+                    b = ((s * nh + h) * 16 + i) * 2
+                    pml[b] = m
+                    pml[b + 1] = l
+            cuda.syncthreads()
+            # unnormalised output: one thread per output dim, all NQ queries at once
+            for e in range(tid, dv, nt):
+                for i in range(NQ):
+                    acc[i] = float32(0.0)
+                for t in range(t0, t1):
+                    vv = vc[t * ldv + g * dv + e]
+                    for i in range(NQ):
+                        acc[i] += sm[sc0 + i * C + t - t0] * vv
+                for i in range(NQ):
+                    if i < n:
+                        po[((s * nh + h) * 16 + i) * dv + e] = acc[i]
+            cuda.syncthreads()            # shared memory is reused by the next item
+
+    return attn_partial
+
+
+@factory
+def make_attention_v2(NQ: int):
+    """attn_partial v2: v1 with its memory loops unrolled so that several loads are in flight.
+
+    v1 (measured, NOTES.md) walks each key's dk elements and each output dimension's C values one
+    dependent load at a time: latency-bound. v2 loads 4 float4 of a key (16 elements) and 8 values
+    of V per step before using any, and is meant to run with a smaller chunk (C = 64: 4x more
+    blocks in flight at short contexts). Same arguments, same results (up to fp32 summation order).
+    """
+
+    @cuda.jit
+    def attn_partial_v2(q, ldq, qoff, kc, ldk, vc, ldv, po, pml, meta, n, nh, rep, dk, dv, scale, C, S, vec):
+        sm = cuda.shared.array(0, float32)
+        tid = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        wl = min(32, nt)
+        lane = tid % wl
+        nw = nt // wl
+        start = meta[M_START]
+        T = start + n
+        sc0 = NQ * dk
+        acc = cuda.local.array(NQ, float32)
+        dk16 = (dk // 16) * 16 if vec else 0
+        for item in range(cuda.blockIdx.x, nh * S, cuda.gridDim.x):
+            h = item // S
+            s = item - h * S
+            g = h // rep
+            t0 = s * C
+            if t0 >= T:
+                continue
+            t1 = min(t0 + C, T)
+            for idx in range(tid, n * dk, nt):
+                i = idx // dk
+                sm[idx] = q[i * ldq + qoff + h * dk + (idx - i * dk)]
+            cuda.syncthreads()
+            for t in range(t0 + tid, t1, nt):
+                for i in range(NQ):
+                    acc[i] = float32(0.0)
+                kb = t * ldk + g * dk
+                for e in range(0, dk16, 16):                 # 4 x 16 B of the key in flight
+                    a0, a1, a2, a3 = ld_f32x4(kc, kb + e)
+                    b0, b1, b2, b3 = ld_f32x4(kc, kb + e + 4)
+                    c0, c1, c2, c3 = ld_f32x4(kc, kb + e + 8)
+                    d0, d1, d2, d3 = ld_f32x4(kc, kb + e + 12)
+                    for i in range(NQ):
+                        qb = i * dk + e
+                        acc[i] += (sm[qb] * a0 + sm[qb + 1] * a1 + sm[qb + 2] * a2 + sm[qb + 3] * a3
+                                   + sm[qb + 4] * b0 + sm[qb + 5] * b1 + sm[qb + 6] * b2 + sm[qb + 7] * b3
+                                   + sm[qb + 8] * c0 + sm[qb + 9] * c1 + sm[qb + 10] * c2 + sm[qb + 11] * c3
+                                   + sm[qb + 12] * d0 + sm[qb + 13] * d1 + sm[qb + 14] * d2 + sm[qb + 15] * d3)
+                for e in range(dk16, dk):
+                    kv = kc[kb + e]
+                    for i in range(NQ):
+                        acc[i] += sm[i * dk + e] * kv
+                for i in range(NQ):
+                    sm[sc0 + i * C + t - t0] = acc[i] * scale if t <= start + i else NEG_INF
+            cuda.syncthreads()
+            L = t1 - t0
+            for i in range(tid // wl, n, nw):
+                m = NEG_INF
+                for j in range(lane, L, wl):
+                    m = max(m, sm[sc0 + i * C + j])
+                m = warp_max(m)
+                l = float32(0.0)
+                for j in range(lane, L, wl):
+                    p = math.exp(sm[sc0 + i * C + j] - m) if m != NEG_INF else float32(0.0)
+                    sm[sc0 + i * C + j] = p
+                    l += p
+                l = warp_sum(l)
+                if lane == 0:
+                    b = ((s * nh + h) * 16 + i) * 2
+                    pml[b] = m
+                    pml[b + 1] = l
+            cuda.syncthreads()
+            L8 = t0 + (L // 8) * 8
+            for e in range(tid, dv, nt):
+                for i in range(NQ):
+                    acc[i] = float32(0.0)
+                vb = g * dv + e
+                for t in range(t0, L8, 8):                    # 8 values of V in flight
+                    v0 = vc[t * ldv + vb]
+                    v1 = vc[(t + 1) * ldv + vb]
+                    v2 = vc[(t + 2) * ldv + vb]
+                    v3 = vc[(t + 3) * ldv + vb]
+                    v4 = vc[(t + 4) * ldv + vb]
+                    v5 = vc[(t + 5) * ldv + vb]
+                    v6 = vc[(t + 6) * ldv + vb]
+                    v7 = vc[(t + 7) * ldv + vb]
+                    for i in range(NQ):
+                        pb = sc0 + i * C + t - t0
+                        acc[i] += (sm[pb] * v0 + sm[pb + 1] * v1 + sm[pb + 2] * v2 + sm[pb + 3] * v3
+                                   + sm[pb + 4] * v4 + sm[pb + 5] * v5 + sm[pb + 6] * v6 + sm[pb + 7] * v7)
+                for t in range(L8, t1):
+                    vv = vc[t * ldv + vb]
+                    for i in range(NQ):
+                        acc[i] += sm[sc0 + i * C + t - t0] * vv
+                for i in range(NQ):
+                    if i < n:
+                        po[((s * nh + h) * 16 + i) * dv + e] = acc[i]
+            cuda.syncthreads()
+
+    return attn_partial_v2
+
+
+@cuda.jit
+def attn_combine(po, pml, out, ldo, ooff, meta, n, nh, dv, C):
+    """items (i, h): n * nh; out[i, ooff + h*dv + e] = merged attention output of query i, head h."""
+    T = meta[M_START] + n
+    S = (T + C - 1) // C
+    for item in range(cuda.blockIdx.x, n * nh, cuda.gridDim.x):
+        i = item // nh
+        h = item - i * nh
+        M = NEG_INF
+        for s in range(S):
+            M = max(M, pml[((s * nh + h) * 16 + i) * 2])
+        den = float32(0.0)
+        for s in range(S):
+            b = ((s * nh + h) * 16 + i) * 2
+            if pml[b] != NEG_INF:
+                den += pml[b + 1] * math.exp(pml[b] - M)
+        for e in range(cuda.threadIdx.x, dv, cuda.blockDim.x):
+            o = float32(0.0)
+            for s in range(S):
+                b = ((s * nh + h) * 16 + i) * 2
+                if pml[b] != NEG_INF:
+                    o += po[((s * nh + h) * 16 + i) * dv + e] * math.exp(pml[b] - M)
+            out[i * ldo + ooff + h * dv + e] = o / den
+
+
+# ----------------------------------------------------------------------------- MLA helpers
+@factory
+def make_mla_q_absorb(fmt: str, NQ: int):
+    _, load1 = LOADERS[fmt]
+
+    @cuda.jit
+    def mla_q_absorb(q, w, ws, qf, n, nh, dn, dr, dv, r):
+        """qf[i, h, :r] = q_nope[i, h] @ W_UK[h]  (W_UK[h] = kv_b rows h(dn+dv) .. +dn, [dn, r]);
+        qf[i, h, r:] = q_pe[i, h].  q [n, nh, dn+dr], qf [n, nh, r+dr]; one thread per (h, c)."""
+        dq = dn + dr
+        acc = cuda.local.array(NQ, float32)
+        for hc in range(cuda.grid(1), nh * r, cuda.gridsize(1)):
+            h = hc // r
+            c = hc - h * r
+            for i in range(NQ):
+                acc[i] = float32(0.0)
+            for d in range(dn):
+                wv = load1(w, ws, h * (dn + dv) + d, c, r)
+                for i in range(NQ):
+                    if i < n:
+                        acc[i] += q[(i * nh + h) * dq + d] * wv
+            for i in range(NQ):
+                if i < n:
+                    qf[(i * nh + h) * (r + dr) + c] = acc[i]
+        for idx in range(cuda.grid(1), n * nh * dr, cuda.gridsize(1)):
+            ih = idx // dr
+            j = idx - ih * dr
+            qf[ih * (r + dr) + r + j] = q[ih * dq + dn + j]
+
+    return mla_q_absorb
+
+
+@factory
+def make_mla_o_up(fmt: str, NQ: int):
+    _, load1 = LOADERS[fmt]
+
+    @cuda.jit
+    def mla_o_up(ol, w, ws, o, n, nh, dn, dv, r):
+        """o[i, h*dv + v] = o_lat[i, h] . W_UV[h, v]  (kv_b row h(dn+dv) + dn + v); one thread per (h, v)."""
+        acc = cuda.local.array(NQ, float32)
+        for hv in range(cuda.grid(1), nh * dv, cuda.gridsize(1)):
+            h = hv // dv
+            v = hv - h * dv
+            row = h * (dn + dv) + dn + v
+            for i in range(NQ):
+                acc[i] = float32(0.0)
+            for c in range(r):
+                wv = load1(w, ws, row, c, r)
+                for i in range(NQ):
+                    if i < n:
+                        acc[i] += ol[(i * nh + h) * r + c] * wv
+            for i in range(NQ):
+                if i < n:
+                    o[i * nh * dv + hv] = acc[i]
+
+    return mla_o_up
+
+
+# ----------------------------------------------------------------------------- MoE routing
+@cuda.jit
+def moe_route(logits, E, corr, choice, n, k, G, topk_group, norm, scaling, idx, wts, cnt, lists, active, meta):
+    """DeepSeek-V3 router for n tokens (one block; thread t routes tokens t, t + blockDim, ...), then
+    the expert lists.
+
+    scores = sigmoid(logits); choice = scores + corr; group-limited: keep the topk_group groups
+    with the largest top-2 sums (ties -> lower group), others -inf; top-k of choice (ties ->
+    lower expert); weights = scores of the picks, normalised if norm, times scaling.
+    Then: cnt[e], lists[e, :cnt[e]] = slots t*k + s that chose e (in slot order), active[u] =
+    experts in order of first use, meta[M_NACT] = number of active experts.
+    """
+    for t in range(cuda.threadIdx.x, n, cuda.blockDim.x):
+        cb = t * E
+        for e in range(E):
+            sc = float32(1.0) / (float32(1.0) + math.exp(-logits[cb + e]))
+            choice[cb + e] = sc + corr[e]
+        if G > 1:
+            per = E // G
+            # top-2 sum of each group, then keep the best topk_group groups
+            gs = cuda.local.array(64, float32)
+            for g in range(G):
+                b1 = NEG_INF
+                b2 = NEG_INF
+                for e in range(g * per, g * per + per):
+                    v = choice[cb + e]
+                    if v > b1:
+                        b2 = b1
+                        b1 = v
+                    elif v > b2:
+                        b2 = v
+                gs[g] = b1 + b2
+            for rnd in range(topk_group):
+                best = -1
+                for g in range(G):
+                    if gs[g] != float32(np.inf) and (best < 0 or gs[g] > gs[best]):
+                        best = g
+                gs[best] = float32(np.inf)              # mark kept
+            for g in range(G):
+                if gs[g] != float32(np.inf):
+                    for e in range(g * per, g * per + per):
+                        choice[cb + e] = NEG_INF
+        tot = float32(0.0)
+        for s in range(k):
+            best = -1
+            for e in range(E):
+                v = choice[cb + e]
+                if not math.isnan(v) and (best < 0 or v > choice[cb + best]):
+                    best = e
+            sc = float32(1.0) / (float32(1.0) + math.exp(-logits[cb + best]))
+            idx[t * k + s] = best
+            wts[t * k + s] = sc
+            tot += sc
+            choice[cb + best] = float32(np.nan)         # taken
+        for s in range(k):
+            w = wts[t * k + s]
+            if norm:
+                w = w / (tot + float32(1e-20))
+            wts[t * k + s] = w * float32(scaling)
+    cuda.syncthreads()
+    if cuda.threadIdx.x == 0:
+        for e in range(E):
+            cnt[e] = 0
+        na = 0
+        for sl in range(n * k):
+            e = idx[sl]
+            if cnt[e] == 0:
+                active[na] = e
+                na += 1
+            lists[e * 16 + cnt[e]] = sl
+            cnt[e] += 1
+        meta[M_NACT] = na
+
+
+@cuda.jit
+def moe_combine(x, ldx, obuf, H, k, n):
+    """x[t, :] += sum_s obuf[t*k + s, :] (routing weights already applied); items n."""
+    for t in range(cuda.blockIdx.x, n, cuda.gridDim.x):
+        for j in range(cuda.threadIdx.x, H, cuda.blockDim.x):
+            a = float32(0.0)
+            for s in range(k):
+                a += obuf[(t * k + s) * H + j]
+            x[t * ldx + j] += a
+
+
+# ----------------------------------------------------------------------------- verification
+@cuda.jit
+def argmax_rows(x, ld, V, out):
+    """out[i] = argmax_j x[i, j] (first index on ties, like np.argmax); grid n, <= 1024 threads."""
+    bv = cuda.shared.array(1024, float32)
+    bi = cuda.shared.array(1024, int32)
+    i = cuda.blockIdx.x
+    tid = cuda.threadIdx.x
+    best = NEG_INF
+    bidx = int32(V)
+    for j in range(tid, V, cuda.blockDim.x):
+        v = x[i * ld + j]
+        if v > best:
+            best = v
+            bidx = j
+    bv[tid] = best
+    bi[tid] = bidx
+    cuda.syncthreads()
+    if tid == 0:
+        for u in range(1, cuda.blockDim.x):
+            if bv[u] > best or (bv[u] == best and bi[u] < bidx):
+                best = bv[u]
+                bidx = bi[u]
+        out[i] = bidx if bidx < V else 0
+
+
+@cuda.jit
+def softmax_rows(x, ld, V, out, inv_temp):
+    """out[i, :] = softmax(x[i, :] * inv_temp); grid n."""
+    buf = cuda.shared.array(32, float32)
+    i = cuda.blockIdx.x
+    m = NEG_INF
+    for j in range(cuda.threadIdx.x, V, cuda.blockDim.x):
+        m = max(m, x[i * ld + j] * inv_temp)
+    m = block_max(m, buf)
+    s = float32(0.0)
+    for j in range(cuda.threadIdx.x, V, cuda.blockDim.x):
+        s += math.exp(x[i * ld + j] * inv_temp - m)
+    s = block_sum(s, buf)
+    for j in range(cuda.threadIdx.x, V, cuda.blockDim.x):
+        out[i * ld + j] = math.exp(x[i * ld + j] * inv_temp - m) / s

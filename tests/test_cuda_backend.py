@@ -1,0 +1,140 @@
+"""kernels_cuda.backend.CudaModel against the NumPy engine: same logits (to float32 rounding) and the
+same greedy tokens, plain and speculative, on tiny checkpoints of several families.
+
+Runs under numba's CUDA simulator on the CPU (set below before numba is imported) and, with
+NUMBA_ENABLE_CUDASIM=0, on a real GPU (where CUDA graphs are captured and replayed too).
+"""
+
+import os
+
+os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+pytest.importorskip("numba.cuda")
+from numba import cuda  # noqa: E402
+
+from kernels_cuda.intrinsics import SIM  # noqa: E402
+
+if not SIM and not cuda.is_available():
+    pytest.skip("numba was imported without the CUDA simulator and no GPU is present", allow_module_level=True)
+
+from kernels_cuda import backend  # noqa: E402
+from kernels_cuda.backend import CudaModel  # noqa: E402
+from mtp_ref.errors import MtpRefError  # noqa: E402
+from mtp_ref.model import load_model  # noqa: E402
+from mtp_ref.speculative import generate  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+# tiny dims keep the simulator fast: no tokenizer, so the vocabulary can be small
+SMALL = dict(with_tokenizer=False, vocab_size=96)
+
+
+@pytest.fixture(autouse=True)
+def _allow_simulator(monkeypatch):
+    """CudaModel refuses the simulator unless asked (see backend.ALLOW_SIMULATOR); these tests ask."""
+    monkeypatch.setattr(backend, "ALLOW_SIMULATOR", True)
+
+
+def rel(a, b):
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def both(path, **kw):
+    m = load_model(path)
+    return m, CudaModel(m, max_context=64, **kw)
+
+
+@pytest.mark.parametrize("family,draft", [("deepseek_v3", 2), ("mimo", 1)])
+def test_greedy_generate_matches_numpy(tiny_checkpoint, family, draft):
+    """Speculative greedy decoding with the MTP modules: same tokens, same metered weight bytes."""
+    m, cm = both(tiny_checkpoint(family, **SMALL))
+    prompt = [3, 17, 42, 5]
+    a = generate(m, prompt, 5, draft)
+    b = generate(cm, prompt, 5, draft)
+    assert b.token_ids == a.token_ids, (a.token_ids, b.token_ids)
+    assert b.stats["accepted_length_histogram"] == a.stats["accepted_length_histogram"]
+    assert b.stats["weight_bytes_per_token"] == pytest.approx(a.stats["weight_bytes_per_token"])
+
+
+@pytest.mark.parametrize("variant", ["glm4_moe", "qwen3-fp8", "llama-f32", "qwen2-tied-sharded",
+                                     "deepseek_v3-noqlora-ropeparams-sharded"])
+def test_forward_matches_numpy(oracle_model, variant, request):
+    """Trunk and MTP forwards (prefill, then a 2-token step) across families and storage formats."""
+    import builders
+    kw = builders.variant_kwargs(variant) if variant in builders.VARIANTS else {"family": variant}
+    fam = kw.pop("family")
+    kw.update(SMALL)
+    m, cm = both(oracle_model(fam, **kw).path)
+    cn, cc = m.new_cache(), cm.new_cache()
+    for ids in ([5, 17, 42, 7, 9], [8, 9]):
+        h1, l1 = m.forward(np.array(ids), cn)
+        h2, l2 = cm.forward(np.array(ids), cc)
+        assert rel(h2, h1) < 1e-4 and rel(l2, l1) < 1e-4
+        assert cc.length == cn.length
+    if m.config.num_mtp_modules:
+        mn, mc = m.new_mtp_cache(), cm.new_mtp_cache()
+        prev = h1[:1].repeat(3, 0) * np.float32(0.5)
+        g1, l1 = m.mtp_forward(0, [4, 5, 6], prev, mn, np.array([1, 2, 3]))
+        g2, l2 = cm.mtp_forward(0, [4, 5, 6], prev, mc, np.array([1, 2, 3]))
+        assert rel(g2, g1) < 1e-4 and rel(l2, l1) < 1e-4
+
+
+def test_attention_v2_and_tuned_gemm(tiny_checkpoint):
+    """The not-yet-default variants (attention v2, tuned GEMM launch shapes) give the same tokens."""
+    from kernels_cuda.gemm import TUNED_H100
+    path = tiny_checkpoint("mimo", **SMALL)
+    m = load_model(path)
+    cm = CudaModel(m, max_context=64, attention="v2", gemm_tuning=TUNED_H100)
+    a, b = generate(m, [3, 17, 42, 5, 9], 4, 1), generate(cm, [3, 17, 42, 5, 9], 4, 1)
+    assert b.token_ids == a.token_ids
+
+
+def test_simulator_needs_consent(tiny_checkpoint, monkeypatch):
+    if not SIM:
+        pytest.skip("about the simulator")
+    monkeypatch.setattr(backend, "ALLOW_SIMULATOR", False)
+    monkeypatch.delenv("KERNELS_CUDA_ALLOW_SIM", raising=False)
+    with pytest.raises(MtpRefError, match="simulator"):
+        CudaModel(load_model(tiny_checkpoint("qwen2", **SMALL)))
+
+
+def test_chunked_prefill_rollback_and_greedy_path(tiny_checkpoint):
+    """> 16 tokens are fed 16 at a time; truncate() rolls back; forward_greedy returns the argmax."""
+    m, cm = both(tiny_checkpoint("qwen2", **SMALL))
+    ids = list(np.arange(21) * 5 % 96)
+    cn, cc = m.new_cache(), cm.new_cache()
+    h1, l1 = m.forward(np.array(ids), cn)
+    h2, l2 = cm.forward(np.array(ids), cc)
+    assert rel(l2, l1) < 1e-4 and cc.length == 21
+    m.forward(np.array([1, 2, 3]), cn)
+    cm.forward(np.array([1, 2, 3]), cc)
+    cn.truncate(22)
+    cc.truncate(22)
+    _, l1 = m.forward(np.array([7, 8]), cn)
+    h2, am = cm.forward_greedy([7, 8], cc)
+    assert np.array_equal(am, np.argmax(l1, -1))
+    with pytest.raises(MtpRefError):
+        cm.forward([96], cc)                                  # outside the vocabulary
+    with pytest.raises(MtpRefError):
+        cm.forward(list(range(50)), cc)                       # past max_context=64
+
+
+def test_cli_backend_cuda_matches_numpy(tiny_checkpoint):
+    path = tiny_checkpoint("mimo", **SMALL)
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM=os.environ["NUMBA_ENABLE_CUDASIM"], PYTHONPATH=str(ROOT),
+               KERNELS_CUDA_ALLOW_SIM="1")
+    out = {}
+    for backend in ("numpy", "cuda"):
+        r = subprocess.run([sys.executable, "-m", "mtp_ref", "generate", "--model", str(path), "--prompt-ids",
+                            "3,17,42", "--max-new-tokens", "3", "--draft", "1", "--json", "--backend", backend],
+                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+        assert r.returncode == 0, r.stderr[-2000:]
+        out[backend] = json.loads(r.stdout)["token_ids"]
+    assert out["cuda"] == out["numpy"]
