@@ -3,7 +3,7 @@
     python benchmarks/eval_acceptance.py                       # bundled mtp-tiny, all prompts, k = 0..3
     python benchmarks/eval_acceptance.py --max-new-tokens 64 --repeats 1 --limit 5 --json out.json
 
-For every category of mtp_ref/eval/prompts.jsonl and every draft depth k (greedy, chain mode) it runs
+For every category of mtp_ref/eval/prompts.jsonl and every draft depth k (greedy; chain mode unless --mode recursive) it runs
 `mtp_ref.generate` on each prompt and reports, summed over the category's prompts:
   * acceptance per depth: P(draft d accepted) = rounds with >= d accepted / rounds (the engine's
     acceptance_per_depth), and the conditional rate P(d accepted | d-1 accepted);
@@ -50,12 +50,12 @@ def load_prompts(path: Path, categories: list[str] | None, limit: int | None) ->
     return by_cat
 
 
-def run_one(model, ids, k, max_new, repeats):
-    generate(model, ids, max_new_tokens=max_new, draft_depth=k, mode="chain", temperature=0.0, seed=0)  # warm-up
+def run_one(model, ids, k, max_new, repeats, mode="chain"):
+    generate(model, ids, max_new_tokens=max_new, draft_depth=k, mode=mode, temperature=0.0, seed=0)  # warm-up
     times, res = [], None
     for _ in range(repeats):
         t0 = time.perf_counter()
-        res = generate(model, ids, max_new_tokens=max_new, draft_depth=k, mode="chain", temperature=0.0, seed=0)
+        res = generate(model, ids, max_new_tokens=max_new, draft_depth=k, mode=mode, temperature=0.0, seed=0)
         times.append(time.perf_counter() - t0)
     return res, statistics.median(times)
 
@@ -103,6 +103,7 @@ def main(argv=None):
     ap.add_argument("--prompts", default=str(DEFAULT_PROMPTS))
     ap.add_argument("--categories", default=None, help="comma-separated (default: all in the file)")
     ap.add_argument("--ks", default="0,1,2,3", help="draft depths to run; 0 (plain decoding) is always added")
+    ap.add_argument("--mode", choices=["chain", "recursive"], default="chain")
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per prompt and k (median is kept)")
     ap.add_argument("--limit", type=int, default=None, help="at most this many prompts per category")
@@ -130,7 +131,7 @@ def main(argv=None):
         for r in rows:
             ids = bos + model.encode(r["text"])
             for k in ks:
-                res, sec = run_one(model, ids, k, args.max_new_tokens, args.repeats)
+                res, sec = run_one(model, ids, k, args.max_new_tokens, args.repeats, args.mode)
                 per_k_results[k].append(res)
                 per_k_time[k] += sec
             samples.append({"id": r["id"], "category": cat, "prompt": r["text"],
