@@ -39,10 +39,11 @@ def copy16(dst, src, n16):
         i += step
 
 
-def _median_ms(fn, reps=20, warm=3, stream=None):
-    stream = stream or cuda.default_stream()
+def events_ms(stream, fn, reps=20, warm=3):
+    """Median milliseconds of fn() between two device events on `stream`, after `warm` untimed calls."""
     for _ in range(warm):
         fn()
+    stream.synchronize()
     ts = []
     for _ in range(reps):
         a, b = cuda.event(), cuda.event()
@@ -62,11 +63,11 @@ def copy_bandwidth(mib: int = 2048) -> dict:
     s = cuda.default_stream()
     fill[(src.size + 255) // 256, 256, s](src, 3)  # not zeros (METHOD.md)
     out = {"bytes": 2 * nbytes}
-    ms = _median_ms(lambda: dst.copy_to_device(src, stream=s), stream=s)
+    ms = events_ms(s, lambda: dst.copy_to_device(src, stream=s))
     out["memcpy_d2d_GBps"] = 2 * nbytes / ms / 1e6
     sms = cuda.get_current_device().MULTIPROCESSOR_COUNT
     n16 = nbytes // 16
-    ms = _median_ms(lambda: copy16[sms * 8, 512, s](dst, src, n16), stream=s)
+    ms = events_ms(s, lambda: copy16[sms * 8, 512, s](dst, src, n16))
     out["numba_copy16_GBps"] = 2 * nbytes / ms / 1e6
     try:
         import torch

@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from numba import cuda  # noqa: E402
 
-from benchmarks.bench_copy import copy_bandwidth, device_name  # noqa: E402
+from benchmarks.bench_copy import copy_bandwidth, device_name, events_ms  # noqa: E402
 from mtp_ref.config import config_from_dict  # noqa: E402
 from mtp_ref.families import family_for, mtp_tensors, trunk_tensors  # noqa: E402
 
@@ -63,21 +63,6 @@ def make_weights(cfg, spec, seed=0):
             out[name] = t
     torch.cuda.synchronize()
     return out
-
-
-def events_ms(stream, fn, reps=20, warm=3):
-    for _ in range(warm):
-        fn()
-    stream.synchronize()
-    ts = []
-    for _ in range(reps):
-        a, b = cuda.event(), cuda.event()
-        a.record(stream)
-        fn()
-        b.record(stream)
-        b.synchronize()
-        ts.append(cuda.event_elapsed_time(a, b))
-    return float(np.median(ts))
 
 
 def wall_ms(fn, reps=10, warm=2):
