@@ -47,6 +47,9 @@ echo "== [$(el)s] 7B-class model"
 timeout "$(cap 220)" python3 benchmarks/bench_model7b.py --json "$W/model7b.json" > "$W/model7b.log" 2>&1
 tail -n 3 "$W/model7b.log"
 
+echo "== [$(el)s] Gated DeltaNet verify kernel (Qwen3-Next/3.5 shapes)"
+timeout "$(cap 60)" python3 -m kernels_cuda.bench_delta --json "$W/delta.json" > "$W/delta.log" 2>&1; tail -n 8 "$W/delta.log"
+
 echo "== [$(el)s] kernel tests on the GPU"
 timeout "$(cap 150)" python3 -m pytest -q -x -p no:cacheprovider tests/test_kernels.py > "$W/test_kernels.log" 2>&1
 tail -n 4 "$W/test_kernels.log"

@@ -17,6 +17,10 @@ next one is captured into a CUDA graph (per cache and n) and every later one rep
 (`use_graphs=False` keeps the eager path, for debugging). Prompts longer than 16 tokens are
 fed 16 at a time (chunked prefill; the attention is causal over the cache, so the result is
 the same).
+
+Hybrid Qwen3-Next / Qwen3.5 / Qwen3.6 models: the Gated DeltaNet layers keep their conv window and the
+per-token state snapshots of the last forward on the device (DeviceCache), so rolling back a rejected
+draft is choosing a snapshot (meta[M_SLOT]), not a copy; see NOTES.md.
 """
 
 from __future__ import annotations
@@ -147,6 +151,25 @@ def _concat_rows(parts: list[HostTensor], to_f32: bool) -> tuple[str, object, ob
     return fmt, out, None
 
 
+def _rows(p: HostTensor, perm: np.ndarray) -> HostTensor:
+    """The tensor with its rows (first axis) permuted, on the host; FP8 is decoded to f32 (a permutation
+    breaks its 128-row scale blocks)."""
+    p = _on_host(p)
+    if p.fmt == "fp8":
+        return HostTensor("f32", np.ascontiguousarray(_host_f32(p)[perm]), None, p.nbytes)
+    return HostTensor(p.fmt, np.ascontiguousarray(np.asarray(p.data)[perm]), None, p.nbytes)
+
+
+def _flat_rows(p: HostTensor) -> HostTensor:
+    """[E, R, K] fused expert tensor -> [E * R, K] rows (expert e's rows at e * R)."""
+    if p.fmt == "fp8":                    # per-expert block scales [E, ., .]: decode each expert
+        p = _on_host(p)
+        f = np.concatenate([_host_f32(HostTensor("fp8", p.data[e], p.scale[e])) for e in range(p.data.shape[0])])
+        return HostTensor("f32", f, None, p.nbytes)
+    d = p.data
+    return HostTensor(p.fmt, d.reshape(-1, d.shape[-1]), None, p.nbytes)
+
+
 def _on_host(p: HostTensor) -> HostTensor:
     if _is_dev(p.data):
         return HostTensor(p.fmt, p.data.copy_to_host(), p.scale, p.nbytes)
@@ -164,20 +187,18 @@ def _host_f32(p: HostTensor) -> np.ndarray:
 
 
 def _check_supported(spec: FamilySpec, cfg) -> None:
-    """The CUDA backend covers the DeepSeek-V3 / GLM-4.5 / MiMo / Qwen2 / Qwen3 / Llama designs."""
+    """The CUDA backend covers the DeepSeek-V3 / GLM-4.5 / MiMo / Qwen2 / Qwen3 / Llama designs and the hybrid
+    Qwen3-Next / Qwen3.5 / Qwen3.6 ones (Gated DeltaNet, gated attention, zero-centred norms, softmax router,
+    sigmoid-gated shared expert, fused or per-expert tensors)."""
     missing = []
-    if "linear_attention" in (getattr(cfg, "layer_types", None) or []):
-        missing.append("Gated DeltaNet (linear_attention) layers")
-    if getattr(spec, "attn_gate", False):
-        missing.append("gated attention")
-    if getattr(spec, "norm_offset", 0.0):
-        missing.append("zero-centred RMSNorm")
-    if spec.moe and getattr(spec, "router", "sigmoid_group") != "sigmoid_group":
+    if spec.moe and getattr(spec, "router", "sigmoid_group") not in ("sigmoid_group", "softmax"):
         missing.append(f"the '{spec.router}' router")
-    if spec.moe and getattr(spec, "shared_expert", "plain") != "plain":
-        missing.append("gated shared experts")
-    if spec.moe and getattr(spec, "expert_layout", "per_expert") != "per_expert":
-        missing.append("fused expert tensors")
+    if spec.moe and getattr(spec, "shared_expert", "plain") not in ("plain", "gated"):
+        missing.append(f"'{spec.shared_expert}' shared experts")
+    if spec.moe and getattr(spec, "expert_layout", "per_expert") not in ("per_expert", "fused"):
+        missing.append(f"'{spec.expert_layout}' expert tensors")
+    if "linear_attention" in (getattr(cfg, "layer_types", None) or []) and spec.linear_attn not in ("split", "qkvz"):
+        missing.append(f"'{spec.linear_attn}' Gated DeltaNet projections")
     if missing:
         raise MtpRefError(f"the CUDA backend does not implement {', '.join(missing)} ({spec.name}); "
                           f"use --backend numpy")
@@ -187,24 +208,66 @@ def _check_supported(spec: FamilySpec, cfg) -> None:
 class DeviceCache:
     """Per-layer KV rows on the device (GQA: K and V [cap, g*d]; MLA: [cap, r + dr] holding
     [c_kv, k_pe], the compressed latent and the rotated shared key, as DeepSeek caches).
-    Rolling back is setting `length`, exactly as mtp_ref.cache."""
+    Rolling back is setting `length`, exactly as mtp_ref.cache.
 
-    def __init__(self, owner: "CudaModel", n_layers: int):
+    Gated DeltaNet layers (hybrid Qwen models) hold ("linear", win, snap) instead: the conv window
+    win [K-1+16, C] and the state snapshots snap [17, nv, dk, dv] of the last forward. The state to continue
+    from is snapshot `slot` (conv rows slot .. slot+K-2), passed to the kernels in meta[M_SLOT]; a forward of n
+    tokens writes snapshots 0..n and sets slot = n. truncate(length) inside the last forward's window sets
+    slot = length - start (the per-token snapshot, as mtp_ref.cache.RecurrentCache), with no copy."""
+
+    def __init__(self, owner: "CudaModel", layer_ids):
         self.owner = owner
         self.length = 0
-        self.layers = [owner._alloc_layer_cache() for _ in range(n_layers)]
+        self.layers = [owner._alloc_layer_cache(i) for i in layer_ids]
+        self.recurrent = [i for i, c in enumerate(self.layers) if isinstance(c[0], str)]
+        self.slot = 0                   # snapshot the next forward continues from
+        self.start = 0                  # length before the last forward
+        self.nlast = 0                  # tokens of the last forward (snapshots 0..nlast are valid)
         self.graphs: dict = {}
+
+    def advanced(self, start: int, n: int) -> None:
+        self.start, self.nlast, self.slot, self.length = start, n, n, start + n
 
     def truncate(self, length: int) -> None:
         if not 0 <= length <= self.length:
             raise ValueError(f"cannot roll back a cache of length {self.length} to {length}")
+        if self.recurrent and length != self.length:
+            t = length - self.start
+            if not 0 <= t <= self.nlast:
+                raise ValueError(f"cannot roll back a recurrent (Gated DeltaNet) state from {self.length} to "
+                                 f"{length}: the last forward kept snapshots for lengths {self.start}.."
+                                 f"{self.start + self.nlast}")
+            self.slot = t
         self.length = length
 
-    def checkpoint(self) -> int:
-        return self.length              # rows below length are never written again
+    def checkpoint(self):
+        """What restore() needs: the length, and for recurrent layers a device copy of the current state and
+        conv window (rollback="redecode")."""
+        if not self.recurrent:
+            return self.length
+        saved = []
+        for i in self.recurrent:
+            _, win, snap = self.layers[i]
+            st, cw = snap.size // 17, win.size // (self.owner.conv_rows + NMAX)
+            s0, w0 = self.slot * st, self.slot * cw
+            a = cuda.device_array(st, np.float32)
+            b = cuda.device_array(self.owner.conv_rows * cw, np.float32)
+            a.copy_to_device(snap[s0: s0 + st], stream=self.owner.stream)
+            b.copy_to_device(win[w0: w0 + b.size], stream=self.owner.stream)
+            saved.append((a, b))
+        return (self.length, saved)
 
-    def restore(self, saved: int) -> None:
-        self.truncate(saved)
+    def restore(self, saved) -> None:
+        if not self.recurrent:
+            self.truncate(saved)
+            return
+        length, states = saved
+        for i, (a, b) in zip(self.recurrent, states, strict=True):
+            _, win, snap = self.layers[i]
+            snap[: a.size].copy_to_device(a, stream=self.owner.stream)
+            win[: b.size].copy_to_device(b, stream=self.owner.stream)
+        self.length, self.start, self.nlast, self.slot = length, length, 0, 0
 
 
 # ----------------------------------------------------------------------------- the model
@@ -238,6 +301,10 @@ class CudaModel:
         if attention not in ("v1", "v2"):
             raise ValueError(f"attention must be 'v1' or 'v2', not {attention!r}")
         self.attention = attention
+        # Gated DeltaNet (what mtp_ref.speculative checks): the recurrent form, with per-token snapshots of up to
+        # NMAX tokens per forward kept on the device (longer inputs are fed NMAX at a time)
+        self.delta_rule = "recurrent"
+        self.recurrent_max_tokens = NMAX
         self.gemm_tuning = dict(gemm_tuning or {}) if self.lanes > 1 else {}
         self.stream = cuda.stream()
         self.bytes_read = 0
@@ -261,14 +328,20 @@ class CudaModel:
                    _tokenizer=tokenizer, **kw)
 
     # ------------------------------------------------------------------ upload
-    def _norm(self, src, name):
-        """Small 1-D tensors (norm weights, biases) live on the device as float32."""
+    def _norm(self, src, name, offset: float = 0.0):
+        """Small 1-D tensors (norm weights, biases) live on the device as float32 (+ offset)."""
         t = src.get(name)
         self._static_bytes_acc += t.nbytes
-        return cuda.to_device(np.ascontiguousarray(_host_f32(_on_host(t))).ravel())
+        a = np.ascontiguousarray(_host_f32(_on_host(t)), dtype=np.float32).ravel()
+        return cuda.to_device(a + np.float32(offset) if offset else a)
 
-    def _lin(self, src, names: list[str], bias: list[str] | None = None) -> Lin:
-        parts = [src.get(n) for n in names]
+    def _rms(self, src, name):
+        """An RMSNorm weight: Qwen3-Next / Qwen3.5 store it zero-centred (scale = 1 + w), as Model.rms_norm."""
+        return self._norm(src, name, self.spec.norm_offset)
+
+    def _lin(self, src, names: list, bias: list[str] | None = None) -> Lin:
+        """names: released tensor names, or HostTensors already prepared (row-permuted)."""
+        parts = [n if isinstance(n, HostTensor) else src.get(n) for n in names]
         N = sum(p.data.shape[0] for p in parts)
         Kd = parts[0].data.shape[1]
         fmts = {p.fmt for p in parts}
@@ -284,7 +357,7 @@ class CudaModel:
             fmt, w, ws = _concat_rows(parts, to_f32)
         b = None
         if bias:
-            bs = [src.get(n) for n in bias]
+            bs = [n if isinstance(n, HostTensor) else src.get(n) for n in bias]
             b = cuda.to_device(np.concatenate([_host_f32(_on_host(x)).ravel() for x in bs]).astype(np.float32))
             self._static_bytes_acc += sum(x.nbytes for x in bs)
         nb = sum(p.nbytes for p in parts)
@@ -293,43 +366,67 @@ class CudaModel:
 
     def _upload_block(self, src, p: str, layer: int) -> dict:
         cfg, spec = self.config, self.spec
-        L = {"in_norm": self._norm(src, p + "input_layernorm.weight"),
-             "post_norm": self._norm(src, p + "post_attention_layernorm.weight")}
+        L = {"in_norm": self._rms(src, p + "input_layernorm.weight"),
+             "post_norm": self._rms(src, p + "post_attention_layernorm.weight")}
         a = p + "self_attn."
-        if self.mla:
+        if cfg.layer_type(layer) == "linear_attention":
+            self._upload_linear_attn(src, p + "linear_attn.", L)
+        elif self.mla:
             if cfg.q_lora_rank:
                 L["q_a"] = self._lin(src, [a + "q_a_proj.weight"])
-                L["q_a_norm"] = self._norm(src, a + "q_a_layernorm.weight")
+                L["q_a_norm"] = self._rms(src, a + "q_a_layernorm.weight")
                 L["q_b"] = self._lin(src, [a + "q_b_proj.weight"])
             else:
                 L["q"] = self._lin(src, [a + "q_proj.weight"])
             L["kv_a"] = self._lin(src, [a + "kv_a_proj_with_mqa.weight"])
-            L["kv_norm"] = self._norm(src, a + "kv_a_layernorm.weight")
+            L["kv_norm"] = self._rms(src, a + "kv_a_layernorm.weight")
             L["kv_b"] = self._lin(src, [a + "kv_b_proj.weight"])
         else:
             bias = [a + f"{x}_proj.bias" for x in "qkv"] if spec.has_qkv_bias(cfg) else None
-            L["qkv"] = self._lin(src, [a + f"{x}_proj.weight" for x in "qkv"], bias)
+            qn = a + "q_proj.weight"
+            if spec.attn_gate:   # rows per head [query | gate] -> [all queries | all gates]
+                nh, hd = cfg.num_attention_heads, cfg.head_dim
+                perm = np.arange(2 * nh * hd).reshape(nh, 2, hd).transpose(1, 0, 2).ravel()
+                qn = _rows(src.get(qn), perm)
+                if bias:
+                    bias[0] = _rows(src.get(bias[0]), perm)
+            L["qkv"] = self._lin(src, [qn, a + "k_proj.weight", a + "v_proj.weight"], bias)
             if spec.has_qk_norm(cfg):
-                L["q_norm"] = self._norm(src, a + "q_norm.weight")
-                L["k_norm"] = self._norm(src, a + "k_norm.weight")
-        L["o"] = self._lin(src, [a + "o_proj.weight"])
+                L["q_norm"] = self._rms(src, a + "q_norm.weight")
+                L["k_norm"] = self._rms(src, a + "k_norm.weight")
+        if cfg.layer_type(layer) != "linear_attention":
+            L["o"] = self._lin(src, [a + "o_proj.weight"])
         m = p + "mlp."
         if spec.moe and cfg.is_moe_layer(layer):
             E = cfg.n_routed_experts
             L["router"] = self._lin(src, [m + "gate.weight"])
-            L["corr"] = self._norm(src, m + "gate.e_score_correction_bias")
-            gu, dn, nb = [], [], 0
-            for e in range(E):
-                parts = [src.get(m + f"experts.{e}.{x}_proj.weight") for x in ("gate", "up", "down")]
-                gu += parts[:2]
-                dn.append(parts[2])
-                nb += sum(q.nbytes for q in parts)
-            to_f32 = any(q.fmt != "bf16" for q in gu + dn)
-            fmt, wgu, _ = _concat_rows(gu, to_f32)
-            _, wdn, _ = _concat_rows(dn, to_f32)
+            if spec.router == "sigmoid_group":
+                L["corr"] = self._norm(src, m + "gate.e_score_correction_bias")
             I = cfg.moe_intermediate_size
+            if spec.expert_layout == "fused":  # gate_up_proj [E, 2I, H] (gate rows first) = the stacked layout
+                gu, dn = src.get(m + "experts.gate_up_proj"), src.get(m + "experts.down_proj")
+                nb = gu.nbytes + dn.nbytes
+                to_f32 = gu.fmt != "bf16" or dn.fmt != "bf16"
+                fmt, wgu, _ = _concat_rows([_flat_rows(gu)], to_f32)
+                _, wdn, _ = _concat_rows([_flat_rows(dn)], to_f32)
+            else:
+                gu, dn, nb = [], [], 0
+                for e in range(E):
+                    parts = [src.get(m + f"experts.{e}.{x}_proj.weight") for x in ("gate", "up", "down")]
+                    gu += parts[:2]
+                    dn.append(parts[2])
+                    nb += sum(q.nbytes for q in parts)
+                to_f32 = any(q.fmt != "bf16" for q in gu + dn)
+                fmt, wgu, _ = _concat_rows(gu, to_f32)
+                _, wdn, _ = _concat_rows(dn, to_f32)
             L["experts"] = (fmt, wgu, wdn, I, nb // E)
-            if cfg.n_shared_experts:
+            if spec.shared_expert == "gated":
+                if cfg.shared_expert_intermediate_size:
+                    s = m + "shared_expert."
+                    L["s_gu"] = self._lin(src, [s + "gate_proj.weight", s + "up_proj.weight"])
+                    L["s_down"] = self._lin(src, [s + "down_proj.weight"])
+                    L["s_gate"] = self._lin(src, [m + "shared_expert_gate.weight"])
+            elif cfg.n_shared_experts:
                 s = m + "shared_experts."
                 L["s_gu"] = self._lin(src, [s + "gate_proj.weight", s + "up_proj.weight"])
                 L["s_down"] = self._lin(src, [s + "down_proj.weight"])
@@ -340,6 +437,27 @@ class CudaModel:
             L["down"] = self._lin(src, [m + "down_proj.weight"])
         return L
 
+    def _upload_linear_attn(self, src, p: str, L: dict) -> None:
+        """Gated DeltaNet: one input projection with rows [q (all key heads) | k | v | z | b | a] (Qwen3-Next's
+        per-key-head grouped in_proj_qkvz / in_proj_ba are permuted into that order), conv weight [C, K],
+        A_log, dt_bias, the gated norm's plain weight, out_proj."""
+        cfg = self.config
+        nk, nv, dk, dv = cfg.linear_dims
+        if self.spec.linear_attn == "qkvz":
+            from mtp_ref.ops import unpack_qkvz_ba
+            qkvz, ba = src.get(p + "in_proj_qkvz.weight"), src.get(p + "in_proj_ba.weight")
+            iq, iz, ib, ia = unpack_qkvz_ba(np.arange(qkvz.data.shape[0])[None], np.arange(ba.data.shape[0])[None],
+                                            nk, nv, dk, dv)
+            parts = [_rows(qkvz, np.concatenate([iq[0], iz[0]])), _rows(ba, np.concatenate([ib[0], ia[0]]))]
+        else:
+            parts = [p + f"in_proj_{x}.weight" for x in ("qkv", "z", "b", "a")]
+        L["in"] = self._lin(src, parts)
+        L["conv"] = self._norm(src, p + "conv1d.weight")          # [C, 1, K] -> [C * K]
+        L["A_log"] = self._norm(src, p + "A_log")
+        L["dt_bias"] = self._norm(src, p + "dt_bias")
+        L["gnorm"] = self._norm(src, p + "norm.weight")           # plain weight (not zero-centred)
+        L["out"] = self._lin(src, [p + "out_proj.weight"])
+
     def _upload(self, src):
         cfg, lay = self.config, self.spec.mtp
         self._moe_layers: list[int] = []
@@ -348,7 +466,7 @@ class CudaModel:
         self.embed_tab = self._table(emb)
         self.embed_row_bytes = emb.nbytes // cfg.vocab_size
         self.layers = [self._upload_block(src, f"model.layers.{i}.", i) for i in range(cfg.num_hidden_layers)]
-        self.final_norm = self._norm(src, "model.norm.weight")
+        self.final_norm = self._rms(src, "model.norm.weight")
         if cfg.tie_word_embeddings:
             self.lm_head = Lin(self.embed_tab[0], self.embed_tab[1], None, cfg.vocab_size, cfg.hidden_size, None,
                                emb.nbytes)
@@ -360,11 +478,11 @@ class CudaModel:
         for j in range(cfg.num_mtp_modules):
             self._static_bytes_acc = 0
             p = lay.module_prefix(cfg, j)
-            M = {"emb_norm": self._norm(src, p + lay.emb_norm), "hid_norm": self._norm(src, p + lay.hid_norm),
+            M = {"emb_norm": self._rms(src, p + lay.emb_norm), "hid_norm": self._rms(src, p + lay.hid_norm),
                  "proj": self._lin(src, [p + lay.proj])}
             bp = lay.block_prefix(cfg, j) if hasattr(lay, "block_prefix") else p
             M["block"] = self._upload_block(src, bp, cfg.num_hidden_layers + j)
-            M["out_norm"] = self._norm(src, p + lay.out_norm)
+            M["out_norm"] = self._rms(src, p + lay.out_norm)
             M["head"] = self._lin(src, [p + lay.head]) if lay.head and (p + lay.head) in src else None
             if lay.embed and (p + lay.embed) in src:
                 e = src.get(p + lay.embed)
@@ -403,14 +521,25 @@ class CudaModel:
             widths += [self.q_width, self.qa_width, self.kva_width, self.attn_q_width, nh * r, self.att_width]
         else:
             nh, nkv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-            self.qkv_width = (nh + 2 * nkv) * hd
+            self.qkv_width = ((2 if self.spec.attn_gate else 1) * nh + 2 * nkv) * hd
             self.att_width = nh * hd
             self.dk, self.dv_att, self.groups = hd, hd, nkv
             self.kv_width = nkv * hd
             widths += [self.qkv_width, self.att_width]
+        self.linear = "linear_attention" in (cfg.layer_types or [])
+        if self.linear:
+            nk, nv, dk, dv = cfg.linear_dims
+            self.conv_ch = 2 * nk * dk + nv * dv
+            self.conv_rows = cfg.linear_conv_kernel_dim - 1
+            self.lin_in_width = self.conv_ch + nv * dv + 2 * nv     # [q | k | v | z | b | a]
+            widths += [self.lin_in_width, self.conv_ch, nv * dv]
+            self.G, self.BETA = dev(z * nv), dev(z * nv)
+            self.dr_threads = 1 if SIM else 128
+            self.dr_shape = K.delta_rule_shape(dk, self.dr_threads, 4)
         inter = [cfg.intermediate_size]
         if self.spec.moe and cfg.n_routed_experts:
             inter.append(cfg.moe_intermediate_size * max(cfg.n_shared_experts, 1))
+            inter.append(cfg.shared_expert_intermediate_size)
         self.X, self.XN, self.HOUT, self.PH = dev(z * H), dev(z * H), dev(z * H), dev(z * H)
         self.CAT = dev(z * 2 * H)
         self.A = dev(z * max(widths))          # q / qkv
@@ -445,11 +574,17 @@ class CudaModel:
             self.RLOG = dev(z * E)
             self.HB = dev(z * k * cfg.moe_intermediate_size)
             self.OB = dev(z * k * H)
+            self.SH, self.SG = dev(z * H), dev(z)
         for j, M in enumerate(self.mtp):
             if "moe_slot" in M["block"]:
                 M["block"]["moe_slot"] = len(self._moe_layers) + j
 
-    def _alloc_layer_cache(self):
+    def _alloc_layer_cache(self, layer: int):
+        cfg = self.config
+        if cfg.layer_type(layer) == "linear_attention":
+            nk, nv, dk, dv = cfg.linear_dims
+            return ("linear", cuda.to_device(np.zeros((self.conv_rows + NMAX) * self.conv_ch, np.float32)),
+                    cuda.to_device(np.zeros((NMAX + 1) * nv * dk * dv, np.float32)))
         n = self.cap * self.kv_width
         if self.mla:
             kv = cuda.device_array(n, np.float32)
@@ -458,10 +593,11 @@ class CudaModel:
 
     # ------------------------------------------------------------------ engine interface
     def new_cache(self, keep_snapshots: bool = True) -> DeviceCache:
-        return DeviceCache(self, self.config.num_hidden_layers)
+        """keep_snapshots is accepted for the engine's sake: the recurrent layers always keep them (on the device)."""
+        return DeviceCache(self, range(self.config.num_hidden_layers))
 
     def new_mtp_cache(self) -> DeviceCache:
-        return DeviceCache(self, 1)
+        return DeviceCache(self, [self.config.num_hidden_layers])       # an MTP block: full attention
 
     def reset_meter(self) -> None:
         self.bytes_read = 0
@@ -512,13 +648,40 @@ class CudaModel:
         K.attn_combine[self._grid(n * nh), self.nt, self.stream](self.PO, self.PML, out, ldo, ooff, self.meta, n, nh,
                                                                  dv, C)
 
+    def _linear_attn(self, L: dict, lc, n: int):
+        """Gated DeltaNet over n new tokens (Model.linear_attention), continuing snapshot meta[M_SLOT] of the layer's
+        cache; X += out_proj(gated_norm(delta_rule(...)))."""
+        cfg, st, nt = self.config, self.stream, self.nt
+        H = cfg.hidden_size
+        nk, nv, dk, dv = cfg.linear_dims
+        C, PW = self.conv_ch, self.lin_in_width
+        _, win, snap = lc
+        P, QKV, O = self.A, self.C, self.D
+        self._gemm(L["in"], self.XN, H, P, PW, n)
+        _conv_kernel(self.conv_rows + 1)[self._grid(math.ceil(C / nt)), nt, st](P, PW, 0, win, L["conv"], QKV, C, 0,
+                                                                             self.meta, C, n)
+        K.l2norm_heads[self._grid(n * nk), nt, st](QKV, C, 0, nk, dk, float(dk ** -0.5), 1e-6, QKV, C, 0, n)
+        K.l2norm_heads[self._grid(n * nk), nt, st](QKV, C, nk * dk, nk, dk, 1.0, 1e-6, QKV, C, nk * dk, n)
+        K.gdn_gates[self._grid(math.ceil(n * nv / nt)), nt, st](P, PW, C + nv * dv + nv, C + nv * dv, L["A_log"],
+                                                                L["dt_bias"], self.G, self.BETA, nv, n)
+        ROWS, RG = self.dr_shape
+        tiles = math.ceil(dv / (self.dr_threads // RG))
+        _delta_kernel(ROWS, RG)[self._grid(nv * tiles), self.dr_threads, st](
+            QKV, C, 0, QKV, C, nk * dk, QKV, C, 2 * nk * dk, self.G, self.BETA, snap, snap, O, nv * dv, 0, self.meta,
+            nv, nv // nk, dk, dv, n)
+        K.gated_rmsnorm[self._grid(n * nv), nt, st](O, nv * dv, 0, P, PW, C, nv, dv, L["gnorm"], self.B, nv * dv, 0,
+                                                     float(cfg.rms_norm_eps), n)
+        self._gemm(L["out"], self.B, nv * dv, self.X, H, n, MODE_RESID, self.X)
+
     def _block(self, L: dict, layer: int, kv, n: int):
         cfg, st = self.config, self.stream
         H = cfg.hidden_size
         X, XN = self.X, self.XN
         self._rmsnorm(X, H, 0, 1, H, L["in_norm"], XN, H, 0, n)
-        kc, vc = kv
-        if self.mla:
+        kc, vc = kv[-2:]
+        if cfg.layer_type(layer) == "linear_attention":
+            self._linear_attn(L, kv, n)
+        elif self.mla:
             nh, dn, dr, dv, r = (cfg.num_attention_heads, cfg.qk_nope_head_dim, cfg.qk_rope_head_dim,
                                  cfg.v_head_dim, cfg.kv_lora_rank)
             Q, QF, KVA = self.A, self.D, self.C
@@ -546,16 +709,20 @@ class CudaModel:
             nh, nkv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
             W = self.qkv_width
             QKV = self.A
+            ko = (2 if self.spec.attn_gate else 1) * nh * hd        # [q | gate | k | v] with gated attention
             self._gemm(L["qkv"], XN, H, QKV, W, n)
             if "q_norm" in L:
                 self._rmsnorm(QKV, W, 0, nh, hd, L["q_norm"], QKV, W, 0, n)
-                self._rmsnorm(QKV, W, nh * hd, nkv, hd, L["k_norm"], QKV, W, nh * hd, n)
+                self._rmsnorm(QKV, W, ko, nkv, hd, L["k_norm"], QKV, W, ko, n)
             self._rope(QKV, W, 0, nh, hd, n)
-            self._rope(QKV, W, nh * hd, nkv, hd, n)
-            K.cache_write[self._grid(n), self.nt, st](QKV, W, nh * hd, nkv * hd, kc, nkv * hd, 0, self.meta, n)
-            K.cache_write[self._grid(n), self.nt, st](QKV, W, (nh + nkv) * hd, nkv * hd, vc, nkv * hd, 0, self.meta, n)
+            self._rope(QKV, W, ko, nkv, hd, n)
+            K.cache_write[self._grid(n), self.nt, st](QKV, W, ko, nkv * hd, kc, nkv * hd, 0, self.meta, n)
+            K.cache_write[self._grid(n), self.nt, st](QKV, W, ko + nkv * hd, nkv * hd, vc, nkv * hd, 0, self.meta, n)
             self._attention(QKV, W, 0, kc, vc, self.B, nh * hd, 0, n, nh, hd, hd, nkv * hd, nkv * hd, nh // nkv)
-        self._gemm(L["o"], self.B, self.att_width, X, H, n, MODE_RESID, X)
+            if self.spec.attn_gate:
+                K.sigmoid_gate_mul[self._grid(n), self.nt, st](self.B, nh * hd, 0, QKV, W, nh * hd, nh * hd, n)
+        if "o" in L:
+            self._gemm(L["o"], self.B, self.att_width, X, H, n, MODE_RESID, X)
         self._rmsnorm(X, H, 0, 1, H, L["post_norm"], XN, H, 0, n)
         if "experts" in L:
             self._moe(L, n)
@@ -569,9 +736,15 @@ class CudaModel:
         H, E, k = cfg.hidden_size, cfg.n_routed_experts, cfg.num_experts_per_tok
         s = self.moe[L["moe_slot"]]
         self._gemm(L["router"], self.XN, H, self.RLOG, E, n)
-        K.moe_route[1, 1 if SIM else 32, st](self.RLOG, E, L["corr"], self.CHOICE, n, k, cfg.n_group, cfg.topk_group,
-                               1 if cfg.norm_topk_prob else 0, float(cfg.routed_scaling_factor),
-                               s["idx"], s["wts"], s["cnt"], s["lists"], s["active"], s["nact"])
+        if self.spec.router == "softmax":
+            K.moe_route_softmax[1, 1 if SIM else 32, st](self.RLOG, E, self.CHOICE, n, k,
+                                                         1 if cfg.norm_topk_prob else 0, s["idx"], s["wts"],
+                                                         s["cnt"], s["lists"], s["active"], s["nact"])
+        else:
+            K.moe_route[1, 1 if SIM else 32, st](self.RLOG, E, L["corr"], self.CHOICE, n, k, cfg.n_group,
+                                                 cfg.topk_group, 1 if cfg.norm_topk_prob else 0,
+                                                 float(cfg.routed_scaling_factor),
+                                                 s["idx"], s["wts"], s["cnt"], s["lists"], s["active"], s["nact"])
         fmt, wgu, wdn, I, _ = L["experts"]
         nq = nmax_for(n)
         R = self.rows_per_warp
@@ -583,6 +756,13 @@ class CudaModel:
         kg[(gemm_v2_blocks(H, MODE_SCALE, R, self.warps), n * k), th, st](
             self.HB, I, 1, wdn, wdn, self.OB, H, H, I, MODE_SCALE, s["cnt"], s["lists"], s["active"], s["wts"],
             s["nact"])
+        if "s_gate" in L:           # Qwen: + sigmoid(x . w_gate) * shared_expert(x)
+            Is = L["s_gu"].N // 2
+            self._gemm(L["s_gu"], self.XN, H, self.INTER, Is, n, MODE_SWIGLU)
+            self._gemm(L["s_down"], self.INTER, Is, self.SH, H, n)
+            self._gemm(L["s_gate"], self.XN, H, self.SG, 1, n)
+            K.moe_combine_gated[self._grid(n), self.nt, st](self.X, H, self.OB, H, k, n, self.SH, self.SG)
+            return
         if "s_gu" in L:
             Is = L["s_gu"].N // 2
             self._gemm(L["s_gu"], self.XN, H, self.INTER, Is, n, MODE_SWIGLU)
@@ -644,10 +824,10 @@ class CudaModel:
         g.launch()
         self.timing["graph_calls"] += 1
 
-    def _set_meta(self, start: int, positions, ids):
+    def _set_meta(self, start: int, positions, ids, slot: int = 0):
         n = len(ids)
         m = self.meta_host
-        m[K.M_START], m[K.M_N] = start, n
+        m[K.M_START], m[K.M_N], m[K.M_SLOT] = start, n, slot
         m[K.M_POS: K.M_POS + n] = positions
         m[K.M_IDS: K.M_IDS + n] = ids
         self.meta.copy_to_device(m, stream=self.stream)
@@ -693,9 +873,9 @@ class CudaModel:
             chunk = ids[c0: c0 + NMAX]
             m = len(chunk)
             s = cache.length
-            self._set_meta(s, np.arange(s, s + m), chunk)
+            self._set_meta(s, np.arange(s, s + m), chunk, cache.slot)
             self._run(("trunk",), cache, m, lambda: self._trunk_launches(cache, m))
-            cache.length = s + m
+            cache.advanced(s, m)
             h, lg = self._fetch(m)
             hs.append(h)
             ls.append(lg)
@@ -711,9 +891,9 @@ class CudaModel:
         if n > NMAX:
             raise MtpRefError("forward_greedy takes at most 16 tokens")
         s = cache.length
-        self._set_meta(s, np.arange(s, s + n), ids)
+        self._set_meta(s, np.arange(s, s + n), ids, cache.slot)
         self._run(("trunk",), cache, n, lambda: self._trunk_launches(cache, n))
-        cache.length = s + n
+        cache.advanced(s, n)
         K.argmax_rows[n, 256 if not SIM else 1, self.stream](self.LOGITS, self.config.vocab_size,
                                                               self.config.vocab_size, self.am_dev)
         self.am_dev[:n].copy_to_host(self.am_host[:n], stream=self.stream)
@@ -737,7 +917,7 @@ class CudaModel:
         for c0 in range(0, n, NMAX):
             m = len(ids[c0: c0 + NMAX])
             s = cache.length
-            self._set_meta(s, positions[c0: c0 + m], ids[c0: c0 + m])
+            self._set_meta(s, positions[c0: c0 + m], ids[c0: c0 + m], cache.slot)
             self.PH[: m * H].copy_to_device(prev_h[c0: c0 + m].ravel(), stream=self.stream)
             self._run(("mtp", j), cache, m, lambda: self._mtp_launches(j, cache, m))
             cache.length = s + m
@@ -780,3 +960,11 @@ def _mla_o_up(fmt, nq):
 
 def _embed_kernel(fmt):
     return _cached(("embed", fmt), lambda: K.make_embed(fmt))
+
+
+def _conv_kernel(kw):
+    return _cached(("conv1d", kw), lambda: K.make_causal_conv1d(kw))
+
+
+def _delta_kernel(rows, rg):
+    return _cached(("delta", rows, rg), lambda: K.make_gated_delta_rule(rows, rg))

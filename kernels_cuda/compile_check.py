@@ -92,6 +92,12 @@ def check(path: str) -> int:
         if name == "make_gemm_v2" and fargs[1] in TUNED_H100:
             R, U = TUNED_H100[fargs[1]]
             recs.append([[mod, "make_gemm_v2_tuned"], [fargs[0], fargs[1], R, 4, U, 32], argdesc])
+        if name == "make_gated_delta_rule":             # the production head size: dk = 128 over 4 threads a column
+            recs.append([[mod, name], [32, 4], argdesc])
+    for r in recs:                                      # the simulator ran the delta rule as 1-thread blocks (RG = 1,
+        if r[0][1] == "make_gated_delta_rule" and r[1][1] == 1:   # ROWS = dk); the GPU runs 128 threads, RG = 4
+            from .kernels import delta_rule_shape
+            r[1] = list(delta_rule_shape(r[1][0], 128, 4))
     bad = 0
     done = set()
     for (mod, name), fargs, argdesc in recs:

@@ -553,3 +553,269 @@ def softmax_rows(x, ld, V, out, inv_temp):
     s = block_sum(s, buf)
     for j in range(cuda.threadIdx.x, V, cuda.blockDim.x):
         out[i * ld + j] = math.exp(x[i * ld + j] * inv_temp - m) / s
+
+
+# ----------------------------------------------------------------------------- Gated DeltaNet (linear attention)
+# The verify window of a hybrid model (Qwen3-Next, Qwen3.5/3.6): n <= 16 new tokens continue a recurrent state.
+# The per-token state snapshots that speculative rollback restores stay on the device; which snapshot (and
+# which conv window rows) the next forward continues from is read from meta[M_SLOT], so rolling back is
+# setting one integer and the launches stay identical from step to step (CUDA graphs).
+M_SLOT = 2
+
+
+@cuda.jit(device=True, inline=True)
+def _silu(x):
+    return x / (float32(1.0) + math.exp(-x))
+
+
+@factory
+def make_causal_conv1d(KW: int):
+    """Depthwise causal conv (kernel KW) + SiLU over n new rows, continuing a rolling window (ops.causal_conv1d).
+
+    win [KW-1+NW, C]: the conv inputs; the state to continue from is rows [s, s+KW-1), s = meta[M_SLOT].
+    Writes win[0:KW-1] = that state and win[KW-1+t] = x[t], so that afterwards win[:KW-1+n] is
+    ops.causal_conv1d's `window` and the state after the first t new rows is win[t : t+KW-1] (rollback:
+    meta[M_SLOT] = t). out[t, c] = silu(sum_j w[c, j] win[t+j, c]). One thread per channel; each reads its
+    state before writing, so the window may be read and written in place."""
+
+    @cuda.jit
+    def causal_conv1d(x, ldx, xoff, win, w, out, ldo, ooff, meta, C, n):
+        buf = cuda.local.array(KW, float32)
+        wr = cuda.local.array(KW, float32)
+        s = meta[M_SLOT]
+        for c in range(cuda.grid(1), C, cuda.gridsize(1)):
+            for j in range(KW):
+                wr[j] = w[c * KW + j]
+            for j in range(KW - 1):
+                buf[j] = win[(s + j) * C + c]
+            for j in range(KW - 1):
+                win[j * C + c] = buf[j]
+            for t in range(n):
+                xv = x[t * ldx + xoff + c]
+                win[(KW - 1 + t) * C + c] = xv
+                buf[KW - 1] = xv
+                acc = float32(0.0)
+                for j in range(KW):
+                    acc += buf[j] * wr[j]
+                out[t * ldo + ooff + c] = _silu(acc)
+                for j in range(KW - 1):
+                    buf[j] = buf[j + 1]
+
+    return causal_conv1d
+
+
+@cuda.jit
+def l2norm_heads(x, ldx, xoff, segs, D, scale, eps, y, ldy, yoff, n):
+    """y[seg] = x[seg] / sqrt(sum(x[seg]^2) + eps) * scale (ops.l2norm, then q's dk^-1/2); items n * segs."""
+    buf = cuda.shared.array(32, float32)
+    for b in range(cuda.blockIdx.x, n * segs, cuda.gridDim.x):
+        i = b // segs
+        s = b - i * segs
+        xb = i * ldx + xoff + s * D
+        yb = i * ldy + yoff + s * D
+        acc = float32(0.0)
+        for j in range(cuda.threadIdx.x, D, cuda.blockDim.x):
+            v = x[xb + j]
+            acc += v * v
+        ss = block_sum(acc, buf)
+        den = math.sqrt(ss + float32(eps))
+        for j in range(cuda.threadIdx.x, D, cuda.blockDim.x):
+            y[yb + j] = x[xb + j] / den * float32(scale)
+
+
+@cuda.jit
+def gdn_gates(ab, ld, aoff, boff, a_log, dt_bias, g, beta, nv, n):
+    """g[i, h] = -exp(A_log[h]) * softplus(a[i, h] + dt_bias[h]) (log decay), beta[i, h] = sigmoid(b[i, h]);
+    a, b at ab[i * ld + aoff + h], ab[i * ld + boff + h]; g, beta [n, nv]. One thread per (i, h)."""
+    for ih in range(cuda.grid(1), n * nv, cuda.gridsize(1)):
+        i = ih // nv
+        h = ih - i * nv
+        u = ab[i * ld + aoff + h] + dt_bias[h]
+        sp = max(u, float32(0.0)) + math.log1p(math.exp(-abs(u)))       # softplus = logaddexp(0, u)
+        g[ih] = -math.exp(a_log[h]) * sp
+        beta[ih] = float32(1.0) / (float32(1.0) + math.exp(-ab[i * ld + boff + h]))
+
+
+DR_RED = 512          # shared floats per reduction buffer of the delta-rule kernel: blockDim.x <= DR_RED
+DR_RED2 = 2 * DR_RED  # both buffers (a literal for cuda.shared.array)
+
+
+@factory
+def make_gated_delta_rule(ROWS: int, RG: int):
+    """The gated delta rule over an n-token window (ops.gated_delta_rule_recurrent), with per-token snapshots.
+
+    Block = (value head h, tile of VT = blockDim / RG state columns). Thread (rg, vl) owns column
+    col = tile * VT + vl of S_h [dk, dv] and its rows rg, rg + RG, ..., rg + RG (ROWS-1) (dk <= RG * ROWS),
+    in registers. The state is read once (from s_in, snapshot slot meta[M_SLOT]); the tokens are processed
+    in order inside the kernel; per token t:
+        S <- exp(g_t) S;  S <- S + k_t (beta_t (v_t - S^T k_t))^T;  o_t = S^T q_t
+    and S is written to states[t+1] (states[0] = the state read). The two dot products over dk are summed
+    over the RG threads of a column through shared memory. Each thread reads all its state before writing,
+    so s_in may be `states` itself (the backend continues from a snapshot of the previous forward in place).
+
+    q, k: value head h reads key head h // rep at q[i * ldq + qoff + (h // rep) * dk + row] (same for k);
+    v[i * ldv + voff + h * dv + col]; g, beta [n, nv]; out[i * ldo + ooff + h * dv + col];
+    s_in / states: [slots, nv, dk, dv] flat.
+    """
+
+    @cuda.jit
+    def gated_delta_rule(q, ldq, qoff, k, ldk, koff, v, ldv, voff, g, beta, s_in, states, out, ldo, ooff, meta,
+                         nv, rep, dk, dv, n):
+        red = cuda.shared.array(DR_RED2, float32)
+        S = cuda.local.array(ROWS, float32)
+        kr = cuda.local.array(ROWS, float32)
+        tid = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        VT = nt // RG
+        rg = tid // VT
+        vl = tid - rg * VT
+        tiles = (dv + VT - 1) // VT
+        hsz = dk * dv
+        sbase = meta[M_SLOT] * nv * hsz
+        for item in range(cuda.blockIdx.x, nv * tiles, cuda.gridDim.x):
+            h = item // tiles
+            col = (item - h * tiles) * VT + vl
+            live = col < dv
+            kh = h // rep
+            for r in range(ROWS):                            # read the state once
+                row = rg + RG * r
+                S[r] = s_in[sbase + h * hsz + row * dv + col] if (live and row < dk) else float32(0.0)
+            for r in range(ROWS):                            # snapshot 0: the state continued from
+                row = rg + RG * r
+                if live and row < dk:
+                    states[h * hsz + row * dv + col] = S[r]
+            for t in range(n):
+                dec = math.exp(g[t * nv + h])
+                bt = beta[t * nv + h]
+                kb = t * ldk + koff + kh * dk
+                mem = float32(0.0)
+                for r in range(ROWS):
+                    row = rg + RG * r
+                    kv = k[kb + row] if row < dk else float32(0.0)
+                    kr[r] = kv
+                    S[r] *= dec
+                    mem += S[r] * kv
+                if RG > 1:
+                    red[tid] = mem
+                    cuda.syncthreads()
+                    mem = float32(0.0)
+                    for j in range(RG):
+                        mem += red[j * VT + vl]
+                vv = v[t * ldv + voff + h * dv + col] if live else float32(0.0)
+                delta = bt * (vv - mem)
+                qb = t * ldq + qoff + kh * dk
+                o = float32(0.0)
+                sb = ((t + 1) * nv + h) * hsz
+                for r in range(ROWS):
+                    row = rg + RG * r
+                    S[r] += kr[r] * delta
+                    if row < dk:
+                        o += S[r] * q[qb + row]
+                        if live:
+                            states[sb + row * dv + col] = S[r]
+                if RG > 1:
+                    red[DR_RED + tid] = o
+                    cuda.syncthreads()
+                    o = float32(0.0)
+                    for j in range(RG):
+                        o += red[DR_RED + j * VT + vl]
+                if live and rg == 0:
+                    out[t * ldo + ooff + h * dv + col] = o
+
+    return gated_delta_rule
+
+
+def delta_rule_shape(dk: int, threads: int, rg: int) -> tuple[int, int]:
+    """(ROWS, RG) for a launch of `threads` threads per block: rg threads per state column (1 for a 1-thread
+    block), ROWS = ceil(dk / rg) state rows per thread."""
+    rg = max(1, min(rg, threads))
+    if threads % rg or threads > DR_RED:
+        raise ValueError(f"delta rule: {threads} threads per block is not a multiple of {rg} (or > {DR_RED})")
+    return -(-dk // rg), rg
+
+
+@cuda.jit
+def gated_rmsnorm(x, ldx, xoff, z, ldz, zoff, segs, D, w, y, ldy, yoff, eps, n):
+    """y[seg] = x[seg] / sqrt(mean(x[seg]^2) + eps) * w * silu(z[seg]) (ops.gated_rms_norm, plain weight w [D]);
+    items n * segs; segment s of row i at x[i * ldx + xoff + s * D ...] (z, y likewise)."""
+    buf = cuda.shared.array(32, float32)
+    for b in range(cuda.blockIdx.x, n * segs, cuda.gridDim.x):
+        i = b // segs
+        s = b - i * segs
+        xb = i * ldx + xoff + s * D
+        zb = i * ldz + zoff + s * D
+        yb = i * ldy + yoff + s * D
+        acc = float32(0.0)
+        for j in range(cuda.threadIdx.x, D, cuda.blockDim.x):
+            v = x[xb + j]
+            acc += v * v
+        ss = block_sum(acc, buf)
+        den = math.sqrt(ss / float32(D) + float32(eps))
+        for j in range(cuda.threadIdx.x, D, cuda.blockDim.x):
+            y[yb + j] = x[xb + j] / den * w[j] * _silu(z[zb + j])
+
+
+# ----------------------------------------------------------------------------- Qwen gated attention and MoE
+@cuda.jit
+def sigmoid_gate_mul(x, ldx, xoff, gate, ldg, goff, width, n):
+    """x[i, xoff + j] *= sigmoid(gate[i, goff + j]) (Qwen gated attention: output * sigmoid(gate)); items n."""
+    for i in range(cuda.blockIdx.x, n, cuda.gridDim.x):
+        for j in range(cuda.threadIdx.x, width, cuda.blockDim.x):
+            x[i * ldx + xoff + j] *= float32(1.0) / (float32(1.0) + math.exp(-gate[i * ldg + goff + j]))
+
+
+@cuda.jit
+def moe_route_softmax(logits, E, p, n, k, norm, idx, wts, cnt, lists, active, meta):
+    """Qwen router (Model.route "softmax") for n tokens (one block; thread t routes tokens t, t + blockDim, ...):
+    p = softmax(logits) over all experts, top-k of p (ties -> lower expert), weights p of the picks,
+    renormalised to sum 1 if norm. Then the expert lists, as moe_route. p: scratch [n, E]."""
+    for t in range(cuda.threadIdx.x, n, cuda.blockDim.x):
+        cb = t * E
+        m = NEG_INF
+        for e in range(E):
+            m = max(m, logits[cb + e])
+        tot = float32(0.0)
+        for e in range(E):
+            v = math.exp(logits[cb + e] - m)
+            p[cb + e] = v
+            tot += v
+        for e in range(E):
+            p[cb + e] = p[cb + e] / tot
+        ws = float32(0.0)
+        for s in range(k):
+            best = -1
+            for e in range(E):
+                if p[cb + e] >= float32(0.0) and (best < 0 or p[cb + e] > p[cb + best]):
+                    best = e
+            idx[t * k + s] = best
+            wts[t * k + s] = p[cb + best]
+            ws += p[cb + best]
+            p[cb + best] = float32(-1.0)            # taken
+        if norm:
+            for s in range(k):
+                wts[t * k + s] = wts[t * k + s] / ws
+    cuda.syncthreads()
+    if cuda.threadIdx.x == 0:
+        for e in range(E):
+            cnt[e] = 0
+        na = 0
+        for sl in range(n * k):
+            e = idx[sl]
+            if cnt[e] == 0:
+                active[na] = e
+                na += 1
+            lists[e * 16 + cnt[e]] = sl
+            cnt[e] += 1
+        meta[M_NACT] = na
+
+
+@cuda.jit
+def moe_combine_gated(x, ldx, obuf, H, k, n, sh, sg):
+    """x[t, :] += sum_s obuf[t*k + s, :] + sigmoid(sg[t]) * sh[t, :] (Qwen's sigmoid-gated shared expert); items n."""
+    for t in range(cuda.blockIdx.x, n, cuda.gridDim.x):
+        gt = float32(1.0) / (float32(1.0) + math.exp(-sg[t]))
+        for j in range(cuda.threadIdx.x, H, cuda.blockDim.x):
+            a = float32(0.0)
+            for s in range(k):
+                a += obuf[(t * k + s) * H + j]
+            x[t * ldx + j] += a + gt * sh[t * H + j]

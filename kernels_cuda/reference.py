@@ -110,3 +110,35 @@ def argmax(x: np.ndarray) -> np.ndarray:
 
 def softmax(x: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return ops.softmax(x / temperature, axis=-1)
+
+
+# ----------------------------------------------------------------------------- Gated DeltaNet
+def causal_conv1d(x: np.ndarray, prev: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """x [n, C], prev [K-1, C], w [C, K] -> (silu(conv) [n, C], window [K-1+n, C])."""
+    return ops.causal_conv1d(x, prev, w)
+
+
+def l2norm(x: np.ndarray, scale: float = 1.0) -> np.ndarray:
+    return ops.l2norm(x) * scale
+
+
+def gdn_gates(a: np.ndarray, b: np.ndarray, a_log: np.ndarray, dt_bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(g, beta) as Model.linear_attention makes them: g = -exp(A_log) softplus(a + dt_bias), beta = sigmoid(b)."""
+    return -np.exp(a_log) * ops.softplus(a + dt_bias), ops.sigmoid(b)
+
+
+def gated_delta_rule(q, k, v, g, beta, state) -> tuple[np.ndarray, np.ndarray]:
+    """q, k [n, h, dk], v [n, h, dv], g, beta [n, h], state [h, dk, dv] -> (o [n, h, dv], states [n+1, h, dk, dv])."""
+    return ops.gated_delta_rule_recurrent(q, k, v, g, beta, state)
+
+
+def gated_rms_norm(x: np.ndarray, z: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+    return ops.gated_rms_norm(x, z, w, eps)
+
+
+def route_softmax(logits: np.ndarray, k: int, norm: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Qwen router (as mtp_ref.model.Model.route "softmax"): (experts [n, k], weights [n, k])."""
+    p = ops.softmax(logits)
+    idx = np.argsort(-p, axis=-1, kind="stable")[:, :k]
+    w = np.take_along_axis(p, idx, axis=-1)
+    return idx, (w / w.sum(-1, keepdims=True) if norm else w)

@@ -138,3 +138,85 @@ def test_cli_backend_cuda_matches_numpy(tiny_checkpoint):
         assert r.returncode == 0, r.stderr[-2000:]
         out[backend] = json.loads(r.stdout)["token_ids"]
     assert out["cuda"] == out["numpy"]
+
+
+# ----------------------------------------------------------------------------- hybrid Qwen (Gated DeltaNet)
+@pytest.fixture(scope="module")
+def qwen_ckpt(tmp_path_factory):
+    """Tiny Qwen3.5 / Qwen3.6-MoE / Qwen3-Next checkpoints (tests/builders_qwen35.py), built once per module."""
+    import builders_qwen35
+    made = {}
+
+    def get(variant):
+        if variant not in made:
+            d = tmp_path_factory.mktemp(variant.replace("-", "_"))
+            builders_qwen35.build(variant, d, with_tokenizer=False)
+            made[variant] = d
+        return made[variant]
+
+    return get
+
+
+@pytest.mark.parametrize("variant,depth,rollback", [("qwen3_5_text-tied-mtp2", 2, "snapshot"),
+                                                    ("qwen3_next", 1, "redecode")])
+def test_qwen_speculative_greedy_matches_numpy(qwen_ckpt, variant, depth, rollback):
+    """Hybrid Qwen (Gated DeltaNet, gated attention, zero-centred norms, shared-glue MTP) decoded speculatively:
+    every rejected draft rolls the device's recurrent layers back, to a per-token snapshot ("snapshot": no copy)
+    or to a device copy taken before the verify ("redecode"). Same tokens, acceptance and metered bytes as the
+    NumPy engine, and afterwards the same cache state: the next forward gives the same logits as the engine's
+    cache and as a fresh forward over the committed tokens (a rollback that kept the rejected drafts' state
+    would not)."""
+    from mtp_ref.speculative import SpeculativeDecoder
+    m, cm = both(qwen_ckpt(variant))
+    assert m.config.num_mtp_modules >= depth and "linear_attention" in m.config.layer_types
+    decs = [SpeculativeDecoder(x, depth, rollback=rollback) for x in (m, cm)]
+    for d in decs:
+        d.prefill([1, 2, 3, 4, 5, 6])
+        for _ in range(4):
+            d.step()
+    a, b = decs
+    assert b.generated == a.generated, (a.generated, b.generated)
+    assert sum(a.stats.hist[:depth]) > 0, a.stats.hist      # at least one draft was rejected: a rollback ran
+    assert b.stats.hist == a.stats.hist and b.stats.redecode_forwards == a.stats.redecode_forwards
+    assert b.stats.bytes_read == a.stats.bytes_read
+    assert b.cache.length == a.cache.length == len(a.tokens)
+    probe = np.array([a.pending, 7])
+    _, l1 = m.forward(probe, a.cache)
+    _, l2 = cm.forward(probe, b.cache)
+    _, l0 = m.forward(np.array(a.tokens + list(probe)), m.new_cache())
+    assert rel(l1, l0[-2:]) < 1e-4 and rel(l2, l1) < 1e-4
+
+
+@pytest.mark.parametrize("variant", ["qwen3_5_moe-vl", "qwen3_next"])
+def test_qwen_moe_forward_rollback_matches_numpy(qwen_ckpt, variant):
+    """Softmax router, sigmoid-gated shared expert, fused (3.6) or per-expert + in_proj_qkvz/ba (Next) tensors:
+    logits of a prefill and a 4-token verify window, then truncate() into that window (snapshot t = 1, then
+    t = 0 of the next window) and continue: each time the same as the NumPy engine's RecurrentCache."""
+    m, cm = both(qwen_ckpt(variant))
+    cn, cc = m.new_cache(), cm.new_cache()
+    steps = [([5, 17, 42, 7, 9], None), ([8, 9, 10, 11], None), ([12, 13], 6), ([14], 6)]
+    for ids, keep in steps:
+        if keep is not None:
+            cn.truncate(keep)
+            cc.truncate(keep)
+        h1, l1 = m.forward(np.array(ids), cn)
+        h2, l2 = cm.forward(np.array(ids), cc)
+        assert rel(h2, h1) < 1e-4 and rel(l2, l1) < 1e-4, (ids, keep)
+        assert cc.length == cn.length
+    with pytest.raises(ValueError, match="snapshots"):
+        cc.truncate(2)                                       # before the last forward's window
+    # checkpoint / restore (rollback="redecode") across two forwards: the saved copy, not a snapshot, comes back
+    saved = cn.checkpoint(), cc.checkpoint()
+    for ids in ([20, 21], [22]):
+        m.forward(np.array(ids), cn)
+        cm.forward(np.array(ids), cc)
+    cn.restore(saved[0])
+    cc.restore(saved[1])
+    h1, l1 = m.forward(np.array([23, 24]), cn)
+    h2, l2 = cm.forward(np.array([23, 24]), cc)
+    assert rel(h2, h1) < 1e-4 and rel(l2, l1) < 1e-4 and cc.length == cn.length
+    mn, mc = m.new_mtp_cache(), cm.new_mtp_cache()
+    prev = h1[:1].repeat(3, 0) * np.float32(0.5)
+    g1, l1 = m.mtp_forward(0, [4, 5, 6], prev, mn, np.array([1, 2, 3]))
+    g2, l2 = cm.mtp_forward(0, [4, 5, 6], prev, mc, np.array([1, 2, 3]))
+    assert rel(g2, g1) < 1e-4 and rel(l2, l1) < 1e-4

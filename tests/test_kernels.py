@@ -306,3 +306,188 @@ def test_argmax_softmax(request):
     p = dev(np.zeros((n, V), np.float32))
     K.softmax_rows[n, NT_SIZES[-1]](dev(x), V, V, p, np.float32(1 / 0.7))
     assert rel_err(host(p, (n, V)), ref.softmax(x, 0.7)) < 1e-5
+
+
+# ----------------------------------------------------------------------------- Gated DeltaNet (verify window)
+def delta_inputs(rng, n, nk, rep, dk, dv):
+    """As Model.linear_attention makes them: l2-normalised q (* dk^-1/2) and k per key head, v per value head,
+    log decays g <= 0 (exp(g) ~ 0.7-1: the state remembers), beta in (0, 1), a nonzero initial state."""
+    nv = nk * rep
+    q = ref.l2norm(rng.standard_normal((n, nk, dk)).astype(np.float32), dk ** -0.5)
+    k = ref.l2norm(rng.standard_normal((n, nk, dk)).astype(np.float32))
+    v = rng.standard_normal((n, nv, dv)).astype(np.float32)
+    g = (-0.3 * np.abs(rng.standard_normal((n, nv)))).astype(np.float32)
+    beta = (1 / (1 + np.exp(-rng.standard_normal((n, nv))))).astype(np.float32)
+    S0 = (0.5 * rng.standard_normal((nv, dk, dv))).astype(np.float32)
+    return q, k, v, g, beta, S0
+
+
+def run_delta(q, k, v, g, beta, s_in, states, slot, nt, rg, n_slots):
+    """The kernel on q/k/v packed in one [n, W] buffer at ragged offsets (as the backend's conv output);
+    s_in / states: device arrays (possibly the same one); returns (out [n, nv, dv], states [n_slots, nv, dk, dv])."""
+    n, nk, dk = q.shape
+    nv, dv = v.shape[1], v.shape[2]
+    qoff, koff, voff = 3, 3 + nk * dk, 3 + 2 * nk * dk
+    W = voff + nv * dv + 2
+    buf = np.zeros((n, W), np.float32)
+    buf[:, qoff:koff], buf[:, koff:voff] = q.reshape(n, -1), k.reshape(n, -1)
+    buf[:, voff:voff + nv * dv] = v.reshape(n, -1)
+    ldo, ooff = nv * dv + 5, 5
+    out = dev(np.full((n, ldo), np.nan, np.float32))
+    ROWS, RG = K.delta_rule_shape(dk, nt, rg)
+    tiles = math.ceil(dv / (nt // RG))
+    b = dev(buf)
+    K.make_gated_delta_rule(ROWS, RG)[nv * tiles, nt](
+        b, W, qoff, b, W, koff, b, W, voff, dev(g), dev(beta), s_in, states, out, ldo, ooff,
+        meta_for(0) if slot == 0 else dev(np.r_[np.zeros(K.M_SLOT, np.int32), [slot],
+                                                  np.zeros(K.META_LEN - K.M_SLOT - 1, np.int32)].astype(np.int32)),
+        nv, nv // nk, dk, dv, n)
+    return host(out, (n, ldo))[:, ooff:].reshape(n, nv, dv), host(states, (n_slots, nv, dk, dv))
+
+
+DELTA_CASES = [  # n, nk, rep, dk, dv, threads, threads per state column
+    (1, 3, 1, 8, 5, 1, 1),
+    (16, 1, 2, 12, 7, 1, 1),
+    (3, 2, 2, 13, 10, 32, 4),      # dk = 13 over 4 x 4 rows (3 empty), dv = 10 over tiles of 8 (ragged)
+    (3, 1, 2, 9, 20, 64, 2),       # 32 columns per block, dv = 20: 12 idle columns
+]
+if GPU:
+    DELTA_CASES += [(n, 16, 2, 128, 128, 128, 4) for n in (1, 4, 16)]
+
+
+@pytest.mark.parametrize("n,nk,rep,dk,dv,nt,rg", DELTA_CASES)
+def test_gated_delta_rule(request, n, nk, rep, dk, dv, nt, rg):
+    rng = rng_for(request)
+    q, k, v, g, beta, S0 = delta_inputs(rng, n, nk, rep, dk, dv)
+    nv = nk * rep
+    st = dev(np.full((n + 1, nv, dk, dv), np.nan, np.float32))
+    out, states = run_delta(q, k, v, g, beta, dev(S0), st, 0, nt, rg, n + 1)
+    want_o, want_s = ref.gated_delta_rule(np.repeat(q, rep, 1), np.repeat(k, rep, 1), v, g, beta, S0)
+    assert not np.isnan(out).any() and not np.isnan(states).any(), "output or snapshot not written"
+    assert np.array_equal(states[0], S0)
+    assert rel_err(out, want_o) < 1e-5
+    assert rel_err(states, want_s) < 1e-5
+
+
+@pytest.mark.parametrize("nt,rg", [(1, 1), (32, 4)])
+def test_gated_delta_rule_rollback(request, nt, rg):
+    """Continue in place from snapshot a of the previous window (what the backend does after a rejection):
+    the same as running the first a tokens and then the new ones."""
+    rng = rng_for(request)
+    n, m, nk, rep, dk, dv = 5, 3, 1, 2, 10, 9
+    nv = nk * rep
+    q, k, v, g, beta, S0 = delta_inputs(rng, n + m, nk, rep, dk, dv)
+    snaps = dev(np.full((n + 1, nv, dk, dv), np.nan, np.float32))
+    run_delta(q[:n], k[:n], v[:n], g[:n], beta[:n], dev(S0), snaps, 0, nt, rg, n + 1)
+    for a in (2, 0):                              # keep 2 tokens, then (from the new window) none
+        out, states = run_delta(q[n:], k[n:], v[n:], g[n:], beta[n:], snaps, snaps, a, nt, rg, n + 1)
+        keep = [np.concatenate([x[:a], x[n:]]) for x in (q, k, v, g, beta)]
+        kq, kk, kv, kg, kb = keep
+        want_o, want_s = ref.gated_delta_rule(np.repeat(kq, rep, 1), np.repeat(kk, rep, 1), kv, kg, kb, S0)
+        assert rel_err(out, want_o[a:]) < 1e-5
+        assert rel_err(states[: m + 1], want_s[a:]) < 1e-5
+        # the slot a itself was overwritten by the new window: re-run the first window for the next a
+        run_delta(q[:n], k[:n], v[:n], g[:n], beta[:n], dev(S0), snaps, 0, nt, rg, n + 1)
+
+
+def slot_meta(slot):
+    m = np.zeros(K.META_LEN, np.int32)
+    m[K.M_SLOT] = slot
+    return dev(m)
+
+
+@pytest.mark.parametrize("n,C,KW,nt", [(1, 7, 4, 1), (3, 40, 4, 32), (16, 5, 3, 1)])
+def test_causal_conv1d(request, n, C, KW, nt):
+    rng = rng_for(request)
+    x = rng.standard_normal((n, C + 6)).astype(np.float32)          # channels at offset 2 of a wider row
+    w = rng.standard_normal((C, KW)).astype(np.float32)
+    prev = rng.standard_normal((KW - 1, C)).astype(np.float32)
+    slot = 2
+    win = np.full((KW - 1 + 16, C), np.nan, np.float32)
+    win[slot: slot + KW - 1] = prev                                  # the state sits at rows slot .. slot+K-2
+    wd, out = dev(win), dev(np.full((max(n, 2), C + 1), np.nan, np.float32))
+    kern = K.make_causal_conv1d(KW)
+    kern[max(1, math.ceil(C / max(nt, 1)) // 2), nt](dev(x), C + 6, 2, wd, dev(w), out, C + 1, 1, slot_meta(slot),
+                                                      C, n)
+    want_o, want_w = ref.causal_conv1d(x[:, 2: 2 + C], prev, w)
+    got_w = host(wd, win.shape)
+    assert rel_err(host(out, (max(n, 2), C + 1))[:n, 1:], want_o) < 1e-5
+    assert np.array_equal(got_w[: KW - 1 + n], want_w)
+    # rollback to a tokens: continuing from rows a .. a+K-2 equals convolving the first a tokens, then the new ones
+    a, m = min(1, n), 2
+    x2 = rng.standard_normal((m, C + 6)).astype(np.float32)
+    kern[1, nt](dev(x2), C + 6, 2, wd, dev(w), out, C + 1, 1, slot_meta(a), C, m)
+    want_o2, want_w2 = ref.causal_conv1d(np.concatenate([x[:a, 2: 2 + C], x2[:, 2: 2 + C]]), prev, w)
+    assert rel_err(host(out, (max(n, 2), C + 1))[:m, 1:], want_o2[a:]) < 1e-5
+    assert np.array_equal(host(wd, win.shape)[: KW - 1 + m], want_w2[a:])
+
+
+@pytest.mark.parametrize("nt", NT_SIZES[:2])
+def test_gdn_gates_l2norm_gated_rmsnorm(request, nt):
+    rng = rng_for(request)
+    n, nk, dk, nv, dv = 3, 2, 20, 5, 24
+    # gates from the a, b columns of a projection row (a at 4, b at 4 + nv)
+    ab = (rng.standard_normal((n, 2 * nv + 6)) * 3).astype(np.float32)
+    a_log = np.log(rng.uniform(0.05, 0.6, nv)).astype(np.float32)
+    dt = (0.5 * rng.standard_normal(nv)).astype(np.float32)
+    g, beta = dev(np.full(n * nv, np.nan, np.float32)), dev(np.full(n * nv, np.nan, np.float32))
+    K.gdn_gates[1, nt](dev(ab), 2 * nv + 6, 4, 4 + nv, dev(a_log), dev(dt), g, beta, nv, n)
+    wg, wb = ref.gdn_gates(ab[:, 4: 4 + nv], ab[:, 4 + nv: 4 + 2 * nv], a_log, dt)
+    assert rel_err(host(g, (n, nv)), wg) < 1e-5 and rel_err(host(beta, (n, nv)), wb) < 1e-5
+    # l2norm of nk heads of dk at offset 3, in place, scaled
+    x = rng.standard_normal((n, nk * dk + 5)).astype(np.float32)
+    xd = dev(x)
+    K.l2norm_heads[n * nk, nt](xd, nk * dk + 5, 3, nk, dk, dk ** -0.5, 1e-6, xd, nk * dk + 5, 3, n)
+    want = x.copy()
+    want[:, 3: 3 + nk * dk] = ref.l2norm(x[:, 3: 3 + nk * dk].reshape(n, nk, dk), dk ** -0.5).reshape(n, -1)
+    assert rel_err(host(xd, x.shape), want) < 1e-5
+    # gated RMSNorm per value head: o [n, nv, dv], z at offset 7 of a wider row, into y at offset 2
+    o = (rng.standard_normal((n, nv * dv)) * 2).astype(np.float32)
+    z = rng.standard_normal((n, nv * dv + 9)).astype(np.float32)
+    w = (1 + 0.2 * rng.standard_normal(dv)).astype(np.float32)
+    y = dev(np.full((n, nv * dv + 2), np.nan, np.float32))
+    K.gated_rmsnorm[max(1, n * nv // 2), nt](dev(o), nv * dv, 0, dev(z), nv * dv + 9, 7, nv, dv, dev(w), y,
+                                             nv * dv + 2, 2, 1e-6, n)
+    want = ref.gated_rms_norm(o.reshape(n, nv, dv), z[:, 7: 7 + nv * dv].reshape(n, nv, dv), w, 1e-6)
+    assert rel_err(host(y, (n, nv * dv + 2))[:, 2:], want.reshape(n, -1)) < 1e-5
+
+
+# ----------------------------------------------------------------------------- Qwen router, gates, shared expert
+@pytest.mark.parametrize("n,norm", [(3, 1), (5, 0)])
+def test_moe_route_softmax_and_gated_combine(request, n, norm):
+    rng = rng_for(request)
+    E, k, H = 12, 3, 20
+    logits = (rng.standard_normal((n, E)) * 2).astype(np.float32)
+    idx_d, wts_d = dev(np.full(16 * k, -1, np.int32)), dev(np.full(16 * k, np.nan, np.float32))
+    cnt, lists = dev(np.zeros(E, np.int32)), dev(np.zeros(E * 16, np.int32))
+    active, nact = dev(np.zeros(16 * k, np.int32)), dev(np.zeros(K.META_LEN, np.int32))
+    K.moe_route_softmax[1, 1 if SIM else 32](dev(logits), E, dev(np.zeros(n * E, np.float32)), n, k, norm,
+                                             idx_d, wts_d, cnt, lists, active, nact)
+    idx, w = ref.route_softmax(logits, k, bool(norm))
+    assert np.array_equal(host(idx_d, (16, k))[:n], idx)
+    assert rel_err(host(wts_d, (16, k))[:n], w) < 1e-5
+    # the expert lists the gathered expert GEMM reads: slots t*k+s of each expert, in slot order
+    c, ls, act = cnt.copy_to_host(), lists.copy_to_host().reshape(E, 16), active.copy_to_host()
+    used = list(dict.fromkeys(idx.ravel().tolist()))
+    assert nact.copy_to_host()[K.M_NACT] == len(used) and act[: len(used)].tolist() == used
+    for e in range(E):
+        assert ls[e, : c[e]].tolist() == np.nonzero(idx.ravel() == e)[0].tolist()
+    # x += routed outputs + sigmoid(gate) * shared expert
+    x = rng.standard_normal((n, H + 2)).astype(np.float32)
+    ob, sh, sg = (rng.standard_normal(s).astype(np.float32) for s in ((n * k, H), (n, H), (n,)))
+    xd = dev(x)
+    K.moe_combine_gated[n, NT_SIZES[-1]](xd, H + 2, dev(ob), H, k, n, dev(sh), dev(sg))
+    want = x.copy()
+    want[:, :H] += ob.reshape(n, k, H).sum(1) + ref.ops.sigmoid(sg)[:, None] * sh
+    assert rel_err(host(xd, x.shape), want) < 1e-5
+
+
+def test_sigmoid_gate_mul(request):
+    rng = rng_for(request)
+    n, W, width = 3, 30, 12
+    buf = rng.standard_normal((n, W)).astype(np.float32)
+    b = dev(buf)
+    K.sigmoid_gate_mul[n, NT_SIZES[-1]](b, W, 2, b, W, 16, width, n)   # x = cols 2..13, gate = cols 16..27
+    want = buf.copy()
+    want[:, 2: 2 + width] *= ref.ops.sigmoid(buf[:, 16: 16 + width])
+    assert rel_err(host(b, (n, W)), want) < 1e-6
