@@ -22,16 +22,6 @@ from . import kernels as K
 from . import reference as ref
 
 
-def inputs(rng, n, nk, nv, dk, dv):
-    q = ref.l2norm(rng.standard_normal((n, nk, dk)).astype(np.float32), dk ** -0.5)
-    k = ref.l2norm(rng.standard_normal((n, nk, dk)).astype(np.float32))
-    v = rng.standard_normal((n, nv, dv)).astype(np.float32)
-    g = (-0.3 * np.abs(rng.standard_normal((n, nv)))).astype(np.float32)
-    beta = (1 / (1 + np.exp(-rng.standard_normal((n, nv))))).astype(np.float32)
-    S0 = (0.5 * rng.standard_normal((nv, dk, dv))).astype(np.float32)
-    return q, k, v, g, beta, S0
-
-
 def floor_bytes(n, nk, nv, dk, dv):
     """Read S once, write n+1 snapshots, read q/k/v/g/beta, write o (fp32)."""
     state = nv * dk * dv * 4
@@ -55,7 +45,7 @@ def main(argv=None) -> None:
     print("| n | floor MB | us/launch | GB/s | max rel err |")
     print("|---|---|---|---|---|")
     for n in (1, 2, 4, 8, 16):
-        q, k, v, g, beta, S0 = inputs(rng, n, nk, nv, dk, dv)
+        q, k, v, g, beta, S0 = ref.delta_rule_inputs(rng, n, nk, nv, dk, dv)
         W = 2 * nk * dk + nv * dv
         buf = np.concatenate([q.reshape(n, -1), k.reshape(n, -1), v.reshape(n, -1)], 1)
         qkv, gd, bd = cuda.to_device(buf.ravel()), cuda.to_device(g.ravel()), cuda.to_device(beta.ravel())

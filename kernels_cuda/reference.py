@@ -122,6 +122,19 @@ def l2norm(x: np.ndarray, scale: float = 1.0) -> np.ndarray:
     return ops.l2norm(x) * scale
 
 
+def delta_rule_inputs(rng, n: int, nk: int, nv: int, dk: int, dv: int):
+    """Random inputs of the gated delta rule as Model.linear_attention makes them: l2-normalised q (* dk^-1/2)
+    and k per key head, v per value head, log decays g <= 0 (exp(g) ~ 0.7-1: the state remembers),
+    beta in (0, 1), a nonzero initial state."""
+    q = l2norm(rng.standard_normal((n, nk, dk)).astype(np.float32), dk ** -0.5)
+    k = l2norm(rng.standard_normal((n, nk, dk)).astype(np.float32))
+    v = rng.standard_normal((n, nv, dv)).astype(np.float32)
+    g = (-0.3 * np.abs(rng.standard_normal((n, nv)))).astype(np.float32)
+    beta = (1 / (1 + np.exp(-rng.standard_normal((n, nv))))).astype(np.float32)
+    S0 = (0.5 * rng.standard_normal((nv, dk, dv))).astype(np.float32)
+    return q, k, v, g, beta, S0
+
+
 def gdn_gates(a: np.ndarray, b: np.ndarray, a_log: np.ndarray, dt_bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(g, beta) as Model.linear_attention makes them: g = -exp(A_log) softplus(a + dt_bias), beta = sigmoid(b)."""
     return -np.exp(a_log) * ops.softplus(a + dt_bias), ops.sigmoid(b)

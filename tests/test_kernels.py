@@ -310,16 +310,7 @@ def test_argmax_softmax(request):
 
 # ----------------------------------------------------------------------------- Gated DeltaNet (verify window)
 def delta_inputs(rng, n, nk, rep, dk, dv):
-    """As Model.linear_attention makes them: l2-normalised q (* dk^-1/2) and k per key head, v per value head,
-    log decays g <= 0 (exp(g) ~ 0.7-1: the state remembers), beta in (0, 1), a nonzero initial state."""
-    nv = nk * rep
-    q = ref.l2norm(rng.standard_normal((n, nk, dk)).astype(np.float32), dk ** -0.5)
-    k = ref.l2norm(rng.standard_normal((n, nk, dk)).astype(np.float32))
-    v = rng.standard_normal((n, nv, dv)).astype(np.float32)
-    g = (-0.3 * np.abs(rng.standard_normal((n, nv)))).astype(np.float32)
-    beta = (1 / (1 + np.exp(-rng.standard_normal((n, nv))))).astype(np.float32)
-    S0 = (0.5 * rng.standard_normal((nv, dk, dv))).astype(np.float32)
-    return q, k, v, g, beta, S0
+    return ref.delta_rule_inputs(rng, n, nk, nk * rep, dk, dv)
 
 
 def run_delta(q, k, v, g, beta, s_in, states, slot, nt, rg, n_slots):
