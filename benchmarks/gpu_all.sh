@@ -11,6 +11,8 @@
 set -u
 cd "$(dirname "$0")/.."
 BUDGET=${BUDGET:-540}       # seconds; 2026-11-25 the whole script took 240 s with the v1 config only
+STEPS=${STEPS:-"gemv model7b profile delta ktests btests cli"}   # which steps to run, in this order
+has() { case " $STEPS " in *" $1 "*) return 0;; esac; return 1; }
 OUT=${OUT:-/tmp/gpu_out}
 W=/tmp/gpu_work
 mkdir -p "$OUT" "$W"
@@ -39,28 +41,48 @@ print('numpy', numpy.__version__, 'numba', numba.__version__, 'numba-cuda', vers
   date -u
 } 2>&1 | tee "$W/env.txt"
 
-echo "== [$(el)s] skinny GEMM (+ copy bandwidth)"
-timeout "$(cap 100)" python3 benchmarks/bench_gemv.py --json "$W/gemv.json" > "$W/gemv.log" 2>&1
-tail -n 3 "$W/gemv.log"
+if has gemv; then
+  echo "== [$(el)s] skinny GEMM (+ copy bandwidth)"
+  timeout "$(cap 100)" python3 benchmarks/bench_gemv.py --json "$W/gemv.json" > "$W/gemv.log" 2>&1
+  tail -n 3 "$W/gemv.log"
+fi
 
-echo "== [$(el)s] 7B-class model"
-timeout "$(cap 220)" python3 benchmarks/bench_model7b.py --json "$W/model7b.json" > "$W/model7b.log" 2>&1
-tail -n 3 "$W/model7b.log"
+if has model7b; then
+  echo "== [$(el)s] 7B-class model"
+  timeout "$(cap ${MODEL7B_S:-300})" python3 benchmarks/bench_model7b.py --json "$W/model7b.json" ${MODEL7B_ARGS:-} \
+      > "$W/model7b.log" 2>&1
+  tail -n 3 "$W/model7b.log"
+fi
 
-echo "== [$(el)s] Gated DeltaNet verify kernel (Qwen3-Next/3.5 shapes)"
-timeout "$(cap 60)" python3 -m kernels_cuda.bench_delta --json "$W/delta.json" > "$W/delta.log" 2>&1; tail -n 8 "$W/delta.log"
+if has profile && command -v ncu > /dev/null; then
+  echo "== [$(el)s] per-kernel device time of 7B-shape forwards (ncu, 2 layers, n = 1 and 4)"
+  for c in ${PROFILE_CONFIGS:-v1 v2}; do
+    timeout "$(cap 90)" ncu --profile-from-start off --metrics gpu__time_duration.sum --csv --print-units base \
+        python3 benchmarks/profile_model7b.py --config $c --layers 2 > "$W/prof_$c.csv" 2> "$W/prof_$c.err"
+    python3 benchmarks/profile_model7b.py --summarize "$W/prof_$c.csv" --layers 2 > "$W/prof_$c.md" 2>&1
+    echo "config $c:"; grep -E "^###|^per layer" "$W/prof_$c.md"
+  done
+fi
 
-echo "== [$(el)s] kernel tests on the GPU"
-timeout "$(cap 150)" python3 -m pytest -q -x -p no:cacheprovider tests/test_kernels.py > "$W/test_kernels.log" 2>&1
-tail -n 4 "$W/test_kernels.log"
+if has delta; then
+  echo "== [$(el)s] Gated DeltaNet verify kernel (Qwen3-Next/3.5 shapes)"
+  timeout "$(cap 60)" python3 -m kernels_cuda.bench_delta --json "$W/delta.json" > "$W/delta.log" 2>&1; tail -n 8 "$W/delta.log"
+fi
 
-if [ "$(left)" -gt 30 ]; then
+if has ktests; then
+  echo "== [$(el)s] kernel tests on the GPU"
+  timeout "$(cap ${KTESTS_S:-150})" python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py ${KTESTS_ARGS:-} \
+      > "$W/test_kernels.log" 2>&1
+  tail -n 4 "$W/test_kernels.log"
+fi
+
+if has btests && [ "$(left)" -gt 30 ]; then
   echo "== [$(el)s] backend tests on the GPU (CUDA graphs)"
-  timeout "$(cap 90)" python3 -m pytest -q -x -p no:cacheprovider tests/test_cuda_backend.py -k "not cli" \
+  timeout "$(cap 90)" python3 -m pytest -q -p no:cacheprovider tests/test_cuda_backend.py -k "not cli" \
       > "$W/test_backend.log" 2>&1
   tail -n 4 "$W/test_backend.log"
 fi
-if [ "$(left)" -gt 25 ]; then
+if has cli && [ "$(left)" -gt 25 ]; then
   for b in numpy cuda; do
     timeout "$(cap 20)" python3 -m mtp_ref generate --prompt "Once upon a time" --max-new-tokens 24 --draft 2 \
         --json --backend $b > "$W/cli_$b.json" 2>>"$W/cli.err"
@@ -72,9 +94,10 @@ fi
 
 echo
 echo "================ tables ================"
-sed -n '/^## Skinny GEMM/,$p' "$W/gemv.log"
-sed -n '/^## 7B-class/,$p' "$W/model7b.log"
+[ -f "$W/gemv.log" ] && sed -n '/^## Skinny GEMM/,$p' "$W/gemv.log"
+[ -f "$W/model7b.log" ] && sed -n '/^## 7B-class/,$p' "$W/model7b.log"
+for f in "$W"/prof_*.md; do [ -f "$f" ] && { echo "$f"; cat "$f"; }; done
 echo "(total $(el)s)"
 tar czf "$OUT/gpu_all_logs.tgz" -C "$W" .
-cp "$W/gemv.log" "$W/model7b.log" "$W/env.txt" "$W/gemv.json" "$W/model7b.json" "$OUT/" 2>/dev/null
+cp "$W"/*.log "$W"/*.md "$W/env.txt" "$W"/*.json "$OUT/" 2>/dev/null
 true
