@@ -900,8 +900,9 @@ class CudaModel:
         h, _ = self._fetch(n, logits=False)
         return h, self.am_host[:n].copy()
 
-    def mtp_forward(self, j: int, ids, prev_h, cache: DeviceCache, positions):
-        """MTP module j over n rows (see mtp_ref.model.Model.mtp_forward) -> (g [n, H], logits [n, V])."""
+    def mtp_forward(self, j: int, ids, prev_h, cache: DeviceCache, positions, last_only: bool = False):
+        """MTP module j over n rows (see mtp_ref.model.Model.mtp_forward) -> (g [n, H], logits [n, V] or,
+        with last_only, [1, V] of the last row)."""
         cfg = self.config
         if j >= cfg.num_mtp_modules:
             raise MtpRefError(f"MTP module {j} requested but the checkpoint holds {cfg.num_mtp_modules}")
@@ -928,7 +929,7 @@ class CudaModel:
             self.bytes_read += M["bytes"] + rb * len(np.unique(ids[c0: c0 + m]))
             if "experts" in M["block"]:
                 self.bytes_read += self._moe_bytes([(M["block"]["moe_slot"], M["block"])])
-        return np.concatenate(gs), np.concatenate(ls)
+        return np.concatenate(gs), (ls[-1][-1:] if last_only else np.concatenate(ls))
 
     def weight_nbytes(self, names=None) -> int:
         return self.trunk_bytes

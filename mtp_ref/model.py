@@ -56,6 +56,12 @@ class Model:
         self.delta_rule = "auto"
         self.recurrent_max_tokens = 16
         self.delta_chunk = 64
+        # MoE: "per_expert" gathers each selected expert's tokens and runs it once (the reference, and what a
+        # real engine does); "dense" runs every expert on every row and weights the unselected ones by 0: the same
+        # numbers in 2 calls instead of ~6 per expert, worth it only when the selections cover most experts
+        # anyway. "auto": dense when n_routed_experts <= 2 * n * top-k (the bundled 4-expert model), else per_expert.
+        self.moe_impl = "auto"
+        self._stacked: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.bytes_read = 0       # weight bytes touched since reset_meter() (what decode must stream from memory)
         self._touched: set = set()   # tensor names (and (name, expert) slices) read in this forward
 
@@ -235,12 +241,51 @@ class Model:
         p = f"mlp.experts.{e}."
         return ops.swiglu_mlp(x, W[p + "gate_proj.weight"], W[p + "up_proj.weight"], W[p + "down_proj.weight"])
 
+    def stacked_experts(self, W: Prefixed) -> tuple[np.ndarray, np.ndarray]:
+        """All routed experts of a layer as [E, 2I, H] (gate rows, then up rows) and [E, H, I] (down)."""
+        if W.prefix not in self._stacked:
+            c = self.ckpt
+            if self.spec.expert_layout == "fused":
+                gu, dn = c.get(W.prefix + "mlp.experts.gate_up_proj"), c.get(W.prefix + "mlp.experts.down_proj")
+            else:
+                E, p = self.config.n_routed_experts, W.prefix + "mlp.experts."
+                gu = np.stack([np.concatenate([c.get(f"{p}{e}.gate_proj.weight"), c.get(f"{p}{e}.up_proj.weight")])
+                               for e in range(E)])                               # [E, 2I, H]
+                dn = np.stack([c.get(f"{p}{e}.down_proj.weight") for e in range(E)])  # [E, H, I]
+            self._stacked[W.prefix] = (gu, dn)
+        return self._stacked[W.prefix]
+
+    def experts_dense(self, x, W: Prefixed, idx, w):
+        """Sum over k of w[:, k] * expert_{idx[:, k]}(x), computed as every expert on every row."""
+        gu, dn = self.stacked_experts(W)
+        E, I2, H = gu.shape
+        for e in np.unique(idx):                                                 # meter the selected experts only
+            if self.spec.expert_layout == "fused":
+                self.expert_weight(W.prefix + "mlp.experts.gate_up_proj", int(e))
+                self.expert_weight(W.prefix + "mlp.experts.down_proj", int(e))
+            else:
+                for name in ("gate_proj", "up_proj", "down_proj"):
+                    self.weight(f"{W.prefix}mlp.experts.{int(e)}.{name}.weight")
+        n = x.shape[0]
+        h = ops.linear(x, gu.reshape(E * I2, H)).reshape(n, E, I2)              # [n, H] -> [n, E, 2I]
+        a = ops.silu(h[..., : I2 // 2]) * h[..., I2 // 2:]                      # [n, E, I]
+        out = np.matmul(a.transpose(1, 0, 2), dn.transpose(0, 2, 1))             # [E, n, I] @ [E, I, H] -> [E, n, H]
+        dense_w = np.zeros((n, E), x.dtype)                                      # [n, E], 0 for unselected experts
+        np.put_along_axis(dense_w, idx, w.astype(x.dtype), axis=-1)
+        return np.einsum("ne,enh->nh", dense_w, out)                            # [n, H]
+
     def moe(self, x, W: Prefixed):
         idx, w = self.route(x, W)                                                # [n, k], [n, k]
-        y = np.zeros_like(x)
-        for e in np.unique(idx):                                                 # each selected expert read once
-            rows, slot = np.nonzero(idx == e)
-            np.add.at(y, rows, self.expert(x[rows], W, int(e)) * w[rows, slot][:, None])
+        cfg = self.config
+        dense = self.moe_impl == "dense" or (
+            self.moe_impl == "auto" and cfg.n_routed_experts <= 2 * x.shape[0] * cfg.num_experts_per_tok)
+        if dense:
+            y = self.experts_dense(x, W, idx, w)
+        else:
+            y = np.zeros_like(x)
+            for e in np.unique(idx):                                             # each selected expert read once
+                rows, slot = np.nonzero(idx == e)                                # a token picks e at most once
+                y[rows] += self.expert(x[rows], W, int(e)) * w[rows, slot][:, None]
         if self.spec.shared_expert == "gated":
             if self.config.shared_expert_intermediate_size:
                 s = ops.swiglu_mlp(x, W["mlp.shared_expert.gate_proj.weight"], W["mlp.shared_expert.up_proj.weight"],
@@ -290,13 +335,14 @@ class Model:
         h = self.rms_norm(x, self.weight("model.norm.weight"))                   # [n, H]
         return h, self.head(h)                                                   # [n, H], [n, V]
 
-    def mtp_forward(self, j: int, ids, prev_h, cache: LayerCache, positions: np.ndarray):
+    def mtp_forward(self, j: int, ids, prev_h, cache: LayerCache, positions: np.ndarray, last_only: bool = False):
         """MTP module j over n rows: row r pairs the previous hidden prev_h[r] with the embedding of ids[r].
 
         x = proj(concat[emb_norm(E ids), hid_norm(prev_h)])   (order per family)
         g = out_norm(block(x));  logits = head(g)
         (Qwen3-Next/3.5: the glue norms and proj are shared by all modules; block j is `mtp.layers.{j}.`)
-        Returns (g [n, H] post-norm, which feeds depth j+1, and logits [n, V]).
+        Returns (g [n, H] post-norm, which feeds depth j+1, and logits [n, V], or [1, V] for the last
+        row only with last_only: drafting needs just that row, and the head is the largest matrix).
         """
         cfg, lay = self.config, self.spec.mtp
         if j >= cfg.num_mtp_modules:
@@ -316,7 +362,7 @@ class Model:
                        cos, sin)
         g = self.rms_norm(x, W[lay.out_norm])                                     # [n, H]
         own_head = lay.head and (p + lay.head) in self.ckpt
-        return g, self.head(g, p + lay.head if own_head else None)
+        return g, self.head(g[-1:] if last_only else g, p + lay.head if own_head else None)
 
     def new_cache(self, keep_snapshots: bool = True) -> KVCache:
         """A cache per trunk layer; the Gated DeltaNet layers get a RecurrentCache. keep_snapshots: keep the

@@ -41,3 +41,15 @@ def sample(p: np.ndarray, rng: np.random.Generator) -> int:
     """Inverse-CDF draw: one uniform per token, so a seed fixes the whole run."""
     c = np.cumsum(p)
     return int(min(np.searchsorted(c, rng.random() * c[-1], side="right"), len(p) - 1))
+
+
+def top_probs(logits: np.ndarray, k: int = 5) -> list[tuple[int, float]]:
+    """The k most likely tokens of softmax(logits) (temperature 1) with their probabilities, most likely
+    first; the same numbers as sorting probs_from_logits(logits, T=1) without sorting the whole vocabulary."""
+    z = logits.astype(np.float64)                                        # [V]
+    m = z.max()
+    lse = m + np.log(np.sum(np.exp(z - m)))
+    k = min(k, z.shape[-1])
+    top = np.argpartition(-z, k - 1)[:k]                                 # [k], unordered
+    top = top[np.lexsort((top, -z[top]))]                                # by probability, then by id
+    return [(int(t), float(np.exp(z[t] - lse))) for t in top]

@@ -32,7 +32,7 @@ import numpy as np
 from .cache import LayerCache
 from .errors import MtpRefError
 from .model import Model
-from .sampling import SamplingParams, probs_from_logits, sample
+from .sampling import SamplingParams, probs_from_logits, sample, top_probs
 
 
 @dataclass
@@ -163,7 +163,8 @@ class SpeculativeDecoder:
         prev = self.h if j == 0 else self.mtp_out(j - 1)
         rows = np.arange(r0, stop)
         module = j if self.mode == "chain" else 0
-        g, logits = self.model.mtp_forward(module, [ext[i + j + 1] for i in rows], prev[r0:stop], c, rows + j + 1)
+        g, logits = self.model.mtp_forward(module, [ext[i + j + 1] for i in rows], prev[r0:stop], c, rows + j + 1,
+                                           last_only=True)
         self._out[j].truncate(r0)
         self._out[j].append(g=g)
         return logits
@@ -196,14 +197,17 @@ class SpeculativeDecoder:
                 logits = self._mtp_rows(j, N, ext)[-1]
             else:  # recursive: one provisional row at N-1+j fed with the previous step's output
                 c = self.mtp_caches[0]
-                g, lg = self.model.mtp_forward(0, [ext[N + j]], self.mtp_out(0)[-1:], c, np.array([N + j]))
+                g, lg = self.model.mtp_forward(0, [ext[N + j]], self.mtp_out(0)[-1:], c, np.array([N + j]),
+                                               last_only=True)
                 self._out[0].append(g=g)
                 logits = lg[-1]
             self.stats.mtp_forwards += 1
             d, q = self._choose(logits)
-            pq = q if q is not None else probs_from_logits(logits, SamplingParams(temperature=1.0))
-            top = np.argsort(-pq)[:5]
-            infos.append(DraftInfo(d, float(q[d]) if q is not None else 1.0, [(int(t), float(pq[t])) for t in top]))
+            if q is not None:
+                top = np.argsort(-q, kind="stable")[:5]
+                infos.append(DraftInfo(d, float(q[d]), [(int(t), float(q[t])) for t in top]))
+            else:
+                infos.append(DraftInfo(d, 1.0, top_probs(logits, 5)))
             drafts.append(d)
             qs.append(q)
             ext = ext + [d]

@@ -31,9 +31,10 @@ class ForcedDrafts:
     def __getattr__(self, name):
         return getattr(self._m, name)
 
-    def mtp_forward(self, j, ids, prev_h, cache, positions):
-        g, logits = self._m.mtp_forward(j, ids, prev_h, cache, positions)
+    def mtp_forward(self, j, ids, prev_h, cache, positions, last_only=False):
+        g, logits = self._m.mtp_forward(j, ids, prev_h, cache, positions, last_only=last_only)
         logits = logits.copy()
+        positions = positions[-len(logits):]
         for r, p in enumerate(positions):
             target = int(p) + 1                      # row at position p predicts token index p+1
             u = zlib.crc32(f"{self.salt}-{j}-{target}".encode()) / 2**32

@@ -221,6 +221,9 @@ class TinyMTPModel(nn.Module):
         self.norm = RMSNorm(H, cfg["rms_norm_eps"])
         self.lm_head = nn.Linear(H, V, bias=False)
         self.mtp = nn.ModuleList([MTPModule(cfg) for _ in range(cfg["num_nextn_predict_layers"])])
+        # The release stores a shared_head.head per MTP module. Training ties them all to lm_head; the
+        # distillation stage may untie them (untie_mtp_heads) so that each module gets its own output matrix.
+        self.mtp_heads: nn.ModuleList | None = None
         self.use_compiled = False  # call blocks through __call__ (compiled if Block.compile() was used)
 
     # ---------------------------------------------------------------- init
@@ -239,6 +242,19 @@ class TinyMTPModel(nn.Module):
         for m in self.modules():
             if isinstance(m, RMSNorm):
                 nn.init.ones_(m.weight)
+
+    def untie_mtp_heads(self):
+        """Give each MTP module its own head, initialised as a copy of lm_head (same file size: the
+        released layout stores a copy per module anyway)."""
+        V, H = self.lm_head.weight.shape
+        self.mtp_heads = nn.ModuleList([nn.Linear(H, V, bias=False) for _ in self.mtp])
+        with torch.no_grad():
+            for hd in self.mtp_heads:
+                hd.weight.copy_(self.lm_head.weight)
+        self.mtp_heads.to(self.lm_head.weight.device)
+
+    def mtp_head(self, j, g):
+        return self.lm_head(g) if self.mtp_heads is None else self.mtp_heads[j](g)
 
     # ---------------------------------------------------------------- forward
     def _block(self, blk, x, cos, sin):
@@ -278,7 +294,7 @@ class TinyMTPModel(nn.Module):
         for j in range(D):
             g, load = self.mtp_step(j, g, window[:, j + 1: j + 1 + T], cos_all[j + 1: j + 1 + T], sin_all[j + 1: j + 1 + T])
             loads.append(load)
-            mtp_logits.append(self.lm_head(g))
+            mtp_logits.append(self.mtp_head(j, g))
         return logits, mtp_logits, h, loads
 
     @torch.no_grad()
@@ -365,7 +381,8 @@ def released_state_dict(model: TinyMTPModel) -> dict[str, torch.Tensor]:
         sd[f"{p}.eh_proj.weight"] = bf(m.eh_proj.weight)
         put_block(p, m.block)
         sd[f"{p}.shared_head.norm.weight"] = bf(m.shared_head_norm.weight)
-        sd[f"{p}.shared_head.head.weight"] = bf(model.lm_head.weight)
+        sd[f"{p}.shared_head.head.weight"] = bf(model.lm_head.weight if model.mtp_heads is None
+                                                else model.mtp_heads[j].weight)
     return sd
 
 
@@ -399,4 +416,9 @@ def load_released(model: TinyMTPModel, sd: dict[str, torch.Tensor]):
             m.eh_proj.weight.copy_(sd[f"{p}.eh_proj.weight"].float())
             get_block(p, m.block)
             m.shared_head_norm.weight.copy_(sd[f"{p}.shared_head.norm.weight"].float())
+        heads = [sd[f"model.layers.{L + j}.shared_head.head.weight"] for j in range(len(model.mtp))]
+        if any(not torch.equal(h, sd["lm_head.weight"]) for h in heads):  # written with untied heads
+            model.untie_mtp_heads()
+            for hd, w in zip(model.mtp_heads, heads):
+                hd.weight.copy_(w.float())
     return model

@@ -195,7 +195,7 @@ def distill_losses(model, window, kl_weight=1.0, ce_weight=0.0):
         g, load = model.mtp_step(j, g, window[:, j + 1:j + 1 + T], cos[j + 1:j + 1 + T], sin[j + 1:j + 1 + T])
         loads.append(load)
         n = T - j - 1  # rows i with a teacher row i + j + 1 inside the window
-        s = F.log_softmax(model.lm_head(g[:, :n]).float(), dim=-1)
+        s = F.log_softmax(model.mtp_head(j, g[:, :n]).float(), dim=-1)
         t = teacher[:, j + 1:j + 1 + n]
         loss_j = kl_weight * F.kl_div(s, t, log_target=True, reduction="none").sum(-1).mean()
         if ce_weight:
@@ -243,7 +243,7 @@ def greedy_chain_acceptance(model, prompts, n_new):
         prev = ok[:, rows].float().mean()
         for j in range(D):
             g, _ = model.mtp_step(j, g, seq[:, j + 1:j + 1 + T], cos[j + 1:j + 1 + T], sin[j + 1:j + 1 + T])
-            draft = model.lm_head(g).argmax(-1)
+            draft = model.mtp_head(j, g).argmax(-1)
             ok = ok & (draft == seq[:, j + 2:j + 2 + T])
             cur = ok[:, rows].float().mean()
             res[f"accept_depth{j + 1}"] = (cur / prev).item() if prev > 0 else 0.0
@@ -288,6 +288,22 @@ def cmd_tokenizer(args):
     print(f"wrote {out} (vocabulary {tok.get_vocab_size()})")
 
 
+def cmd_token_cache(args):
+    """The tokenized train/held-out streams in one .npz (what a GPU machine without the corpora needs)."""
+    from tokenizers import Tokenizer
+    tok = Tokenizer.from_file(args.tokenizer)
+    assert tok.get_vocab_size() <= 65536
+    split = load_split(args.data)
+    arrays = {}
+    for which, key in (("train", "train_"), ("heldout", "held_")):
+        for name, v in tokenize_streams(split, tok, which).items():
+            if which == "train" and args.max_train_tokens:
+                v = v[: args.max_train_tokens]
+            arrays[key + name] = v.astype(np.uint16)
+    np.savez(args.out, **arrays)
+    print(f"wrote {args.out}: " + ", ".join(f"{k} {len(v):,}" for k, v in arrays.items()))
+
+
 def cmd_train(args):
     import torch
     from tokenizers import Tokenizer
@@ -305,7 +321,9 @@ def cmd_train(args):
     torch.backends.cudnn.allow_tf32 = True
 
     # ---- data
-    split = load_split(args.data)
+    cache = Path(args.token_cache) if args.token_cache else None
+    have_cache = cache is not None and cache.exists()
+    split = None if have_cache and args.tokenizer else load_split(args.data)
     if args.tokenizer and Path(args.tokenizer).exists():
         tok = Tokenizer.from_file(args.tokenizer)
         tok_path = args.tokenizer
@@ -314,11 +332,10 @@ def cmd_train(args):
         tok_path = str(out / "tokenizer.json")
         tok = train_tokenizer(split, tok_path)
     assert tok.get_vocab_size() == MODEL_CONFIG["vocab_size"]
-    cache = Path(args.token_cache) if args.token_cache else None
-    if cache is not None and cache.exists():
+    if have_cache:  # ids may be stored as uint16 (cmd_token_cache); the samplers index with int32
         z = np.load(cache)
-        train_streams = {k[6:]: z[k] for k in z.files if k.startswith("train_")}
-        held_streams = {k[5:]: z[k] for k in z.files if k.startswith("held_")}
+        train_streams = {k[6:]: z[k].astype(np.int32) for k in z.files if k.startswith("train_")}
+        held_streams = {k[5:]: z[k].astype(np.int32) for k in z.files if k.startswith("held_")}
     else:
         train_streams = tokenize_streams(split, tok, "train")
         held_streams = tokenize_streams(split, tok, "heldout")
@@ -333,7 +350,14 @@ def cmd_train(args):
     D = cfg["num_nextn_predict_layers"]
     model = TinyMTPModel(cfg)
     model.init_weights(args.seed)
+    if args.init:  # continue from a written checkpoint (e.g. the bundled one): stage 2 only, trunk unchanged
+        from safetensors.torch import load_file
+        from tinymtp_model import load_released
+        load_released(model, load_file(str(Path(args.init) / "model.safetensors")))
+        log(f"initialised from {args.init}", flog)
     model.to(device)
+    if args.untie_mtp_heads and model.mtp_heads is None:
+        model.untie_mtp_heads()
     n_par = sum(p.numel() for p in model.parameters())
     log(f"model parameters (tied embed/head, as trained): {n_par:,}", flog)
 
@@ -434,7 +458,10 @@ def cmd_train(args):
         t2 = time.time()
         model.eval()
         gens = []
-        gen_sampler = Sampler(train_streams, MIX, device, args.seed + 7)
+        mix2 = json.loads(args.distill_mix) if args.distill_mix else MIX
+        log(f"stage 2 mix (prompts and real windows): {mix2}", flog)
+        gen_sampler = Sampler(train_streams, mix2, device, args.seed + 7)
+        sampler2 = Sampler(train_streams, mix2, device, args.seed + 13) if args.distill_mix else sampler
         with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16):
             for b in range(args.gen_batches):
                 P = min([32, 64, 128][b % 3], args.distill_len // 2)
@@ -446,7 +473,7 @@ def cmd_train(args):
             f"in {time.time() - t2:.1f} s", flog)
         for p in model.parameters():
             p.requires_grad_(False)
-        mtp_params = [(n, p) for n, p in model.named_parameters() if n.startswith("mtp.")]
+        mtp_params = [(n, p) for n, p in model.named_parameters() if n.startswith(("mtp.", "mtp_heads."))]
         for _, p in mtp_params:
             p.requires_grad_(True)
         opt2 = torch.optim.AdamW(param_groups(mtp_params, args.wd), lr=args.distill_lr, betas=(0.9, 0.95),
@@ -462,7 +489,7 @@ def cmd_train(args):
             for gparam in opt2.param_groups:
                 gparam["lr"] = lr
             idx = torch.randint(0, gens.shape[0], (args.distill_batch - half,), generator=g2, device=device)
-            window = torch.cat([gens[idx], sampler.batch(half, args.distill_len)])
+            window = torch.cat([gens[idx], sampler2.batch(half, args.distill_len)])
             with torch.autocast(device, dtype=torch.bfloat16):
                 losses, agree, loads = distill_losses(model, window, args.distill_kl, args.distill_ce)
                 loss = sum(losses)
@@ -477,14 +504,14 @@ def cmd_train(args):
             if s2 % args.log_every == 0 or s2 == args.distill_steps:
                 kl = [x.item() for x in losses]
                 ag = [x.item() for x in agree]
-                cw.writerow(["distill", s2, s2 * window.shape[0] * window.shape[1], f"{time.time() - t_start:.1f}",
+                cw.writerow([args.distill_name, s2, s2 * window.shape[0] * window.shape[1], f"{time.time() - t_start:.1f}",
                              f"{lr:.3e}", "train_kl" if not args.distill_ce else "train_distill_loss", ""]
                             + [f"{x:.4f}" for x in kl] + [f"{x:.4f}" for x in ag])
                 csv_f.flush()
                 log(f"distill {s2}/{args.distill_steps} {'kl' if not args.distill_ce else 'loss'} " + "/".join(f"{x:.3f}" for x in kl)
                     + " agree " + "/".join(f"{x:.3f}" for x in ag), flog)
             if s2 % args.eval_every == 0 or s2 == args.distill_steps:
-                write_eval("distill", s2, tokens, lr)
+                write_eval(args.distill_name, s2, tokens, lr)
         log(f"stage 2 done in {time.time() - t2:.1f} s", flog)
 
     # ---- held-out greedy chain acceptance (teacher-forced on the trunk's own greedy text)
@@ -546,9 +573,20 @@ def main():
                    help="safety: seconds after start at which stage 1 stops even if --steps is not reached")
     t.add_argument("--distill-deadline", type=float, default=530.0,
                    help="safety: seconds after start at which stage 2 stops")
+    t.add_argument("--init", default=None, help="checkpoint dir to start from (use with --steps 0: distil only)")
+    t.add_argument("--untie-mtp-heads", action="store_true", help="train a separate shared_head.head per module")
+    t.add_argument("--distill-mix", default=None, help='JSON source -> share for stage 2 (default: the stage-1 mix)')
+    t.add_argument("--distill-name", default="distill", help="stage label in loss_curves.csv")
+    c = sub.add_parser("token-cache", help="tokenize the corpora once into an .npz for --token-cache (uint16 ids)")
+    c.add_argument("--data", required=True)
+    c.add_argument("--tokenizer", required=True)
+    c.add_argument("--out", required=True)
+    c.add_argument("--max-train-tokens", type=int, default=0, help="keep the first N train tokens per source (0: all)")
     args = ap.parse_args()
     if args.cmd == "tokenizer":
         cmd_tokenizer(args)
+    elif args.cmd == "token-cache":
+        cmd_token_cache(args)
     else:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
         cmd_train(args)
