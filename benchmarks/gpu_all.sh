@@ -71,20 +71,20 @@ fi
 
 if has ktests; then
   echo "== [$(el)s] kernel tests on the GPU"
-  timeout "$(cap ${KTESTS_S:-150})" python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py ${KTESTS_ARGS:-} \
-      > "$W/test_kernels.log" 2>&1
+  timeout "$(cap ${KTESTS_S:-150})" python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py \
+      ${KTESTS_K:+-k "$KTESTS_K"} > "$W/test_kernels.log" 2>&1
   tail -n 4 "$W/test_kernels.log"
 fi
 
 if has btests && [ "$(left)" -gt 30 ]; then
   echo "== [$(el)s] backend tests on the GPU (CUDA graphs)"
-  timeout "$(cap 90)" python3 -m pytest -q -p no:cacheprovider tests/test_cuda_backend.py -k "not cli" \
+  timeout "$(cap ${BTESTS_S:-200})" python3 -m pytest -q -p no:cacheprovider tests/test_cuda_backend.py -k "not cli" \
       > "$W/test_backend.log" 2>&1
   tail -n 4 "$W/test_backend.log"
 fi
 if has cli && [ "$(left)" -gt 25 ]; then
   for b in numpy cuda; do
-    timeout "$(cap 20)" python3 -m mtp_ref generate --prompt "Once upon a time" --max-new-tokens 24 --draft 2 \
+    timeout "$(cap 90)" python3 -m mtp_ref generate --prompt "Once upon a time" --max-new-tokens 24 --draft 2 \
         --json --backend $b > "$W/cli_$b.json" 2>>"$W/cli.err"
   done
   python3 -c "

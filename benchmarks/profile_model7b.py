@@ -93,8 +93,9 @@ def short(name: str) -> str:
             i = j + k
         if parts:
             return re.sub(r"_\d+$", "", parts[-1])
-    m = re.findall(r"::([A-Za-z_][A-Za-z0-9_]*)(?:\$\d+)?(?:\[abi[^\]]*\])?(?:<[^>]*>)?\(", name)
-    return m[-1] if m else name.split("(")[0][-60:]
+    head = name.split("(")[0]                      # 'make_embed::embed[v1,cw51...]' (numba-cuda 0.30)
+    m = re.findall(r"([A-Za-z_][A-Za-z0-9_]*)(?:\$\d+)?(?:\[[^\]]*\])?(?:<[^>]*>)?$", head)
+    return m[-1] if m else head[-60:]
 
 
 def summarize(a):

@@ -273,12 +273,14 @@ class DeviceCache:
 # ----------------------------------------------------------------------------- the model
 class CudaModel:
     def __init__(self, model=None, *, max_context: int = 4096, use_graphs: bool | None = None,
-                 fp8: str = "kernel", gemm_lanes: int | None = None, attention: str = "v1",
-                 gemm_tuning: dict | None = None, _source=None, _config=None, _spec=None, _path=None,
-                 _tokenizer=None):
-        """attention: "v1" (measured in NOTES.md) or "v2" (unrolled loads, 64-key chunks; not yet
-        measured on a GPU). gemm_tuning: {NMAX: (R, U)} overrides of the skinny-GEMM launch shape
-        (e.g. gemm.TUNED_H100: R = 8, U = 2 for 5..8 tokens, the best n = 8 variant in NOTES.md)."""
+                 fp8: str = "kernel", gemm_lanes: int | None = None, attention: str = "v3",
+                 gemm_tuning: dict | None = None, row_threads: int = 1024, _source=None, _config=None,
+                 _spec=None, _path=None, _tokenizer=None):
+        """attention: "v1", "v2" (unrolled loads, 64-key chunks) or "v3" (a warp per key, 32-key chunks,
+        parallel chunk merge; the default); NOTES.md has each one's H100 numbers. gemm_tuning: {NMAX: (R, U)}
+        overrides of the skinny-GEMM launch shape (default gemm.TUNED_H100: R = 8, U = 2 for 5..8 tokens;
+        {} for none). row_threads: threads per block of the one-row-per-block kernels (RMSNorm, embedding,
+        cache write); 128 left a 4096-wide RMSNorm latency-bound at ~20 us (NOTES.md)."""
         self.base = model
         self.config = model.config if model is not None else _config
         self.spec: FamilySpec = model.spec if model is not None else _spec
@@ -298,14 +300,18 @@ class CudaModel:
         self.rows_per_warp = 4 if self.lanes > 1 else 32
         self.warps = 1 if SIM else 4
         self.nt = K.NT
-        if attention not in ("v1", "v2"):
-            raise ValueError(f"attention must be 'v1' or 'v2', not {attention!r}")
+        self.nt_row = 1 if SIM else int(row_threads)
+        if attention not in ("v1", "v2", "v3"):
+            raise ValueError(f"attention must be 'v1', 'v2' or 'v3', not {attention!r}")
         self.attention = attention
         # Gated DeltaNet (what mtp_ref.speculative checks): the recurrent form, with per-token snapshots of up to
         # NMAX tokens per forward kept on the device (longer inputs are fed NMAX at a time)
         self.delta_rule = "recurrent"
         self.recurrent_max_tokens = NMAX
-        self.gemm_tuning = dict(gemm_tuning or {}) if self.lanes > 1 else {}
+        if gemm_tuning is None:
+            from .gemm import TUNED_H100
+            gemm_tuning = TUNED_H100
+        self.gemm_tuning = dict(gemm_tuning) if self.lanes > 1 else {}
         self.stream = cuda.stream()
         self.bytes_read = 0
         self.timing = {"launches": 0, "eager_calls": 0, "graph_calls": 0, "captures": 0}
@@ -557,9 +563,13 @@ class CudaModel:
         # attention split-K scratch, sized for the cache capacity
         nh = cfg.num_attention_heads
         self.attn_C = {nq: K.attn_chunk(nq, self.dk) for nq in (1, 2, 4, 8, 16)}
-        if self.attention == "v2":
-            self.attn_C = {nq: min(64, c) for nq, c in self.attn_C.items()}
+        if self.attention in ("v2", "v3"):
+            cmax = 64 if self.attention == "v2" or self.dk % 4 else 32   # v3 falls back to v2 when dk % 4
+            self.attn_C = {nq: min(cmax, c) for nq, c in self.attn_C.items()}
         S = max(math.ceil(self.cap / c) for c in self.attn_C.values())
+        if S > K.COMBINE_MAX_CHUNKS:
+            raise MtpRefError(f"max_context {self.cap} needs {S} attention chunks; the merge kernel takes "
+                              f"{K.COMBINE_MAX_CHUNKS}")
         self.PO = dev(S * nh * 16 * self.dv_att)
         self.PML = dev(S * nh * 16 * 2)
         # MoE scratch
@@ -629,7 +639,7 @@ class CudaModel:
             n, lin.K, lin.N, mode, 1 if lin.bias is not None else 0)
 
     def _rmsnorm(self, x, ldx, xoff, segs, D, w, y, ldy, yoff, n):
-        K.rmsnorm[self._grid(n * segs), self.nt, self.stream](x, ldx, xoff, segs, D, w, y, ldy, yoff,
+        K.rmsnorm[self._grid(n * segs), self.nt_row, self.stream](x, ldx, xoff, segs, D, w, y, ldy, yoff,
                                                               float(self.config.rms_norm_eps), n)
 
     def _rope(self, buf, ldb, off, heads, hd, n):
@@ -642,11 +652,12 @@ class CudaModel:
         C = self.attn_C[nq]
         S = math.ceil(self.cap / C)
         vec = 1 if (dk % 4 == 0 and ldk % 4 == 0) else 0
-        kp = _attn_kernel(nq, self.attention)
+        version = "v2" if self.attention == "v3" and not vec else self.attention   # v3 needs 16-byte key loads
+        kp = _attn_kernel(nq, version)
         kp[self._grid(nh * S), self.nt, self.stream, (nq * dk + nq * C) * 4](
             q, ldq, qoff, kc, ldk, vc, ldv, self.PO, self.PML, self.meta, n, nh, rep, dk, dv, self.scale, C, S, vec)
-        K.attn_combine[self._grid(n * nh), self.nt, self.stream](self.PO, self.PML, out, ldo, ooff, self.meta, n, nh,
-                                                                 dv, C)
+        combine = K.attn_combine_v2 if self.attention == "v3" else K.attn_combine
+        combine[self._grid(n * nh), self.nt, self.stream](self.PO, self.PML, out, ldo, ooff, self.meta, n, nh, dv, C)
 
     def _linear_attn(self, L: dict, lc, n: int):
         """Gated DeltaNet over n new tokens (Model.linear_attention), continuing snapshot meta[M_SLOT] of the layer's
@@ -696,7 +707,7 @@ class CudaModel:
             self._gemm(L["kv_a"], XN, H, KVA, r + dr, n)
             self._rmsnorm(KVA, r + dr, 0, 1, r, L["kv_norm"], KVA, r + dr, 0, n)
             self._rope(KVA, r + dr, r, 1, r + dr, n)
-            K.cache_write[self._grid(n), self.nt, st](KVA, r + dr, 0, r + dr, kc, r + dr, 0, self.meta, n)
+            K.cache_write[self._grid(n), self.nt_row, st](KVA, r + dr, 0, r + dr, kc, r + dr, 0, self.meta, n)
             kb = L["kv_b"]
             nq = nmax_for(n)
             _mla_absorb(kb.fmt, nq)[self._grid(math.ceil(nh * r / 128)), 128 if not SIM else 1, st](
@@ -716,8 +727,8 @@ class CudaModel:
                 self._rmsnorm(QKV, W, ko, nkv, hd, L["k_norm"], QKV, W, ko, n)
             self._rope(QKV, W, 0, nh, hd, n)
             self._rope(QKV, W, ko, nkv, hd, n)
-            K.cache_write[self._grid(n), self.nt, st](QKV, W, ko, nkv * hd, kc, nkv * hd, 0, self.meta, n)
-            K.cache_write[self._grid(n), self.nt, st](QKV, W, ko + nkv * hd, nkv * hd, vc, nkv * hd, 0, self.meta, n)
+            K.cache_write[self._grid(n), self.nt_row, st](QKV, W, ko, nkv * hd, kc, nkv * hd, 0, self.meta, n)
+            K.cache_write[self._grid(n), self.nt_row, st](QKV, W, ko + nkv * hd, nkv * hd, vc, nkv * hd, 0, self.meta, n)
             self._attention(QKV, W, 0, kc, vc, self.B, nh * hd, 0, n, nh, hd, hd, nkv * hd, nkv * hd, nh // nkv)
             if self.spec.attn_gate:
                 K.sigmoid_gate_mul[self._grid(n), self.nt, st](self.B, nh * hd, 0, QKV, W, nh * hd, nh * hd, n)
@@ -771,7 +782,7 @@ class CudaModel:
 
     def _embed(self, tab, n):
         fmt, w = tab
-        _embed_kernel(fmt)[self._grid(n), self.nt, self.stream](w, w, self.meta, self.X, self.config.hidden_size,
+        _embed_kernel(fmt)[self._grid(n), self.nt_row, self.stream](w, w, self.meta, self.X, self.config.hidden_size,
                                                                  self.config.hidden_size, n)
 
     def _trunk_launches(self, cache: DeviceCache, n: int):
@@ -947,7 +958,7 @@ def _cached(key, make):
 
 
 def _attn_kernel(nq, version="v1"):
-    make = K.make_attention if version == "v1" else K.make_attention_v2
+    make = {"v1": K.make_attention, "v2": K.make_attention_v2, "v3": K.make_attention_v3}[version]
     return _cached(("attn", version, nq), lambda: make(nq))
 
 

@@ -344,6 +344,182 @@ def make_attention_v2(NQ: int):
     return attn_partial_v2
 
 
+@factory
+def make_attention_v3(NQ: int):
+    """attn_partial v3: the score loop of v2 re-laid out for coalesced, latency-hiding loads.
+
+    Measured on the H100 (NOTES.md), v2 still spent ~35 us per 7B layer at context 512 against a
+    ~2 us byte floor: each thread walked a whole 512 B key (8 dependent rounds of 4 loads) and 64
+    values of V. v3 gives each KEY to a warp: lane l loads elements [4 l, 4 l + 4) of 128-element
+    slices of it (one 512 B coalesced row per warp load), 4 keys per warp at a time (4 loads in
+    flight per lane), dot products finished with a warp butterfly. P V keeps one thread per output
+    dimension with 16 values of V in flight. Run with C = 32 keys per block (2x v2's blocks).
+    Needs dk % 4 == 0 and ldk % 4 == 0 (16-byte loads); same arguments and results as v1/v2.
+    """
+
+    NQ4 = 4 * NQ                                             # local.array needs a constant, not an expression
+
+    @cuda.jit
+    def attn_partial_v3(q, ldq, qoff, kc, ldk, vc, ldv, po, pml, meta, n, nh, rep, dk, dv, scale, C, S, vec):
+        sm = cuda.shared.array(0, float32)
+        tid = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        wl = min(32, nt)
+        lane = tid % wl
+        w = tid // wl
+        nw = nt // wl
+        start = meta[M_START]
+        T = start + n
+        sc0 = NQ * dk
+        acc = cuda.local.array(NQ4, float32)
+        accv = cuda.local.array(NQ, float32)
+        span = 4 * wl                                        # elements of a key one warp load covers
+        for item in range(cuda.blockIdx.x, nh * S, cuda.gridDim.x):
+            h = item // S
+            s = item - h * S
+            g = h // rep
+            t0 = s * C
+            if t0 >= T:
+                continue
+            t1 = min(t0 + C, T)
+            L = t1 - t0
+            for idx in range(tid, n * dk, nt):
+                i = idx // dk
+                sm[idx] = q[i * ldq + qoff + h * dk + (idx - i * dk)]
+            cuda.syncthreads()
+            # scores: warp w takes keys t0 + 4 gi .. + 3 for gi = w, w + nw, ...
+            for gi in range(w, (L + 3) // 4, nw):
+                tb = t0 + 4 * gi
+                for j in range(NQ4):
+                    acc[j] = float32(0.0)
+                for e in range(4 * lane, dk, span):
+                    kb = g * dk + e
+                    a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = float32(0.0)
+                    c0 = c1 = c2 = c3 = d0 = d1 = d2 = d3 = float32(0.0)
+                    a0, a1, a2, a3 = ld_f32x4(kc, tb * ldk + kb)
+                    if tb + 1 < t1:
+                        b0, b1, b2, b3 = ld_f32x4(kc, (tb + 1) * ldk + kb)
+                    if tb + 2 < t1:
+                        c0, c1, c2, c3 = ld_f32x4(kc, (tb + 2) * ldk + kb)
+                    if tb + 3 < t1:
+                        d0, d1, d2, d3 = ld_f32x4(kc, (tb + 3) * ldk + kb)
+                    for i in range(NQ):
+                        if i < n:
+                            qb = i * dk + e
+                            q0, q1, q2, q3 = sm[qb], sm[qb + 1], sm[qb + 2], sm[qb + 3]
+                            acc[4 * i] += q0 * a0 + q1 * a1 + q2 * a2 + q3 * a3
+                            acc[4 * i + 1] += q0 * b0 + q1 * b1 + q2 * b2 + q3 * b3
+                            acc[4 * i + 2] += q0 * c0 + q1 * c1 + q2 * c2 + q3 * c3
+                            acc[4 * i + 3] += q0 * d0 + q1 * d1 + q2 * d2 + q3 * d3
+                for i in range(NQ):
+                    if i < n:
+                        for u in range(4):
+                            v = warp_sum(acc[4 * i + u])
+                            t = tb + u
+                            if lane == 0 and t < t1:
+                                sm[sc0 + i * C + t - t0] = v * scale if t <= start + i else NEG_INF
+            cuda.syncthreads()
+            for i in range(w, n, nw):                        # softmax of each query row over the chunk
+                m = NEG_INF
+                for j in range(lane, L, wl):
+                    m = max(m, sm[sc0 + i * C + j])
+                m = warp_max(m)
+                l = float32(0.0)
+                for j in range(lane, L, wl):
+                    p = math.exp(sm[sc0 + i * C + j] - m) if m != NEG_INF else float32(0.0)
+                    sm[sc0 + i * C + j] = p
+                    l += p
+                l = warp_sum(l)
+                if lane == 0:
+                    b = ((s * nh + h) * 16 + i) * 2
+                    pml[b] = m
+                    pml[b + 1] = l
+            cuda.syncthreads()
+            L16 = t0 + (L // 16) * 16
+            for e in range(tid, dv, nt):
+                for i in range(NQ):
+                    accv[i] = float32(0.0)
+                vb = g * dv + e
+                for t in range(t0, L16, 16):                  # 16 values of V in flight
+                    v0 = vc[t * ldv + vb]
+                    v1 = vc[(t + 1) * ldv + vb]
+                    v2 = vc[(t + 2) * ldv + vb]
+                    v3 = vc[(t + 3) * ldv + vb]
+                    v4 = vc[(t + 4) * ldv + vb]
+                    v5 = vc[(t + 5) * ldv + vb]
+                    v6 = vc[(t + 6) * ldv + vb]
+                    v7 = vc[(t + 7) * ldv + vb]
+                    v8 = vc[(t + 8) * ldv + vb]
+                    v9 = vc[(t + 9) * ldv + vb]
+                    v10 = vc[(t + 10) * ldv + vb]
+                    v11 = vc[(t + 11) * ldv + vb]
+                    v12 = vc[(t + 12) * ldv + vb]
+                    v13 = vc[(t + 13) * ldv + vb]
+                    v14 = vc[(t + 14) * ldv + vb]
+                    v15 = vc[(t + 15) * ldv + vb]
+                    for i in range(NQ):
+                        if i < n:
+                            pb = sc0 + i * C + t - t0
+                            accv[i] += (sm[pb] * v0 + sm[pb + 1] * v1 + sm[pb + 2] * v2 + sm[pb + 3] * v3
+                                        + sm[pb + 4] * v4 + sm[pb + 5] * v5 + sm[pb + 6] * v6 + sm[pb + 7] * v7
+                                        + sm[pb + 8] * v8 + sm[pb + 9] * v9 + sm[pb + 10] * v10
+                                        + sm[pb + 11] * v11 + sm[pb + 12] * v12 + sm[pb + 13] * v13
+                                        + sm[pb + 14] * v14 + sm[pb + 15] * v15)
+                for t in range(L16, t1):
+                    vv = vc[t * ldv + vb]
+                    for i in range(NQ):
+                        accv[i] += sm[sc0 + i * C + t - t0] * vv
+                for i in range(NQ):
+                    if i < n:
+                        po[((s * nh + h) * 16 + i) * dv + e] = accv[i]
+            cuda.syncthreads()
+
+    return attn_partial_v3
+
+
+COMBINE_MAX_CHUNKS = 2048
+
+
+@cuda.jit
+def attn_combine_v2(po, pml, out, ldo, ooff, meta, n, nh, dv, C):
+    """attn_combine with the chunk statistics read in parallel (thread s reads chunk s: one round of
+    loads, block max / sum) and the weighted sum over chunks 4 loads at a time. v1 read the S
+    (m, l) pairs three times in sequence per thread: ~11 us per 7B layer at context 512 (NOTES.md)."""
+    wsh = cuda.shared.array(COMBINE_MAX_CHUNKS, float32)
+    buf = cuda.shared.array(32, float32)
+    T = meta[M_START] + n
+    S = (T + C - 1) // C
+    tid = cuda.threadIdx.x
+    nt = cuda.blockDim.x
+    for item in range(cuda.blockIdx.x, n * nh, cuda.gridDim.x):
+        i = item // nh
+        h = item - i * nh
+        m = NEG_INF
+        for s in range(tid, S, nt):
+            m = max(m, pml[((s * nh + h) * 16 + i) * 2])
+        M = block_max(m, buf)
+        d = float32(0.0)
+        for s in range(tid, S, nt):
+            b = ((s * nh + h) * 16 + i) * 2
+            wgt = pml[b + 1] * math.exp(pml[b] - M) if pml[b] != NEG_INF else float32(0.0)
+            wsh[s] = math.exp(pml[b] - M) if pml[b] != NEG_INF else float32(0.0)
+            d += wgt
+        den = block_sum(d, buf)
+        cuda.syncthreads()
+        S4 = (S // 4) * 4
+        for e in range(tid, dv, nt):
+            o = float32(0.0)
+            for s in range(0, S4, 4):
+                o += (po[((s * nh + h) * 16 + i) * dv + e] * wsh[s]
+                      + po[(((s + 1) * nh + h) * 16 + i) * dv + e] * wsh[s + 1]
+                      + po[(((s + 2) * nh + h) * 16 + i) * dv + e] * wsh[s + 2]
+                      + po[(((s + 3) * nh + h) * 16 + i) * dv + e] * wsh[s + 3])
+            for s in range(S4, S):
+                o += po[((s * nh + h) * 16 + i) * dv + e] * wsh[s]
+            out[i * ldo + ooff + h * dv + e] = o / den
+        cuda.syncthreads()
+
+
 @cuda.jit
 def attn_combine(po, pml, out, ldo, ooff, meta, n, nh, dv, C):
     """items (i, h): n * nh; out[i, ooff + h*dv + e] = merged attention output of query i, head h."""
