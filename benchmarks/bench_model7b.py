@@ -238,6 +238,8 @@ CONFIGS = {  # name -> CudaModel options (NOTES.md has each one's numbers)
     "v1": {"attention": "v1", "gemm_tuning": {}, "row_threads": 128},            # the first H100 run
     "v2": {"attention": "v2", "gemm_tuning": "TUNED_H100", "row_threads": 128},  # unrolled attention, tuned GEMM
     "v3": {"attention": "v3", "gemm_tuning": "TUNED_H100", "row_threads": 1024}, # warp-per-key attention, wide rows
+    "v4": {"attention": "v3", "gemm_tuning": "TUNED_H100", "row_threads": 1024,  # v3 + rope/cache-write fused
+           "fuse_rope_cache": True},
 }                                                                                # (v3 = CudaModel's default)
 
 

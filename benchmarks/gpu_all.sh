@@ -78,7 +78,7 @@ fi
 
 if has btests && [ "$(left)" -gt 30 ]; then
   echo "== [$(el)s] backend tests on the GPU (CUDA graphs)"
-  timeout "$(cap ${BTESTS_S:-200})" python3 -m pytest -q -p no:cacheprovider tests/test_cuda_backend.py -k "not cli" \
+  timeout "$(cap ${BTESTS_S:-200})" python3 -m pytest -q -p no:cacheprovider tests/test_cuda_backend.py -k "${BTESTS_K:-not cli}" \
       > "$W/test_backend.log" 2>&1
   tail -n 4 "$W/test_backend.log"
 fi

@@ -274,13 +274,15 @@ class DeviceCache:
 class CudaModel:
     def __init__(self, model=None, *, max_context: int = 4096, use_graphs: bool | None = None,
                  fp8: str = "kernel", gemm_lanes: int | None = None, attention: str = "v3",
-                 gemm_tuning: dict | None = None, row_threads: int = 1024, _source=None, _config=None,
+                 gemm_tuning: dict | None = None, row_threads: int = 1024, fuse_rope_cache: bool = False,
+                 _source=None, _config=None,
                  _spec=None, _path=None, _tokenizer=None):
         """attention: "v1", "v2" (unrolled loads, 64-key chunks) or "v3" (a warp per key, 32-key chunks,
         parallel chunk merge; the default); NOTES.md has each one's H100 numbers. gemm_tuning: {NMAX: (R, U)}
         overrides of the skinny-GEMM launch shape (default gemm.TUNED_H100: R = 8, U = 2 for 5..8 tokens;
         {} for none). row_threads: threads per block of the one-row-per-block kernels (RMSNorm, embedding,
-        cache write); 128 left a 4096-wide RMSNorm latency-bound at ~20 us (NOTES.md)."""
+        cache write); 128 left a 4096-wide RMSNorm latency-bound at ~20 us (NOTES.md). fuse_rope_cache: GQA
+        layers run rope on q and k and both cache writes as one kernel (rope_qk_cache) instead of four."""
         self.base = model
         self.config = model.config if model is not None else _config
         self.spec: FamilySpec = model.spec if model is not None else _spec
@@ -301,6 +303,7 @@ class CudaModel:
         self.warps = 1 if SIM else 4
         self.nt = K.NT
         self.nt_row = 1 if SIM else int(row_threads)
+        self.fuse_rope_cache = bool(fuse_rope_cache)
         if attention not in ("v1", "v2", "v3"):
             raise ValueError(f"attention must be 'v1', 'v2' or 'v3', not {attention!r}")
         self.attention = attention
@@ -725,10 +728,17 @@ class CudaModel:
             if "q_norm" in L:
                 self._rmsnorm(QKV, W, 0, nh, hd, L["q_norm"], QKV, W, 0, n)
                 self._rmsnorm(QKV, W, ko, nkv, hd, L["k_norm"], QKV, W, ko, n)
-            self._rope(QKV, W, 0, nh, hd, n)
-            self._rope(QKV, W, ko, nkv, hd, n)
-            K.cache_write[self._grid(n), self.nt_row, st](QKV, W, ko, nkv * hd, kc, nkv * hd, 0, self.meta, n)
-            K.cache_write[self._grid(n), self.nt_row, st](QKV, W, ko + nkv * hd, nkv * hd, vc, nkv * hd, 0, self.meta, n)
+            half = cfg.rotary_dim // 2
+            if self.fuse_rope_cache and half <= K.ROPE_MAX_HALF:
+                K.rope_qk_cache[self._grid(n), self.nt_row, st](QKV, W, 0, nh, ko, nkv, ko + nkv * hd, hd, half,
+                                                               self.meta, self.inv_freq, self.att, self.style,
+                                                               kc, vc, nkv * hd, n)
+            else:
+                self._rope(QKV, W, 0, nh, hd, n)
+                self._rope(QKV, W, ko, nkv, hd, n)
+                K.cache_write[self._grid(n), self.nt_row, st](QKV, W, ko, nkv * hd, kc, nkv * hd, 0, self.meta, n)
+                K.cache_write[self._grid(n), self.nt_row, st](QKV, W, ko + nkv * hd, nkv * hd, vc, nkv * hd, 0,
+                                                              self.meta, n)
             self._attention(QKV, W, 0, kc, vc, self.B, nh * hd, 0, n, nh, hd, hd, nkv * hd, nkv * hd, nh // nkv)
             if self.spec.attn_gate:
                 K.sigmoid_gate_mul[self._grid(n), self.nt, st](self.B, nh * hd, 0, QKV, W, nh * hd, nh * hd, n)

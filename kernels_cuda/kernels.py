@@ -133,6 +133,50 @@ def rope(buf, ldb, off, hd, half, meta, inv_freq, att, style, n, heads):
             buf[b] = x2 * c + x1 * s
 
 
+ROPE_MAX_HALF = 256
+
+
+@cuda.jit
+def rope_qk_cache(buf, ldb, qoff, nqh, koff, nkh, voff, hd, half, meta, inv_freq, att, style, kc, vc, ldc, n):
+    """GQA after the fused q|k|v projection, one launch instead of four (rope q, rope k, cache k, cache v):
+    rotate the nqh query heads at qoff and the nkh key heads at koff of row i in place (as `rope`, the
+    cos/sin of each frequency computed once per row in float64), then write the row's keys and values
+    (buf[i, voff : voff + nkh hd]) to kc / vc at row start + i (leading dimension ldc). Items: n rows.
+    half <= ROPE_MAX_HALF."""
+    cs = cuda.shared.array(ROPE_MAX_HALF, float32)
+    sn = cuda.shared.array(ROPE_MAX_HALF, float32)
+    tid = cuda.threadIdx.x
+    nt = cuda.blockDim.x
+    for i in range(cuda.blockIdx.x, n, cuda.gridDim.x):
+        pos = float64(meta[M_POS + i])
+        for j in range(tid, half, nt):
+            ang = pos * inv_freq[j]
+            cs[j] = float32(math.cos(ang) * att)
+            sn[j] = float32(math.sin(ang) * att)
+        cuda.syncthreads()
+        row = i * ldb
+        for idx in range(tid, (nqh + nkh) * half, nt):
+            h = idx // half
+            j = idx - h * half
+            base = row + (qoff + h * hd if h < nqh else koff + (h - nqh) * hd)
+            if style == STYLE_HALF:
+                a = base + j
+                b = base + j + half
+            else:
+                a = base + 2 * j
+                b = base + 2 * j + 1
+            x1 = buf[a]
+            x2 = buf[b]
+            buf[a] = x1 * cs[j] - x2 * sn[j]
+            buf[b] = x2 * cs[j] + x1 * sn[j]
+        cuda.syncthreads()
+        r = meta[M_START] + i
+        for j in range(tid, nkh * hd, nt):
+            kc[r * ldc + j] = buf[row + koff + j]
+            vc[r * ldc + j] = buf[row + voff + j]
+        cuda.syncthreads()
+
+
 # ----------------------------------------------------------------------------- cache write
 @cuda.jit
 def cache_write(src, lds, soff, width, dst, ldd, doff, meta, n):

@@ -86,14 +86,21 @@ def test_forward_matches_numpy(oracle_model, variant, request):
         assert rel(g2, g1) < 1e-4 and rel(l2, l1) < 1e-4
 
 
-def test_attention_v2_and_tuned_gemm(tiny_checkpoint):
-    """The not-yet-default variants (attention v2, tuned GEMM launch shapes) give the same tokens."""
-    from kernels_cuda.gemm import TUNED_H100
+@pytest.mark.parametrize("opts", [dict(attention="v1", gemm_tuning={}, row_threads=128),
+                                  dict(attention="v2", row_threads=128),
+                                  dict(fuse_rope_cache=True)], ids=["v1", "v2", "fused-rope-cache"])
+def test_attention_variants_and_fused_rope(tiny_checkpoint, opts):
+    """The non-default variants (attention v1 / v2, untuned GEMM, narrow row kernels, rope fused with the cache
+    writes) give the NumPy engine's tokens and logits."""
     path = tiny_checkpoint("mimo", **SMALL)
     m = load_model(path)
-    cm = CudaModel(m, max_context=64, attention="v2", gemm_tuning=TUNED_H100)
+    cm = CudaModel(m, max_context=64, **opts)
     a, b = generate(m, [3, 17, 42, 5, 9], 4, 1), generate(cm, [3, 17, 42, 5, 9], 4, 1)
     assert b.token_ids == a.token_ids
+    ids = [3, 17, 42, 5, 9, 11]
+    _, l1 = m.forward(ids, m.new_cache())
+    _, l2 = cm.forward(ids, cm.new_cache())
+    assert rel(l2, l1) < 1e-4
 
 
 def test_simulator_needs_consent(tiny_checkpoint, monkeypatch):

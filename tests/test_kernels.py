@@ -180,6 +180,35 @@ def test_rope(request, style, nt):
     assert rel_err(host(b, (n, W)), want) < 1e-5
 
 
+@pytest.mark.parametrize("style", ["half", "interleaved"])
+@pytest.mark.parametrize("nt", NT_SIZES[-1:] + ((1024,) if GPU else ()))
+def test_rope_qk_cache(request, style, nt):
+    """The fused GQA kernel = rope on q and k heads + both cache writes (reference: ref.rope and slicing)."""
+    rng = rng_for(request)
+    n, nqh, nkh, hd, rot, start = 3, 6, 2, 16, 12, 5        # partial rotary: 12 of 16 dims
+    qoff, koff, voff = 0, nqh * hd + 8, nqh * hd + 8 + nkh * hd   # a gap between q and k, v right after k
+    W = voff + nkh * hd + 4
+    buf = rng.standard_normal((n, W)).astype(np.float32)
+    pos = np.arange(start, start + n).astype(np.int32)
+    inv = 1.0 / (10000.0 ** (np.arange(0, rot, 2) / rot))
+    cap = start + n + 2
+    kc, vc = dev(np.full((cap, nkh * hd), -3.0, np.float32)), dev(np.full((cap, nkh * hd), -3.0, np.float32))
+    b = dev(buf)
+    st = K.STYLE_HALF if style == "half" else K.STYLE_INTERLEAVED
+    K.rope_qk_cache[n, nt](b, W, qoff, nqh, koff, nkh, voff, hd, rot // 2, meta_for(start, pos), dev(inv), 1.25, st,
+                           kc, vc, nkh * hd, n)
+    want = buf.copy()
+    for off, heads in ((qoff, nqh), (koff, nkh)):
+        seg = buf[:, off: off + heads * hd].reshape(n, heads, hd)
+        want[:, off: off + heads * hd] = ref.rope(seg, pos, inv, 1.25, style).reshape(n, heads * hd)
+    assert rel_err(host(b, (n, W)), want) < 1e-5
+    kwant = np.full((cap, nkh * hd), -3.0, np.float32)
+    vwant = kwant.copy()
+    kwant[start: start + n] = want[:, koff: koff + nkh * hd]
+    vwant[start: start + n] = want[:, voff: voff + nkh * hd]
+    assert rel_err(host(kc, (cap, nkh * hd)), kwant) < 1e-5 and np.array_equal(host(vc, (cap, nkh * hd)), vwant)
+
+
 @pytest.mark.parametrize("nt", NT_SIZES[-1:] + ((1024,) if GPU else ()))
 @pytest.mark.parametrize("fmt", ["bf16", "f32"])
 def test_embed_and_cache_write(request, fmt, nt):
