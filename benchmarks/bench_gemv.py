@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from numba import cuda  # noqa: E402
 
-from benchmarks.bench_copy import copy_bandwidth, device_name  # noqa: E402
+from benchmarks.bench_copy import copy_bandwidth, device_name, events_ms  # noqa: E402
 from kernels_cuda import gemm  # noqa: E402
 from kernels_cuda.graphs import CudaGraph  # noqa: E402
 
@@ -48,16 +48,7 @@ def time_numba(stream, launches, reps=15):
     except Exception as e:  # noqa: BLE001 - report and fall back to eager launches
         print(f"  (graph capture failed: {e!r}; timing eager launches)")
         fn, mode = run, "eager"
-    fn()
-    ts = []
-    for _ in range(reps):
-        a, b = cuda.event(), cuda.event()
-        a.record(stream)
-        fn()
-        b.record(stream)
-        b.synchronize()
-        ts.append(cuda.event_elapsed_time(a, b) / len(launches))
-    return float(np.median(ts)), mode
+    return events_ms(stream, fn, reps=reps, warm=1) / len(launches), mode
 
 
 def time_torch(fns, reps=15):

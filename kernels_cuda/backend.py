@@ -39,7 +39,7 @@ from mtp_ref.families import FamilySpec
 
 from . import kernels as K
 from .gemm import (MODE_RESID, MODE_SCALE, MODE_STORE, MODE_SWIGLU, get_gemm_v2, get_moe_gemm, gemm_v2_blocks,
-                   nmax_for)
+                   nmax_for, TUNED_H100)
 from .graphs import CudaGraph
 from .intrinsics import SIM
 
@@ -311,10 +311,7 @@ class CudaModel:
         # NMAX tokens per forward kept on the device (longer inputs are fed NMAX at a time)
         self.delta_rule = "recurrent"
         self.recurrent_max_tokens = NMAX
-        if gemm_tuning is None:
-            from .gemm import TUNED_H100
-            gemm_tuning = TUNED_H100
-        self.gemm_tuning = dict(gemm_tuning) if self.lanes > 1 else {}
+        self.gemm_tuning = dict(TUNED_H100 if gemm_tuning is None else gemm_tuning) if self.lanes > 1 else {}
         self.stream = cuda.stream()
         self.bytes_read = 0
         self.timing = {"launches": 0, "eager_calls": 0, "graph_calls": 0, "captures": 0}

@@ -545,9 +545,9 @@ def attn_combine_v2(po, pml, out, ldo, ooff, meta, n, nh, dv, C):
         d = float32(0.0)
         for s in range(tid, S, nt):
             b = ((s * nh + h) * 16 + i) * 2
-            wgt = pml[b + 1] * math.exp(pml[b] - M) if pml[b] != NEG_INF else float32(0.0)
-            wsh[s] = math.exp(pml[b] - M) if pml[b] != NEG_INF else float32(0.0)
-            d += wgt
+            wgt = math.exp(pml[b] - M) if pml[b] != NEG_INF else float32(0.0)
+            wsh[s] = wgt
+            d += pml[b + 1] * wgt
         den = block_sum(d, buf)
         cuda.syncthreads()
         S4 = (S // 4) * 4
