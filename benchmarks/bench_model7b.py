@@ -235,12 +235,19 @@ def bench_hf(cfg, weights, out):
 
 
 CONFIGS = {  # name -> CudaModel options (NOTES.md has each one's numbers)
-    "v1": {"attention": "v1", "gemm_tuning": {}, "row_threads": 128},            # the first H100 run
-    "v2": {"attention": "v2", "gemm_tuning": "TUNED_H100", "row_threads": 128},  # unrolled attention, tuned GEMM
-    "v3": {"attention": "v3", "gemm_tuning": "TUNED_H100", "row_threads": 1024}, # warp-per-key attention, wide rows
+    "v1": {"attention": "v1", "gemm_tuning": {}, "row_threads": 128,             # the first H100 run
+           "fuse_norm": False, "fuse_rope_cache": False},
+    "v2": {"attention": "v2", "gemm_tuning": "TUNED_H100", "row_threads": 128,   # unrolled attention, tuned GEMM
+           "fuse_norm": False, "fuse_rope_cache": False},
+    "v3": {"attention": "v3", "gemm_tuning": "TUNED_H100", "row_threads": 1024,  # warp-per-key attention, wide rows
+           "fuse_norm": False, "fuse_rope_cache": False},
     "v4": {"attention": "v3", "gemm_tuning": "TUNED_H100", "row_threads": 1024,  # v3 + rope/cache-write fused
-           "fuse_rope_cache": True},
-}                                                                                # (v3 = CudaModel's default)
+           "fuse_norm": False, "fuse_rope_cache": True},
+    "v5": {"attention": "v4", "gemm_tuning": "TUNED_H100", "row_threads": 1024,  # GQA-group attention, RMSNorm in
+           "fuse_norm": True, "fuse_rope_cache": True},                          # the GEMMs (CudaModel's default)
+    "v5t": {"attention": "v4", "gemm_tuning": "auto", "row_threads": 1024,       # v5 + launch shapes measured per
+            "fuse_norm": True, "fuse_rope_cache": True},                         # weight shape (autotune.py)
+}
 
 
 def main():
@@ -248,7 +255,7 @@ def main():
     ap.add_argument("--json", default=None)
     ap.add_argument("--layers", type=int, default=36)
     ap.add_argument("--no-hf", action="store_true")
-    ap.add_argument("--configs", default="v2,v3", help="comma-separated names of CONFIGS to measure")
+    ap.add_argument("--configs", default="v3,v5", help="comma-separated names of CONFIGS to measure")
     a = ap.parse_args()
     import gc
 
@@ -270,12 +277,22 @@ def main():
     dev_w = {k: (v.view(torch.int16) if v.dtype == torch.bfloat16 else v) for k, v in W.items()}
     for name in a.configs.split(","):
         opts = dict(CONFIGS[name])
+        auto = opts.get("gemm_tuning") == "auto"
         if isinstance(opts.get("gemm_tuning"), str):
-            opts["gemm_tuning"] = getattr(gemm, opts["gemm_tuning"])
+            opts["gemm_tuning"] = gemm.TUNED_H100 if auto else getattr(gemm, opts["gemm_tuning"])
         t0 = time.time()
         cm = CudaModel.from_device_weights(cfg, spec, dev_w, max_context=max(CONTEXTS) + 16,
                                            path="random MiMo-7B shapes", **opts)
         oc = out["configs"][name] = {"options": CONFIGS[name], "build_s": time.time() - t0}
+        if auto:
+            from kernels_cuda.autotune import tune_gemms
+            t1 = time.time()
+            table, rows = tune_gemms(cm)
+            cm.gemm_tuning.update(table)
+            oc["tuning"] = {str(k): v for k, v in table.items()}
+            oc["tuning_rows"] = rows
+            oc["tune_s"] = time.time() - t1
+            print(f"  autotune: {len(table)} shapes in {oc['tune_s']:.0f} s; table = {table!r}", flush=True)
         print(f"{out['device']} [{name} {CONFIGS[name]}]: {out['n_params'] / 1e9:.2f} B params, weights/forward "
               f"{cm.trunk_bytes / 1e9:.2f} GB, copy {ceil:.0f} GB/s", flush=True)
         bench_ours(cm, ceil, oc)

@@ -11,7 +11,7 @@
 set -u
 cd "$(dirname "$0")/.."
 BUDGET=${BUDGET:-540}       # seconds; 2026-11-25 the whole script took 240 s with the v1 config only
-STEPS=${STEPS:-"gemv model7b profile delta ktests btests cli"}   # which steps to run, in this order
+STEPS=${STEPS:-"gemv attn model7b profile delta ktests btests cli"}   # which steps to run, in this order
 has() { case " $STEPS " in *" $1 "*) return 0;; esac; return 1; }
 OUT=${OUT:-/tmp/gpu_out}
 W=/tmp/gpu_work
@@ -45,6 +45,12 @@ if has gemv; then
   echo "== [$(el)s] skinny GEMM (+ copy bandwidth)"
   timeout "$(cap 100)" python3 benchmarks/bench_gemv.py --json "$W/gemv.json" > "$W/gemv.log" 2>&1
   tail -n 3 "$W/gemv.log"
+fi
+
+if has attn; then
+  echo "== [$(el)s] attention over the KV cache (MiMo-7B shapes), per version"
+  timeout "$(cap 120)" python3 benchmarks/bench_attention.py --json "$W/attn.json" > "$W/attn.log" 2>&1
+  tail -n 3 "$W/attn.log"
 fi
 
 if has model7b; then
@@ -95,6 +101,7 @@ fi
 echo
 echo "================ tables ================"
 [ -f "$W/gemv.log" ] && sed -n '/^## Skinny GEMM/,$p' "$W/gemv.log"
+[ -f "$W/attn.log" ] && sed -n '/^## Attention/,$p' "$W/attn.log"
 [ -f "$W/model7b.log" ] && sed -n '/^## 7B-class/,$p' "$W/model7b.log"
 for f in "$W"/prof_*.md; do [ -f "$f" ] && { echo "$f"; cat "$f"; }; done
 echo "(total $(el)s)"

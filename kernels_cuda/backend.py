@@ -39,7 +39,7 @@ from mtp_ref.families import FamilySpec
 
 from . import kernels as K
 from .gemm import (MODE_RESID, MODE_SCALE, MODE_STORE, MODE_SWIGLU, get_gemm_v2, get_moe_gemm, gemm_v2_blocks,
-                   nmax_for, TUNED_H100)
+                   launch_shape, nmax_for, TUNED_H100)
 from .graphs import CudaGraph
 from .intrinsics import SIM
 
@@ -273,16 +273,21 @@ class DeviceCache:
 # ----------------------------------------------------------------------------- the model
 class CudaModel:
     def __init__(self, model=None, *, max_context: int = 4096, use_graphs: bool | None = None,
-                 fp8: str = "kernel", gemm_lanes: int | None = None, attention: str = "v3",
-                 gemm_tuning: dict | None = None, row_threads: int = 1024, fuse_rope_cache: bool = False,
+                 fp8: str = "kernel", gemm_lanes: int | None = None, attention: str = "v4",
+                 gemm_tuning: dict | None = None, row_threads: int = 1024, fuse_rope_cache: bool = True,
+                 fuse_norm: bool = True,
                  _source=None, _config=None,
                  _spec=None, _path=None, _tokenizer=None):
-        """attention: "v1", "v2" (unrolled loads, 64-key chunks) or "v3" (a warp per key, 32-key chunks,
-        parallel chunk merge; the default); NOTES.md has each one's H100 numbers. gemm_tuning: {NMAX: (R, U)}
-        overrides of the skinny-GEMM launch shape (default gemm.TUNED_H100: R = 8, U = 2 for 5..8 tokens;
-        {} for none). row_threads: threads per block of the one-row-per-block kernels (RMSNorm, embedding,
+        """attention: "v1", "v2" (unrolled loads, 64-key chunks), "v3" (a warp per key, 32-key chunks,
+        parallel chunk merge) or "v4" (the default: one block per KV group and run of keys, all the group's
+        query rows at once; falls back to v3 for more than 32 query rows a group, e.g. MLA); NOTES.md has each one's
+        H100 numbers. gemm_tuning: {NMAX or (N, K, NMAX): (R, U[, WARPS])} overrides of the skinny-GEMM launch
+        shape (default gemm.TUNED_H100: R = 8, U = 2 for 5..8 tokens; {} for none; autotune.tune_gemms measures
+        one for a model). row_threads: threads per block of the one-row-per-block kernels (RMSNorm, embedding,
         cache write); 128 left a 4096-wide RMSNorm latency-bound at ~20 us (NOTES.md). fuse_rope_cache: GQA
-        layers run rope on q and k and both cache writes as one kernel (rope_qk_cache) instead of four."""
+        layers run rope on q and k and both cache writes as one kernel (rope_qk_cache) instead of four.
+        fuse_norm: the RMSNorm before a GQA layer's q|k|v projection and before a dense MLP is applied inside
+        that GEMM's x load (gemm.make_gemm_v2 NORM) instead of a launch of its own."""
         self.base = model
         self.config = model.config if model is not None else _config
         self.spec: FamilySpec = model.spec if model is not None else _spec
@@ -304,8 +309,9 @@ class CudaModel:
         self.nt = K.NT
         self.nt_row = 1 if SIM else int(row_threads)
         self.fuse_rope_cache = bool(fuse_rope_cache)
-        if attention not in ("v1", "v2", "v3"):
-            raise ValueError(f"attention must be 'v1', 'v2' or 'v3', not {attention!r}")
+        self.fuse_norm = bool(fuse_norm)
+        if attention not in ("v1", "v2", "v3", "v4"):
+            raise ValueError(f"attention must be 'v1', 'v2', 'v3' or 'v4', not {attention!r}")
         self.attention = attention
         # Gated DeltaNet (what mtp_ref.speculative checks): the recurrent form, with per-token snapshots of up to
         # NMAX tokens per forward kept on the device (longer inputs are fed NMAX at a time)
@@ -563,13 +569,16 @@ class CudaModel:
         # attention split-K scratch, sized for the cache capacity
         nh = cfg.num_attention_heads
         self.attn_C = {nq: K.attn_chunk(nq, self.dk) for nq in (1, 2, 4, 8, 16)}
-        if self.attention in ("v2", "v3"):
+        if self.attention in ("v2", "v3", "v4"):
             cmax = 64 if self.attention == "v2" or self.dk % 4 else 32   # v3 falls back to v2 when dk % 4
             self.attn_C = {nq: min(cmax, c) for nq, c in self.attn_C.items()}
         S = max(math.ceil(self.cap / c) for c in self.attn_C.values())
         if S > K.COMBINE_MAX_CHUNKS:
             raise MtpRefError(f"max_context {self.cap} needs {S} attention chunks; the merge kernel takes "
                               f"{K.COMBINE_MAX_CHUNKS}")
+        # v4: nkv x split blocks whatever the context (about 4 blocks per SM at any length)
+        sms = 2 if SIM else cuda.get_current_device().MULTIPROCESSOR_COUNT
+        self.attn_split = max(1, min(S, math.ceil(4 * sms / self.groups)))
         self.PO = dev(S * nh * 16 * self.dv_att)
         self.PML = dev(S * nh * 16 * 2)
         # MoE scratch
@@ -628,15 +637,19 @@ class CudaModel:
     def _grid(self, items: int) -> int:
         return 1 if SIM else max(1, items)
 
-    def _gemm(self, lin: Lin, x, ldx, y, ldy, n, mode=MODE_STORE, res=None):
-        R, U = self.gemm_tuning.get(nmax_for(n), (self.rows_per_warp, None)) if lin.fmt == "bf16" else \
-            (self.rows_per_warp, None)
-        k = get_gemm_v2(lin.fmt, nmax_for(n), R, self.warps, U, self.lanes)
-        blocks = gemm_v2_blocks(lin.N, mode, k.R, self.warps)
-        k[blocks, self.lanes * self.warps, self.stream](
+    def _gemm(self, lin: Lin, x, ldx, y, ldy, n, mode=MODE_STORE, res=None, norm=None):
+        """y (+)= x @ W^T; norm = an RMSNorm weight: x is the un-normed row, normed inside the GEMM."""
+        nm = nmax_for(n)
+        R, U, Wp = self.rows_per_warp, None, self.warps
+        if lin.fmt == "bf16":
+            R, U, Wp = launch_shape(self.gemm_tuning, lin.N, lin.K, nm, R, Wp)
+        k = get_gemm_v2(lin.fmt, nm, R, Wp, U, self.lanes, norm is not None)
+        blocks = gemm_v2_blocks(lin.N, mode, R, Wp)
+        k[blocks, self.lanes * Wp, self.stream](
             x, ldx, lin.w, lin.ws if lin.ws is not None else y, y, ldy,
             lin.bias if lin.bias is not None else y, res if res is not None else y,
-            n, lin.K, lin.N, mode, 1 if lin.bias is not None else 0)
+            n, lin.K, lin.N, mode, 1 if lin.bias is not None else 0, norm if norm is not None else y,
+            float(self.config.rms_norm_eps))
 
     def _rmsnorm(self, x, ldx, xoff, segs, D, w, y, ldy, yoff, n):
         K.rmsnorm[self._grid(n * segs), self.nt_row, self.stream](x, ldx, xoff, segs, D, w, y, ldy, yoff,
@@ -652,12 +665,28 @@ class CudaModel:
         C = self.attn_C[nq]
         S = math.ceil(self.cap / C)
         vec = 1 if (dk % 4 == 0 and ldk % 4 == 0) else 0
-        version = "v2" if self.attention == "v3" and not vec else self.attention   # v3 needs 16-byte key loads
+        st = self.stream
+        if self.attention == "v4" and vec and ldq % 4 == 0 and qoff % 4 == 0 and rep * nq <= 32:
+            qmax = K.attn_v4_qmax(rep, nq)
+            smem = K.attn_v4_smem(qmax, dk)
+            if smem <= 48 * 1024:
+                kp = _attn_v4_kernel(qmax, math.ceil(dv / self.nt), max(1, self.nt // 32))
+                split = self.attn_split
+                kp[self._grid((nh // rep) * split), self.nt, st, smem](
+                    q, ldq, qoff, kc, ldk, vc, ldv, self.PO, self.PML, self.meta, n, nh, rep, dk, dv, self.scale, split)
+                K.attn_combine_v2[self._grid(n * nh), self.nt, st](self.PO, self.PML, out, ldo, ooff, self.meta, n, nh,
+                                                                   dv, C, split)
+                return
+        version = self.attention if self.attention in ("v1", "v2") else "v3"
+        version = "v2" if version == "v3" and not vec else version        # v3 needs 16-byte key loads
         kp = _attn_kernel(nq, version)
-        kp[self._grid(nh * S), self.nt, self.stream, (nq * dk + nq * C) * 4](
+        kp[self._grid(nh * S), self.nt, st, (nq * dk + nq * C) * 4](
             q, ldq, qoff, kc, ldk, vc, ldv, self.PO, self.PML, self.meta, n, nh, rep, dk, dv, self.scale, C, S, vec)
-        combine = K.attn_combine_v2 if self.attention == "v3" else K.attn_combine
-        combine[self._grid(n * nh), self.nt, self.stream](self.PO, self.PML, out, ldo, ooff, self.meta, n, nh, dv, C)
+        if version == "v3":
+            K.attn_combine_v2[self._grid(n * nh), self.nt, st](self.PO, self.PML, out, ldo, ooff, self.meta, n, nh, dv,
+                                                               C, 0)
+        else:
+            K.attn_combine[self._grid(n * nh), self.nt, st](self.PO, self.PML, out, ldo, ooff, self.meta, n, nh, dv, C)
 
     def _linear_attn(self, L: dict, lc, n: int):
         """Gated DeltaNet over n new tokens (Model.linear_attention), continuing snapshot meta[M_SLOT] of the layer's
@@ -688,7 +717,10 @@ class CudaModel:
         cfg, st = self.config, self.stream
         H = cfg.hidden_size
         X, XN = self.X, self.XN
-        self._rmsnorm(X, H, 0, 1, H, L["in_norm"], XN, H, 0, n)
+        gqa = not self.mla and cfg.layer_type(layer) != "linear_attention"
+        fuse_in = self.fuse_norm and gqa                            # the q|k|v GEMM norms its own input
+        if not fuse_in:
+            self._rmsnorm(X, H, 0, 1, H, L["in_norm"], XN, H, 0, n)
         kc, vc = kv[-2:]
         if cfg.layer_type(layer) == "linear_attention":
             self._linear_attn(L, kv, n)
@@ -721,7 +753,10 @@ class CudaModel:
             W = self.qkv_width
             QKV = self.A
             ko = (2 if self.spec.attn_gate else 1) * nh * hd        # [q | gate | k | v] with gated attention
-            self._gemm(L["qkv"], XN, H, QKV, W, n)
+            if fuse_in:
+                self._gemm(L["qkv"], X, H, QKV, W, n, norm=L["in_norm"])
+            else:
+                self._gemm(L["qkv"], XN, H, QKV, W, n)
             if "q_norm" in L:
                 self._rmsnorm(QKV, W, 0, nh, hd, L["q_norm"], QKV, W, 0, n)
                 self._rmsnorm(QKV, W, ko, nkv, hd, L["k_norm"], QKV, W, ko, n)
@@ -741,12 +776,16 @@ class CudaModel:
                 K.sigmoid_gate_mul[self._grid(n), self.nt, st](self.B, nh * hd, 0, QKV, W, nh * hd, nh * hd, n)
         if "o" in L:
             self._gemm(L["o"], self.B, self.att_width, X, H, n, MODE_RESID, X)
-        self._rmsnorm(X, H, 0, 1, H, L["post_norm"], XN, H, 0, n)
         if "experts" in L:
+            self._rmsnorm(X, H, 0, 1, H, L["post_norm"], XN, H, 0, n)
             self._moe(L, n)
         else:
             I = L["gu"].N // 2
-            self._gemm(L["gu"], XN, H, self.INTER, I, n, MODE_SWIGLU)
+            if self.fuse_norm:
+                self._gemm(L["gu"], X, H, self.INTER, I, n, MODE_SWIGLU, norm=L["post_norm"])
+            else:
+                self._rmsnorm(X, H, 0, 1, H, L["post_norm"], XN, H, 0, n)
+                self._gemm(L["gu"], XN, H, self.INTER, I, n, MODE_SWIGLU)
             self._gemm(L["down"], self.INTER, I, X, H, n, MODE_RESID, X)
 
     def _moe(self, L: dict, n: int):
@@ -962,6 +1001,10 @@ def _cached(key, make):
     if k is None:
         k = _KCACHE[key] = make()
     return k
+
+
+def _attn_v4_kernel(qmax, emax, nw):
+    return _cached(("attn", "v4", qmax, emax, nw), lambda: K.make_attention_v4(qmax, emax, nw, K.ATT4_MAXREG))
 
 
 def _attn_kernel(nq, version="v1"):

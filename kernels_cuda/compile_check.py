@@ -67,8 +67,9 @@ def record(out: str, ckpts: list[str]) -> None:
     for path in ckpts:
         m = load_model(path)
         for lanes in (1,):
-            for attention in ("v1", "v2"):
-                cm = CudaModel(m, max_context=64, gemm_lanes=lanes, attention=attention)
+            for opts in (dict(attention="v1"), dict(attention="v2"), dict(attention="v3", fuse_norm=False,
+                                                                          fuse_rope_cache=False), {}):
+                cm = CudaModel(m, max_context=64, gemm_lanes=lanes, **opts)
                 k = min(2, m.config.num_mtp_modules)
                 generate(cm, [3, 5, 7, 11, 13], 3, k)
             c = cm.new_cache()
@@ -86,12 +87,16 @@ def check(path: str) -> int:
     from numba import cuda, types
     from numba.np import numpy_support
 
-    from .gemm import TUNED_H100
+    from .gemm import TUNED_H100, default_u
     recs = json.load(open(path))
     for (mod, name), fargs, argdesc in list(recs):     # also the tuned GEMM launch shapes
-        if name == "make_gemm_v2" and fargs[1] in TUNED_H100:
-            R, U = TUNED_H100[fargs[1]]
-            recs.append([[mod, "make_gemm_v2_tuned"], [fargs[0], fargs[1], R, 4, U, 32], argdesc])
+        if name == "make_gemm_v2":                      # every tuned launch shape of this token bucket
+            for key, t in TUNED_H100.items():
+                if (key if isinstance(key, int) else key[2]) == fargs[1]:
+                    R, U, Wp = t[0], t[1], (t[2] if len(t) > 2 else 4)
+                    U = U if U is not None else default_u(fargs[1])
+                    recs.append([[mod, "make_gemm_v2_tuned"], [fargs[0], fargs[1], R, Wp, U, 32] + list(fargs[6:]),
+                                 argdesc])
         if name == "make_gated_delta_rule":             # the production head size: dk = 128 over 4 threads a column
             recs.append([[mod, name], [32, 4], argdesc])
     for r in recs:                                      # the simulator ran the delta rule as 1-thread blocks (RG = 1,
@@ -107,8 +112,9 @@ def check(path: str) -> int:
                 if i < len(fargs):
                     fargs[i] = v
             if name == "make_gemm_v2" and len(fargs) > 4 and name != "make_gemm_v2_tuned":
-                from .gemm import default_u
                 fargs[4] = default_u(fargs[1])
+            if name == "make_attention_v4":                # the simulator ran 1-thread blocks: 4 warps, dv <= 128
+                fargs = [fargs[0], 1, 4]
         key = (mod, name, json.dumps(fargs), json.dumps(argdesc))
         if key in done:
             continue

@@ -14,6 +14,11 @@ Versions (see NOTES.md for each one's prediction and outcome):
             warp-shuffle reduction, fused epilogue (bias / residual add / SwiGLU pairs).
 Every weight byte is read once per call whatever n is: the token loop is innermost.
 
+RMSNorm fused into the x load (v2 built with NORM=True): y = (x / rms(x) * g) @ W^T computed as
+(sum_k x_k g_k W_rk) / rms(x); every warp accumulates sum_k x_k^2 from the x chunks it loads anyway
+(a warp walks all K columns), so the normed activation is never written and one launch per norm
+disappears. Arguments g (float32 [K], the norm weight) and eps; ignored when NORM=False.
+
 Epilogue modes of v2 (runtime flag, uniform branch):
   MODE_STORE  y[i, r] = acc (+ bias[r])
   MODE_RESID  y[i, r] = res[i, r] + acc      (res may be y: the residual stream in place)
@@ -152,7 +157,7 @@ def make_gemm_v1(fmt: str):
 
 # ----------------------------------------------------------------------------- v2: vectorised
 @factory
-def make_gemm_v2(fmt: str, NMAX: int, R: int = 4, WARPS: int = 4, U: int = 1, LANES: int = 32):
+def make_gemm_v2(fmt: str, NMAX: int, R: int = 4, WARPS: int = 4, U: int = 1, LANES: int = 32, NORM: bool = False):
     """Kernel for n <= NMAX tokens: warp w owns R rows; the token loop is innermost.
 
     U chunks of 8 * LANES columns are loaded before any is used (U * R 16-byte loads in flight per
@@ -160,26 +165,36 @@ def make_gemm_v2(fmt: str, NMAX: int, R: int = 4, WARPS: int = 4, U: int = 1, LA
     CUDA simulator runs much faster (same code path, no cross-lane reduction).
     MODE_SWIGLU: W is [gate; up] stacked ([2P, K]); warp w owns pairs p0 .. p0 + R/2 - 1 and loads
     gate rows p and up rows P + p, so that silu(gate) * up is formed in registers.
+    NORM: x is the un-normed residual row; the kernel applies RMSNorm(g, eps) on the fly (module doc).
     """
     load8, load1 = LOADERS[fmt]
     RN = R * NMAX
-    RN1 = RN + 1                      # padded row of the reduction buffer: conflict-free banks
+    RNS = RN + (NMAX if NORM else 0)  # accumulators + one sum of squares per token
+    RN1 = RNS + 1                     # padded row of the reduction buffer: conflict-free banks
     W8 = 8 * R * U
     HALF = R // 2
     STEP = 8 * LANES                  # columns per chunk
 
     @cuda.jit(device=True, inline=True)
-    def fma_chunk(x, ldx, k, wf, o, acc):
+    def fma_chunk(x, ldx, k, wf, o, acc, g):
+        g0 = g1 = g2 = g3 = g4 = g5 = g6 = g7 = float32(1.0)
+        if NORM:
+            g0, g1, g2, g3 = ld_f32x4(g, k)
+            g4, g5, g6, g7 = ld_f32x4(g, k + 4)
         for i in range(NMAX):
             x0, x1, x2, x3 = ld_f32x4(x, i * ldx + k)
             x4, x5, x6, x7 = ld_f32x4(x, i * ldx + k + 4)
+            if NORM:
+                acc[RN + i] += (x0 * x0 + x1 * x1 + x2 * x2 + x3 * x3 + x4 * x4 + x5 * x5 + x6 * x6 + x7 * x7)
+                x0, x1, x2, x3 = x0 * g0, x1 * g1, x2 * g2, x3 * g3
+                x4, x5, x6, x7 = x4 * g4, x5 * g5, x6 * g6, x7 * g7
             for r in range(R):
                 b = o + 8 * r
                 acc[r * NMAX + i] += (wf[b] * x0 + wf[b + 1] * x1 + wf[b + 2] * x2 + wf[b + 3] * x3
                                       + wf[b + 4] * x4 + wf[b + 5] * x5 + wf[b + 6] * x6 + wf[b + 7] * x7)
 
     @cuda.jit(fastmath=False)
-    def gemm_v2(x, ldx, w, ws, y, ldy, bias, res, n, K, N, mode, has_bias):
+    def gemm_v2(x, ldx, w, ws, y, ldy, bias, res, n, K, N, mode, has_bias, g, eps):
         lane = cuda.threadIdx.x % LANES
         wid = cuda.threadIdx.x // LANES
         gw = cuda.blockIdx.x * WARPS + wid
@@ -198,8 +213,8 @@ def make_gemm_v2(fmt: str, NMAX: int, R: int = 4, WARPS: int = 4, U: int = 1, LA
                 return
             for r in range(R):
                 rows[r] = min(p0 + r, N - 1)          # tail rows: read a valid row, never store it
-        acc = cuda.local.array(RN, float32)
-        for a in range(RN):
+        acc = cuda.local.array(RNS, float32)
+        for a in range(RNS):
             acc[a] = float32(0.0)
         wf = cuda.local.array(W8, float32)
         # ---- main loop: groups of U full chunks, 16-byte loads (needs K % 8 == 0)
@@ -210,20 +225,23 @@ def make_gemm_v2(fmt: str, NMAX: int, R: int = 4, WARPS: int = 4, U: int = 1, LA
                 for r in range(R):
                     load8(w, ws, rows[r], k + u * STEP, K, wf, 8 * (u * R + r))
             for u in range(U):
-                fma_chunk(x, ldx, k + u * STEP, wf, 8 * u * R, acc)
+                fma_chunk(x, ldx, k + u * STEP, wf, 8 * u * R, acc, g)
         for k in range(kgrp + lane * 8, kvec, STEP):      # leftover full chunks (< U of them)
             for r in range(R):
                 load8(w, ws, rows[r], k, K, wf, 8 * r)
-            fma_chunk(x, ldx, k, wf, 0, acc)
+            fma_chunk(x, ldx, k, wf, 0, acc, g)
         # ---- ragged tail (K % STEP columns, or everything when rows are not 16-byte aligned)
         for k in range(kvec + lane, K, LANES):
-            for r in range(R):
-                wv = load1(w, ws, rows[r], k, K)
-                for i in range(NMAX):
-                    acc[r * NMAX + i] += wv * x[i * ldx + k]
+            for i in range(NMAX):
+                xv = x[i * ldx + k]
+                if NORM:
+                    acc[RN + i] += xv * xv
+                    xv *= g[k]
+                for r in range(R):
+                    acc[r * NMAX + i] += load1(w, ws, rows[r], k, K) * xv
         # ---- reduction across lanes: transpose through shared memory, lane a sums column a
         red = cuda.shared.array((WARPS, LANES, RN1), float32)
-        for a in range(RN):
+        for a in range(RNS):
             red[wid, lane, a] = acc[a]
         if LANES > 1:
             syncwarp()
@@ -236,11 +254,20 @@ def make_gemm_v2(fmt: str, NMAX: int, R: int = 4, WARPS: int = 4, U: int = 1, LA
             v = float32(0.0)
             for l in range(LANES):
                 v += red[wid, l, a]
+            den = float32(1.0)
+            if NORM:                                  # the row's RMS, from every lane's sum of squares
+                ss = float32(0.0)
+                for l in range(LANES):
+                    ss += red[wid, l, RN + i]
+                den = math.sqrt(ss / float32(K) + float32(eps))
+                v = v / den
             if mode == MODE_SWIGLU:
                 if r < HALF and p0 + r < (N >> 1):
                     u = float32(0.0)
                     for l in range(LANES):
                         u += red[wid, l, a + HALF * NMAX]
+                    if NORM:
+                        u = u / den
                     if has_bias:
                         v += bias[p0 + r]
                         u += bias[(N >> 1) + p0 + r]
@@ -254,24 +281,46 @@ def make_gemm_v2(fmt: str, NMAX: int, R: int = 4, WARPS: int = 4, U: int = 1, LA
                         v += res[i * ldy + row]
                     y[i * ldy + row] = v
 
-    gemm_v2.R, gemm_v2.WARPS, gemm_v2.NMAX, gemm_v2.U, gemm_v2.LANES = R, WARPS, NMAX, U, LANES
+    gemm_v2.R, gemm_v2.WARPS, gemm_v2.NMAX, gemm_v2.U, gemm_v2.LANES, gemm_v2.NORM = R, WARPS, NMAX, U, LANES, NORM
     return gemm_v2
 
 
-# Launch shapes (R rows per warp, U chunks in flight) that beat the default in bench_gemv on the
-# H100 (2026-11-25, NOTES.md): n = 5..8 tokens with R = 8, U = 2 (62% -> 77% of copy on 14336x4096).
-TUNED_H100 = {8: (8, 2)}
+# Launch shapes (R rows per warp, U chunks in flight[, WARPS per block]) that beat the default in
+# bench_gemv on the H100 (2026-11-25, NOTES.md): n = 5..8 tokens with R = 8, U = 2 (62% -> 77% of copy
+# on 14336x4096). Keys: NMAX, or (N, K, NMAX) for one weight shape (looked up first; `autotune.py`
+# measures such a table for a model's own GEMMs).
+TUNED_H100 = {
+    8: (8, 2),
+    # MiMo-7B / Qwen2-7B-class shapes, measured by autotune.tune_gemms on the H100 (2026-11-25, one CUDA graph of
+    # the same GEMM over 36 layers; NOTES.md): (N, K, NMAX) -> (R, U, WARPS)
+    (6144, 4096, 1): (2, 2, 4), (6144, 4096, 2): (2, 1, 4), (6144, 4096, 4): (4, 1, 4), (6144, 4096, 8): (8, 2, 4),
+    (4096, 4096, 1): (2, 1, 4), (4096, 4096, 2): (8, 2, 4), (4096, 4096, 4): (2, 2, 4), (4096, 4096, 8): (4, 1, 4),
+    (22016, 4096, 1): (4, 2, 8), (22016, 4096, 2): (8, 2, 4), (22016, 4096, 4): (8, 1, 4), (22016, 4096, 8): (8, 2, 4),
+    (4096, 11008, 1): (2, 1, 4), (4096, 11008, 2): (8, 2, 4), (4096, 11008, 4): (2, 2, 4), (4096, 11008, 8): (8, 2, 4),
+    (151680, 4096, 1): (2, 1, 4), (151680, 4096, 2): (8, 2, 4), (151680, 4096, 4): (8, 1, 4),
+    (151680, 4096, 8): (8, 2, 4),
+}
 
 
 def default_u(NMAX: int) -> int:
     return 2 if NMAX <= 4 else 1
 
 
+def launch_shape(tuning: dict, N: int, K: int, NMAX: int, R: int = 4, WARPS: int = 4):
+    """(R, U, WARPS) for a weight [N, K] at NMAX tokens: tuning[(N, K, NMAX)], else tuning[NMAX], else
+    the defaults (U None = default_u)."""
+    t = tuning.get((N, K, NMAX), tuning.get(NMAX))
+    if t is None:
+        return R, None, WARPS
+    return t[0], t[1], (t[2] if len(t) > 2 else WARPS)
+
+
 _CACHE: dict = {}
 
 
-def get_gemm_v2(fmt: str, NMAX: int, R: int = 4, WARPS: int = 4, U: int | None = None, LANES: int = 32):
-    key = (fmt, NMAX, R, WARPS, default_u(NMAX) if U is None else U, LANES)
+def get_gemm_v2(fmt: str, NMAX: int, R: int = 4, WARPS: int = 4, U: int | None = None, LANES: int = 32,
+                NORM: bool = False):
+    key = (fmt, NMAX, R, WARPS, default_u(NMAX) if U is None else U, LANES, bool(NORM))
     if key not in _CACHE:
         _CACHE[key] = make_gemm_v2(fmt, *key[1:])
     return _CACHE[key]
@@ -285,15 +334,17 @@ def gemm_v2_blocks(N: int, mode: int = MODE_STORE, R: int = 4, WARPS: int = 4) -
 
 
 def launch_gemm(stream, fmt, x, ldx, w, ws, y, ldy, n, K, N, mode=MODE_STORE, bias=None, res=None,
-                R: int = 4, WARPS: int = 4, U: int | None = None, LANES: int = 32):
-    """y[:n] (+)= x[:n] @ W^T on `stream`. All arrays are flat 1-D device arrays.
+                R: int = 4, WARPS: int = 4, U: int | None = None, LANES: int = 32, norm=None, eps: float = 0.0):
+    """y[:n] (+)= x[:n] @ W^T on `stream` (norm = g: RMSNorm(x) with weight g, eps first). All arrays are
+    flat 1-D device arrays.
 
     x must hold NMAX = nmax_for(n) readable rows (rows n .. NMAX-1 are read, never matter)."""
-    k = get_gemm_v2(fmt, nmax_for(n), R, WARPS, U, LANES)
+    k = get_gemm_v2(fmt, nmax_for(n), R, WARPS, U, LANES, norm is not None)
     dummy = y
     k[gemm_v2_blocks(N, mode, R, WARPS), LANES * WARPS, stream](
         x, ldx, w, ws if ws is not None else dummy, y, ldy, bias if bias is not None else dummy,
-        res if res is not None else dummy, n, K, N, mode, 1 if bias is not None else 0)
+        res if res is not None else dummy, n, K, N, mode, 1 if bias is not None else 0,
+        norm if norm is not None else dummy, float(eps))
 
 
 # ----------------------------------------------------------------------------- MoE: gathered GEMM

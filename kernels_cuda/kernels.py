@@ -19,7 +19,7 @@ import numpy as np
 from numba import cuda, float32, float64, int32
 
 from .gemm import LOADERS
-from .intrinsics import SIM, factory, ld_f32x4, warp_max, warp_sum
+from .intrinsics import SIM, factory, ld_f32x4, syncwarp, warp_max, warp_sum
 
 # layout of the int32 `meta` array
 M_START, M_N, M_NACT = 0, 1, 3
@@ -524,15 +524,25 @@ def make_attention_v3(NQ: int):
 COMBINE_MAX_CHUNKS = 2048
 
 
+@cuda.jit(device=True, inline=True)
+def attn_chunks(T, C, split):
+    """Chunks of a T-key cache: ceil(T / C) (v1-v3), or with split > 0 (v4) min(split, ceil(T / 32))
+    blocks, each taking a contiguous run of 32-key sub-chunks."""
+    if split > 0:
+        return min(split, (T + ATT4_SUB - 1) // ATT4_SUB)
+    return (T + C - 1) // C
+
+
 @cuda.jit
-def attn_combine_v2(po, pml, out, ldo, ooff, meta, n, nh, dv, C):
+def attn_combine_v2(po, pml, out, ldo, ooff, meta, n, nh, dv, C, split):
     """attn_combine with the chunk statistics read in parallel (thread s reads chunk s: one round of
     loads, block max / sum) and the weighted sum over chunks 4 loads at a time. v1 read the S
-    (m, l) pairs three times in sequence per thread: ~11 us per 7B layer at context 512 (NOTES.md)."""
+    (m, l) pairs three times in sequence per thread: ~11 us per 7B layer at context 512 (NOTES.md).
+    split: 0 for v1-v3 partials (C keys a chunk), the v4 launch's split for v4 partials."""
     wsh = cuda.shared.array(COMBINE_MAX_CHUNKS, float32)
     buf = cuda.shared.array(32, float32)
     T = meta[M_START] + n
-    S = (T + C - 1) // C
+    S = attn_chunks(T, C, split)
     tid = cuda.threadIdx.x
     nt = cuda.blockDim.x
     for item in range(cuda.blockIdx.x, n * nh, cuda.gridDim.x):
@@ -562,6 +572,222 @@ def attn_combine_v2(po, pml, out, ldo, ooff, meta, n, nh, dv, C):
                 o += po[((s * nh + h) * 16 + i) * dv + e] * wsh[s]
             out[i * ldo + ooff + h * dv + e] = o / den
         cuda.syncthreads()
+
+
+# ----------------------------------------------------------------------------- attention v4 (GQA groups)
+ATT4_SUB = 32          # keys per sub-chunk: one per lane in the score step
+# register cap of attn_partial_v4 as the backend launches it: uncapped, ptxas gives it 168-178 registers (3 blocks of
+# 128 threads per SM); capped at 128 the kernel took 63 / 105 us instead of 77 / 159 us per MiMo-7B layer at context
+# 4096 for 1 / 4 query tokens on the H100 (benchmarks/bench_attention.py, NOTES.md): it is latency-bound, so
+# resident warps matter more than registers
+ATT4_MAXREG = 128
+
+
+def attn_v4_qmax(rep: int, NQ: int) -> int:
+    """Query rows of a v4 block (rep heads x NQ tokens), rounded up to a power of two."""
+    q = 1
+    while q < rep * NQ:
+        q *= 2
+    return q
+
+
+def attn_v4_smem(QMAX: int, dk: int) -> int:
+    """Dynamic shared memory of attn_partial_v4, bytes: K sub-chunk (rows padded to dk + 1: the score
+    step reads a column of it, lane = key), the block's query rows, P, and m / l / alpha per row."""
+    return (ATT4_SUB * (dk + 1) + QMAX * dk + QMAX * ATT4_SUB + 3 * QMAX) * 4
+
+
+@factory
+def make_attention_v4(QMAX: int, EMAX: int, NW: int, MAXREG: int = 0):
+    """attn_partial v4: one block per (KV group, run of 32-key sub-chunks), all rep x n query rows of the group.
+
+    v1-v3 give each query HEAD its own blocks, so a GQA model (MiMo-7B: 32 heads over 8 KV heads) reads every
+    key and value 4 times, and v3 ran 4096 blocks of 32 keys at context 4096 (NOTES.md: 74 us per layer
+    above context 512 for one token, 142 us for four). v4 (flash decoding per group):
+      * stage the query rows and each sub-chunk's keys in shared memory with 16-byte loads, 8 in flight per
+        thread (first measured with load -> store loops: one memory latency per 16 bytes), rows padded to
+        dk + 1 floats;
+      * scores: lane = key (conflict-free column reads thanks to the padding), warp w = query rows
+        w, w + NW, ... (RPT of them in registers); causal mask inside the n-token window;
+      * online softmax per row by the warp that owns it (running max m, sum l, rescale alpha);
+      * P V: thread = output dimension (EMAX of them), the 32 values of V in registers, rows x keys
+        accumulated in registers across sub-chunks;
+    then the block's unnormalised outputs and (m, l) go to the same partial layout as v1-v3, merged by
+    attn_combine_v2 with `split` > 0. The launch grid is nkv x split for every context (graph-replayable);
+    blocks past the cache's end exit. QMAX >= rep x n rows, EMAX >= dv / blockDim, NW = blockDim / 32 (1 for
+    the simulator's 1-thread blocks), MAXREG: a register cap for ptxas (0: none). Needs dk % 4 == 0 and
+    ldk % 4 == 0. (A variant with every row's P V in its own warp, K and V both staged and 16-byte shared
+    loads measured slower at context 4096 on the H100: NOTES.md.)
+    """
+    RPT = (QMAX + NW - 1) // NW                              # query rows per warp
+    QE = QMAX * EMAX
+    STAGE = 8                                                # 16-byte loads in flight per thread when staging
+    STAGE4 = 4 * STAGE                                       # (local.array needs a constant, not an expression)
+    jit = cuda.jit(max_registers=MAXREG) if (MAXREG and not SIM) else cuda.jit
+
+    @jit
+    def attn_partial_v4(q, ldq, qoff, kc, ldk, vc, ldv, po, pml, meta, n, nh, rep, dk, dv, scale, split):
+        sm = cuda.shared.array(0, float32)
+        tid = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        wl = min(32, nt)
+        lane = tid % wl
+        w = tid // wl
+        start = meta[M_START]
+        T = start + n
+        nsub = (T + ATT4_SUB - 1) // ATT4_SUB
+        S = min(split, nsub)
+        QR = rep * n
+        dk1 = dk + 1
+        QS = ATT4_SUB * dk1                                  # smem: [K sub-chunk | q rows | P | m | l | alpha]
+        PS = QS + QMAX * dk
+        MS = PS + QMAX * ATT4_SUB
+        LS = MS + QMAX
+        AS = LS + QMAX
+        d4 = dk // 4
+        acc = cuda.local.array(RPT, float32)
+        o = cuda.local.array(QE, float32)
+        vv = cuda.local.array(ATT4_SUB, float32)
+        buf = cuda.local.array(STAGE4, float32)
+        nkv = nh // rep
+        for item in range(cuda.blockIdx.x, nkv * split, cuda.gridDim.x):
+            g = item // split
+            s = item - g * split
+            if s >= S:
+                continue
+            sb0 = (s * nsub) // S                            # this block's sub-chunks: a balanced share
+            sb1 = ((s + 1) * nsub) // S
+            # query rows r = i * rep + hh (query i, head g * rep + hh) -> smem, STAGE 16-byte loads in flight per thread
+            for base in range(0, QR * d4, STAGE * nt):
+                for u in range(STAGE):
+                    idx = base + tid + u * nt
+                    x0 = x1 = x2 = x3 = float32(0.0)
+                    if idx < QR * d4:
+                        r = idx // d4
+                        i = r // rep
+                        x0, x1, x2, x3 = ld_f32x4(q, i * ldq + qoff + (g * rep + r - i * rep) * dk + (idx - r * d4) * 4)
+                    buf[4 * u] = x0
+                    buf[4 * u + 1] = x1
+                    buf[4 * u + 2] = x2
+                    buf[4 * u + 3] = x3
+                for u in range(STAGE):
+                    idx = base + tid + u * nt
+                    if idx < QR * d4:
+                        b = QS + idx * 4
+                        sm[b] = buf[4 * u]
+                        sm[b + 1] = buf[4 * u + 1]
+                        sm[b + 2] = buf[4 * u + 2]
+                        sm[b + 3] = buf[4 * u + 3]
+            for r in range(tid, QMAX, nt):
+                sm[MS + r] = NEG_INF
+                sm[LS + r] = float32(0.0)
+            for j in range(QE):
+                o[j] = float32(0.0)
+            cuda.syncthreads()
+            for sb in range(sb0, sb1):
+                t0 = sb * ATT4_SUB
+                L = min(ATT4_SUB, T - t0)
+                # stage K: 16-byte loads coalesced along each row, all STAGE of a thread issued before any store (a
+                # load -> store loop would wait out one memory latency per iteration)
+                for base in range(0, L * d4, STAGE * nt):
+                    for u in range(STAGE):
+                        idx = base + tid + u * nt
+                        x0 = x1 = x2 = x3 = float32(0.0)
+                        if idx < L * d4:
+                            t = idx // d4
+                            x0, x1, x2, x3 = ld_f32x4(kc, (t0 + t) * ldk + g * dk + (idx - t * d4) * 4)
+                        buf[4 * u] = x0
+                        buf[4 * u + 1] = x1
+                        buf[4 * u + 2] = x2
+                        buf[4 * u + 3] = x3
+                    for u in range(STAGE):
+                        idx = base + tid + u * nt
+                        if idx < L * d4:
+                            t = idx // d4
+                            b = t * dk1 + (idx - t * d4) * 4
+                            sm[b] = buf[4 * u]
+                            sm[b + 1] = buf[4 * u + 1]
+                            sm[b + 2] = buf[4 * u + 2]
+                            sm[b + 3] = buf[4 * u + 3]
+                cuda.syncthreads()
+                for t in range(lane, L, wl):                 # scores of key t0 + t against this warp's rows
+                    for j in range(RPT):
+                        acc[j] = float32(0.0)
+                    kb = t * dk1
+                    for e in range(0, dk, 4):
+                        k0 = sm[kb + e]
+                        k1 = sm[kb + e + 1]
+                        k2 = sm[kb + e + 2]
+                        k3 = sm[kb + e + 3]
+                        for j in range(RPT):
+                            r = w + NW * j
+                            if r < QR:
+                                qb = QS + r * dk + e
+                                acc[j] += sm[qb] * k0 + sm[qb + 1] * k1 + sm[qb + 2] * k2 + sm[qb + 3] * k3
+                    for j in range(RPT):
+                        r = w + NW * j
+                        if r < QR:
+                            sm[PS + r * ATT4_SUB + t] = acc[j] * scale if t0 + t <= start + r // rep else NEG_INF
+                syncwarp()
+                for j in range(RPT):                         # online softmax of the warp's rows (uniform branch)
+                    r = w + NW * j
+                    if r < QR:
+                        pb = PS + r * ATT4_SUB
+                        mx = NEG_INF
+                        for t in range(lane, L, wl):
+                            mx = max(mx, sm[pb + t])
+                        mx = warp_max(mx)
+                        m_old = sm[MS + r]
+                        m_new = max(m_old, mx)
+                        ps = float32(0.0)
+                        for t in range(lane, ATT4_SUB, wl):
+                            p = float32(0.0)
+                            if t < L:
+                                sv = sm[pb + t]
+                                if sv != NEG_INF:
+                                    p = math.exp(sv - m_new)
+                            sm[pb + t] = p
+                            ps += p
+                        ps = warp_sum(ps)
+                        alpha = math.exp(m_old - m_new) if m_old != NEG_INF else float32(0.0)
+                        syncwarp()
+                        if lane == 0:
+                            sm[MS + r] = m_new
+                            sm[LS + r] = sm[LS + r] * alpha + ps
+                            sm[AS + r] = alpha
+                cuda.syncthreads()
+                for ei in range(EMAX):                       # P V: thread = output dimension
+                    e = tid + ei * nt
+                    if e < dv:
+                        vb = g * dv + e
+                        for t in range(ATT4_SUB):
+                            vv[t] = vc[(t0 + t) * ldv + vb] if t < L else float32(0.0)
+                        for r in range(QMAX):
+                            if r < QR:
+                                pb = PS + r * ATT4_SUB
+                                a = float32(0.0)
+                                for t in range(ATT4_SUB):
+                                    a += sm[pb + t] * vv[t]
+                                o[r * EMAX + ei] = o[r * EMAX + ei] * sm[AS + r] + a
+                cuda.syncthreads()
+            for ei in range(EMAX):                           # the block's partial, in the v1-v3 layout
+                e = tid + ei * nt
+                if e < dv:
+                    for r in range(QMAX):
+                        if r < QR:
+                            i = r // rep
+                            h = g * rep + r - i * rep
+                            po[((s * nh + h) * 16 + i) * dv + e] = o[r * EMAX + ei]
+            for r in range(tid, QR, nt):
+                i = r // rep
+                h = g * rep + r - i * rep
+                b = ((s * nh + h) * 16 + i) * 2
+                pml[b] = sm[MS + r]
+                pml[b + 1] = sm[LS + r]
+            cuda.syncthreads()
+
+    attn_partial_v4.QMAX, attn_partial_v4.EMAX, attn_partial_v4.NW, attn_partial_v4.MAXREG = QMAX, EMAX, NW, MAXREG
+    return attn_partial_v4
 
 
 @cuda.jit

@@ -86,12 +86,16 @@ def test_forward_matches_numpy(oracle_model, variant, request):
         assert rel(g2, g1) < 1e-4 and rel(l2, l1) < 1e-4
 
 
-@pytest.mark.parametrize("opts", [dict(attention="v1", gemm_tuning={}, row_threads=128),
-                                  dict(attention="v2", row_threads=128),
-                                  dict(fuse_rope_cache=True)], ids=["v1", "v2", "fused-rope-cache"])
+@pytest.mark.parametrize("opts", [dict(attention="v1", gemm_tuning={}, row_threads=128, fuse_norm=False,
+                                       fuse_rope_cache=False),
+                                  dict(attention="v2", row_threads=128, fuse_norm=False, fuse_rope_cache=False),
+                                  dict(attention="v3", fuse_norm=False, fuse_rope_cache=False),
+                                  dict(attention="v4", fuse_norm=False, fuse_rope_cache=False),
+                                  dict(attention="v3", fuse_norm=True, fuse_rope_cache=True)],
+                         ids=["v1", "v2", "v3-unfused", "v4-unfused", "v3-fused"])
 def test_attention_variants_and_fused_rope(tiny_checkpoint, opts):
-    """The non-default variants (attention v1 / v2, untuned GEMM, narrow row kernels, rope fused with the cache
-    writes) give the NumPy engine's tokens and logits."""
+    """The non-default variants (attention v1 / v2 / v3, untuned GEMM, narrow row kernels, separate RMSNorm,
+    rope and cache-write launches) give the NumPy engine's tokens and logits."""
     path = tiny_checkpoint("mimo", **SMALL)
     m = load_model(path)
     cm = CudaModel(m, max_context=64, **opts)

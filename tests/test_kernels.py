@@ -119,6 +119,43 @@ def test_gemm_v2(request, fmt, n, N, Kd, mode, lanes):
     assert run_gemm(rng_for(request), fmt, n, N, Kd, mode, lanes) < 2e-5
 
 
+NORM_CASES = [  # fmt, n, N, K, mode, lanes, R, U
+    ("bf16", 1, 20, 264, "store", 32, 4, None),      # ragged K: the tail adds to the sum of squares too
+    ("bf16", 3, 24, 520, "swiglu", 32, 4, 2),
+    ("bf16", 2, 7, 36, "resid", 1, 32, None),        # K % 8 != 0: scalar path only
+    ("fp8", 4, 140, 264, "swiglu", 1, 32, None),
+    ("f32", 5, 10, 264, "store", 32, 8, 2),
+]
+if GPU:
+    NORM_CASES += [("bf16", n, N, Kd, m, 32, R, U) for n in (1, 4, 8)
+                   for (N, Kd, m) in ((6144, 4096, "store"), (2 * 11008, 4096, "swiglu"))
+                   for (R, U) in ((4, None), (2, 2), (8, 2))]
+
+
+@pytest.mark.parametrize("fmt,n,N,Kd,mode,lanes,R,U", NORM_CASES)
+def test_gemm_v2_fused_rmsnorm(request, fmt, n, N, Kd, mode, lanes, R, U):
+    """NORM: y = rmsnorm(x, g) @ W^T with the norm applied in the GEMM's x load (the un-normed x goes in)."""
+    rng = rng_for(request)
+    NM = gemm.nmax_for(n)
+    w, ws, wv = make_weight(rng, fmt, N, Kd)
+    x = (rng.standard_normal((NM, Kd)) * rng.uniform(0.5, 8.0, (NM, 1))).astype(np.float32)
+    g = rng.uniform(0.2, 2.0, Kd).astype(np.float32)
+    res = rng.standard_normal((NM, N)).astype(np.float32)
+    kmode = {"store": gemm.MODE_STORE, "resid": gemm.MODE_RESID, "swiglu": gemm.MODE_SWIGLU}[mode]
+    y = dev(res.copy() if kmode == gemm.MODE_RESID else np.full((NM, N), np.nan, np.float32))
+    gemm.launch_gemm(0, fmt, dev(x), Kd, dev(w), dev(ws) if ws is not None else None, y, N, n, Kd, N, kmode,
+                     res=y if kmode == gemm.MODE_RESID else None, R=R, WARPS=1 if lanes == 1 else 4, U=U,
+                     LANES=lanes, norm=dev(g), eps=1e-6)
+    out = host(y, (NM, N))[:n]
+    want = ref.linear(ref.rmsnorm(x[:n], g, 1e-6), wv)
+    if kmode == gemm.MODE_RESID:
+        want = want + res[:n]
+    if kmode == gemm.MODE_SWIGLU:
+        want, out = ref.ops.silu(want[:, : N // 2]) * want[:, N // 2:], out[:, : N // 2]
+    assert not np.isnan(out).any(), "output element not written"
+    assert rel_err(out, want) < 2e-5
+
+
 @pytest.mark.parametrize("R,U", [(2, 1), (8, 2)] + ([(4, 1), (4, 2), (8, 1)] if GPU else []))
 def test_gemm_v2_variants(request, R, U):
     rng = rng_for(request)
@@ -237,19 +274,24 @@ ATTN_CASES = [  # n, start, nh, g, dk, dv, C     (MLA: g = 1, V = the first dv c
     (5, 0, 2, 1, 12, 12, 32),         # prefill from an empty cache
     (2, 6, 4, 1, 20, 16, 4),          # MLA shape: dk = r + dr = 20, dv = r = 16, 2 query rows
     (3, 5, 2, 2, 6, 6, 8),            # dk % 4 != 0: scalar key loads
+    (2, 150, 4, 2, 16, 16, 32),       # v4: 5 sub-chunks of 32 keys over 3 blocks (shares 1, 2, 2), ragged last
 ]
 if GPU:
     ATTN_CASES += [(n, s, 32, 8, 128, 128, 256) for n in (1, 4, 8) for s in (511, 4000)]
     ATTN_CASES += [(2, 300, 16, 1, 576, 512, 64)]
+    ATTN_CASES += [(16, 1000, 16, 8, 128, 128, 256), (4, 700, 32, 8, 64, 64, 256), (3, 2, 8, 4, 256, 256, 128)]
 
 
-@pytest.mark.parametrize("version", ["v1", "v2", "v3"])
+@pytest.mark.parametrize("version", ["v1", "v2", "v3", "v4"])
 @pytest.mark.parametrize("n,start,nh,g,dk,dv,C", ATTN_CASES)
 def test_attention(request, n, start, nh, g, dk, dv, C, version):
-    """v1 / v2 partials merged by attn_combine; v3 (dk % 4 == 0 only: the backend falls back to v2) by
-    attn_combine_v2."""
-    if version == "v3" and dk % 4:
-        pytest.skip("v3 reads keys 16 bytes at a time; the backend runs v2 for dk % 4 != 0")
+    """v1 / v2 partials merged by attn_combine; v3 (dk % 4 == 0 only: the backend falls back to v2) and v4
+    (also <= 32 query rows per KV group) by attn_combine_v2."""
+    if version in ("v3", "v4") and dk % 4:
+        pytest.skip(f"{version} reads keys 16 bytes at a time; the backend runs v2 for dk % 4 != 0")
+    if version == "v4" and ((nh // g) * gemm.nmax_for(n) > 32 or
+                            K.attn_v4_smem(K.attn_v4_qmax(nh // g, gemm.nmax_for(n)), dk) > 48 * 1024):
+        pytest.skip("v4 holds <= 32 query rows per KV group in <= 48 KB; the backend runs v3 beyond")
     rng = rng_for(request)
     nt = NT_SIZES[-1] if (GPU or n == 3) else 1           # the simulator: 2 warps in one case, else 1 thread
     T = start + n
@@ -268,11 +310,22 @@ def test_attention(request, n, start, nh, g, dk, dv, C, version):
     kd = dev(kc)
     vd = kd if mla else dev(vc)
     vec = 1 if dk % 4 == 0 else 0
-    make = {"v1": K.make_attention, "v2": K.make_attention_v2, "v3": K.make_attention_v3}[version]
-    make(NQ)[nh * S, nt, 0, (NQ * dk + NQ * C) * 4](
-        dev(q), nh * dk, 0, kd, g * dk, vd, ldv, po, pml, meta, n, nh, nh // g, dk, dv, scale, C, S, vec)
-    combine = K.attn_combine_v2 if version == "v3" else K.attn_combine
-    combine[n * nh, nt](po, pml, out, nh * dv + 4, 4, meta, n, nh, dv, C)
+    if version == "v4":
+        # split: a few blocks per group, so that runs of several 32-key sub-chunks and ragged shares are merged
+        split = min(S, 3 if SIM else 66)
+        qmax = K.attn_v4_qmax(nh // g, NQ)
+        kern = K.make_attention_v4(qmax, math.ceil(dv / nt), max(1, nt // 32))
+        kern[g * split, nt, 0, K.attn_v4_smem(qmax, dk)](
+            dev(q), nh * dk, 0, kd, g * dk, vd, ldv, po, pml, meta, n, nh, nh // g, dk, dv, scale, split)
+        K.attn_combine_v2[n * nh, nt](po, pml, out, nh * dv + 4, 4, meta, n, nh, dv, C, split)
+    else:
+        make = {"v1": K.make_attention, "v2": K.make_attention_v2, "v3": K.make_attention_v3}[version]
+        make(NQ)[nh * S, nt, 0, (NQ * dk + NQ * C) * 4](
+            dev(q), nh * dk, 0, kd, g * dk, vd, ldv, po, pml, meta, n, nh, nh // g, dk, dv, scale, C, S, vec)
+        if version == "v3":
+            K.attn_combine_v2[n * nh, nt](po, pml, out, nh * dv + 4, 4, meta, n, nh, dv, C, 0)
+        else:
+            K.attn_combine[n * nh, nt](po, pml, out, nh * dv + 4, 4, meta, n, nh, dv, C)
     kk = kc[:T].reshape(T, g, dk)
     vv = (kc[:T, :dv] if mla else vc[:T]).reshape(T, g, dv)
     want = ref.attention(q.reshape(n, nh, dk), kk, vv, scale, start)

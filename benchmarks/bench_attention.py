@@ -1,0 +1,131 @@
+"""Decode / verify attention over the KV cache at MiMo-7B shapes (32 query heads over 8 KV heads of 128, fp32
+cache): the partial kernel + the chunk merge, per attention version, against the bytes of the cache it must read.
+
+Each case is checked against the NumPy reference (mtp_ref.ops.causal_attention) before it is timed; times are the
+median device time of a CUDA graph of 20 (partial + merge) launch pairs over 20 distinct layers' caches (so the
+cache comes from HBM, as in a forward), divided by 20.
+
+    python benchmarks/bench_attention.py [--json out.json] [--contexts 512,4096] [--ns 1,2,4,8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from numba import cuda  # noqa: E402
+
+from benchmarks.bench_copy import copy_bandwidth, device_name, events_ms  # noqa: E402
+from kernels_cuda import gemm, kernels as K  # noqa: E402
+from kernels_cuda.graphs import CudaGraph  # noqa: E402
+from mtp_ref import ops  # noqa: E402
+
+NH, NKV, HD = 32, 8, 128
+LAYERS = 20
+# (name, version, v4 register cap)
+VARIANTS = [("v3", "v3", 0), ("v4", "v4", 0), ("v4 maxreg 128", "v4", 128), ("v4 maxreg 96", "v4", 96),
+            ("v4 maxreg 72", "v4", 72)]
+
+
+def launches_for(stream, version, maxreg, n, cap, qd, kcs, vcs, po, pml, out, meta, split, nt=128):
+    nq = gemm.nmax_for(n)
+    rep = NH // NKV
+    scale = HD ** -0.5
+    fns = []
+    if version == "v4":
+        qmax = K.attn_v4_qmax(rep, nq)
+        kern = K.make_attention_v4(qmax, math.ceil(HD / nt), nt // 32, maxreg)
+        smem = K.attn_v4_smem(qmax, HD)
+        for kc, vc in zip(kcs, vcs):
+            fns.append(lambda kc=kc, vc=vc: (
+                kern[NKV * split, nt, stream, smem](qd, NH * HD, 0, kc, NKV * HD, vc, NKV * HD, po, pml, meta, n, NH, rep,
+                                                HD, HD, scale, split),
+                K.attn_combine_v2[n * NH, nt, stream](po, pml, out, NH * HD, 0, meta, n, NH, HD, 32, split)))
+    else:
+        C = 32
+        S = math.ceil(cap / C)
+        kern = K.make_attention_v3(nq)
+        for kc, vc in zip(kcs, vcs):
+            fns.append(lambda kc=kc, vc=vc: (
+                kern[NH * S, nt, stream, (nq * HD + nq * C) * 4](qd, NH * HD, 0, kc, NKV * HD, vc, NKV * HD, po, pml, meta,
+                                                            n, NH, rep, HD, HD, scale, C, S, 1),
+                K.attn_combine_v2[n * NH, nt, stream](po, pml, out, NH * HD, 0, meta, n, NH, HD, C, 0)))
+    return fns
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--contexts", default="512,4096")
+    ap.add_argument("--ns", default="1,2,4,8")
+    a = ap.parse_args()
+    t_start = time.time()
+    cp = copy_bandwidth(1024)
+    ceil = cp["memcpy_d2d_GBps"]
+    ctxs = [int(c) for c in a.contexts.split(",")]
+    ns = [int(c) for c in a.ns.split(",")]
+    cap = max(ctxs) + 16
+    rng = np.random.default_rng(0)
+    kh = [rng.standard_normal((cap, NKV * HD)).astype(np.float32) for _ in range(2)]
+    vh = [rng.standard_normal((cap, NKV * HD)).astype(np.float32) for _ in range(2)]
+    kcs = [cuda.to_device(kh[i % 2].ravel()) for i in range(LAYERS)]
+    vcs = [cuda.to_device(vh[i % 2].ravel()) for i in range(LAYERS)]
+    S = math.ceil(cap / 32)
+    po = cuda.to_device(np.zeros(S * NH * 16 * HD, np.float32))
+    pml = cuda.to_device(np.zeros(S * NH * 16 * 2, np.float32))
+    out = cuda.to_device(np.zeros(16 * NH * HD, np.float32))
+    split = max(1, min(S, math.ceil(4 * cuda.get_current_device().MULTIPROCESSOR_COUNT / NKV)))
+    stream = cuda.stream()              # the legacy default stream cannot be captured into a graph
+    rows = []
+    print(f"{device_name()}: copy {ceil:.0f} GB/s; GQA {NH}/{NKV} x {HD}, fp32 cache, v4 split {split}", flush=True)
+    for ctx in ctxs:
+        for n in ns:
+            start = ctx - n
+            q = rng.standard_normal((n, NH * HD)).astype(np.float32)
+            qd = cuda.to_device(np.concatenate([q, np.zeros((16 - n, NH * HD), np.float32)]).ravel())
+            m = np.zeros(K.META_LEN, np.int32)
+            m[K.M_START], m[K.M_N] = start, n
+            meta = cuda.to_device(m)
+            want = ops.causal_attention(q.reshape(n, NH, HD), kh[1][:ctx].reshape(ctx, NKV, HD),
+                                        vh[1][:ctx].reshape(ctx, NKV, HD), HD ** -0.5, start)
+            kv_bytes = 2 * ctx * NKV * HD * 4
+            r = dict(ctx=ctx, n=n, kv_MB=kv_bytes / 1e6)
+            for name, version, maxreg in VARIANTS:
+                try:
+                    fns = launches_for(stream, version, maxreg, n, cap, qd, kcs, vcs, po, pml, out, meta, split)
+                    fns[1]()
+                    stream.synchronize()
+                    got = out.copy_to_host()[: n * NH * HD].reshape(n, NH * HD)
+                    err = float(np.abs(got - want).max() / np.abs(want).max())
+                    g = CudaGraph.capture(stream, lambda: [f() for f in fns])
+                    us = events_ms(stream, g.launch) * 1e3 / LAYERS
+                    r[name] = dict(us=us, GBps=kv_bytes / us / 1e3, err=err)
+                except Exception as e:  # noqa: BLE001 - report the variant's failure, keep the others
+                    r[name] = dict(error=repr(e)[:300])
+            rows.append(r)
+            print(f"  ctx {ctx:5d} n={n}: " + " | ".join(
+                f"{k} {v['us']:6.1f} us {100 * v['GBps'] / ceil:3.0f}% err {v['err']:.0e}" if "us" in v else
+                f"{k} ERROR {v['error']}" for k, v in r.items() if isinstance(v, dict)), flush=True)
+    print(f"\n## Attention over the KV cache (MiMo-7B: {NH} heads / {NKV} KV heads x {HD}, fp32 cache), {device_name()}, "
+          f"copy {ceil:.0f} GB/s, {time.strftime('%Y-%m-%d')}: us per layer (partial + merge), % of copy for the cache bytes")
+    names = [v[0] for v in VARIANTS]
+    print("| ctx | n | cache MB | " + " | ".join(names) + " |")
+    print("|---|---|---|" + "---|" * len(names))
+    for r in rows:
+        cells = [f"{r[k]['us']:.1f} ({100 * r[k]['GBps'] / ceil:.0f}%)" if "us" in r[k] else "error" for k in names]
+        print(f"| {r['ctx']} | {r['n']} | {r['kv_MB']:.1f} | " + " | ".join(cells) + " |")
+    print(f"(seconds: {time.time() - t_start:.0f})")
+    if a.json:
+        json.dump(dict(device=device_name(), copy=cp, split=split, rows=rows), open(a.json, "w"), indent=1)
+
+
+if __name__ == "__main__":
+    main()
