@@ -3,9 +3,10 @@ cache): the partial kernel + the chunk merge, per attention version, against the
 
 Each case is checked against the NumPy reference (mtp_ref.ops.causal_attention) before it is timed; times are the
 median device time of a CUDA graph of 20 (partial + merge) launch pairs over 20 distinct layers' caches (so the
-cache comes from HBM, as in a forward), divided by 20.
+cache comes from HBM, as in a forward), divided by 20; the "partial" / "merge" variants time one of the two kernels
+alone, the "split" ones v4 with half / twice the default number of blocks per KV group.
 
-    python benchmarks/bench_attention.py [--json out.json] [--contexts 512,4096] [--ns 1,2,4,8]
+    python benchmarks/bench_attention.py [--json out.json] [--contexts 512,4096] [--ns 1,2,4,8] [--variants v3,v4]
 """
 
 from __future__ import annotations
@@ -30,35 +31,36 @@ from mtp_ref import ops  # noqa: E402
 
 NH, NKV, HD = 32, 8, 128
 LAYERS = 20
-# (name, version, v4 register cap)
-VARIANTS = [("v3", "v3", 0), ("v4", "v4", 0), ("v4 maxreg 128", "v4", 128), ("v4 maxreg 96", "v4", 96),
-            ("v4 maxreg 72", "v4", 72)]
+# (name, version, v4 register cap, v4 split factor, what is timed: "both" = partial + merge, "partial", "merge")
+VARIANTS = [("v3", "v3", 0, 1, "both"), ("v4 no cap", "v4", 0, 1, "both"), ("v4", "v4", K.ATT4_MAXREG, 1, "both"),
+            ("v4 partial", "v4", K.ATT4_MAXREG, 1, "partial"), ("v4 merge", "v4", K.ATT4_MAXREG, 1, "merge"),
+            ("v4 split/2", "v4", K.ATT4_MAXREG, 0.5, "both"), ("v4 split x2", "v4", K.ATT4_MAXREG, 2, "both")]
 
 
 def launches_for(stream, version, maxreg, n, cap, qd, kcs, vcs, po, pml, out, meta, split, nt=128):
+    """([partial launch per layer], [merge launch per layer])"""
     nq = gemm.nmax_for(n)
     rep = NH // NKV
     scale = HD ** -0.5
-    fns = []
+    parts, merges = [], []
     if version == "v4":
         qmax = K.attn_v4_qmax(rep, nq)
         kern = K.make_attention_v4(qmax, math.ceil(HD / nt), nt // 32, maxreg)
         smem = K.attn_v4_smem(qmax, HD)
         for kc, vc in zip(kcs, vcs):
-            fns.append(lambda kc=kc, vc=vc: (
-                kern[NKV * split, nt, stream, smem](qd, NH * HD, 0, kc, NKV * HD, vc, NKV * HD, po, pml, meta, n, NH, rep,
-                                                HD, HD, scale, split),
-                K.attn_combine_v2[n * NH, nt, stream](po, pml, out, NH * HD, 0, meta, n, NH, HD, 32, split)))
+            parts.append(lambda kc=kc, vc=vc: kern[NKV * split, nt, stream, smem](
+                qd, NH * HD, 0, kc, NKV * HD, vc, NKV * HD, po, pml, meta, n, NH, rep, HD, HD, scale, split))
+            merges.append(lambda: K.attn_combine_v2[n * NH, nt, stream](po, pml, out, NH * HD, 0, meta, n, NH, HD, 32,
+                                                                        split))
     else:
         C = 32
         S = math.ceil(cap / C)
         kern = K.make_attention_v3(nq)
         for kc, vc in zip(kcs, vcs):
-            fns.append(lambda kc=kc, vc=vc: (
-                kern[NH * S, nt, stream, (nq * HD + nq * C) * 4](qd, NH * HD, 0, kc, NKV * HD, vc, NKV * HD, po, pml, meta,
-                                                            n, NH, rep, HD, HD, scale, C, S, 1),
-                K.attn_combine_v2[n * NH, nt, stream](po, pml, out, NH * HD, 0, meta, n, NH, HD, C, 0)))
-    return fns
+            parts.append(lambda kc=kc, vc=vc: kern[NH * S, nt, stream, (nq * HD + nq * C) * 4](
+                qd, NH * HD, 0, kc, NKV * HD, vc, NKV * HD, po, pml, meta, n, NH, rep, HD, HD, scale, C, S, 1))
+            merges.append(lambda: K.attn_combine_v2[n * NH, nt, stream](po, pml, out, NH * HD, 0, meta, n, NH, HD, C, 0))
+    return parts, merges
 
 
 def main():
@@ -66,7 +68,9 @@ def main():
     ap.add_argument("--json", default=None)
     ap.add_argument("--contexts", default="512,4096")
     ap.add_argument("--ns", default="1,2,4,8")
+    ap.add_argument("--variants", default=None, help="comma-separated names of VARIANTS (default: all)")
     a = ap.parse_args()
+    variants = [v for v in VARIANTS if a.variants is None or v[0] in a.variants.split(",")]
     t_start = time.time()
     cp = copy_bandwidth(1024)
     ceil = cp["memcpy_d2d_GBps"]
@@ -82,7 +86,8 @@ def main():
     po = cuda.to_device(np.zeros(S * NH * 16 * HD, np.float32))
     pml = cuda.to_device(np.zeros(S * NH * 16 * 2, np.float32))
     out = cuda.to_device(np.zeros(16 * NH * HD, np.float32))
-    split = max(1, min(S, math.ceil(4 * cuda.get_current_device().MULTIPROCESSOR_COUNT / NKV)))
+    sms = cuda.get_current_device().MULTIPROCESSOR_COUNT
+    split = max(1, min(S, math.ceil(4 * sms / NKV)))              # as CudaModel.attn_split
     stream = cuda.stream()              # the legacy default stream cannot be captured into a graph
     rows = []
     print(f"{device_name()}: copy {ceil:.0f} GB/s; GQA {NH}/{NKV} x {HD}, fp32 cache, v4 split {split}", flush=True)
@@ -98,13 +103,16 @@ def main():
                                         vh[1][:ctx].reshape(ctx, NKV, HD), HD ** -0.5, start)
             kv_bytes = 2 * ctx * NKV * HD * 4
             r = dict(ctx=ctx, n=n, kv_MB=kv_bytes / 1e6)
-            for name, version, maxreg in VARIANTS:
+            for name, version, maxreg, fsplit, what in variants:
                 try:
-                    fns = launches_for(stream, version, maxreg, n, cap, qd, kcs, vcs, po, pml, out, meta, split)
-                    fns[1]()
+                    sp = max(1, min(S, math.ceil(4 * sms * fsplit / NKV)))
+                    parts, merges = launches_for(stream, version, maxreg, n, cap, qd, kcs, vcs, po, pml, out, meta, sp)
+                    parts[1]()
+                    merges[1]()
                     stream.synchronize()
                     got = out.copy_to_host()[: n * NH * HD].reshape(n, NH * HD)
                     err = float(np.abs(got - want).max() / np.abs(want).max())
+                    fns = {"both": [f for pm in zip(parts, merges) for f in pm], "partial": parts, "merge": merges}[what]
                     g = CudaGraph.capture(stream, lambda: [f() for f in fns])
                     us = events_ms(stream, g.launch) * 1e3 / LAYERS
                     r[name] = dict(us=us, GBps=kv_bytes / us / 1e3, err=err)
@@ -115,8 +123,8 @@ def main():
                 f"{k} {v['us']:6.1f} us {100 * v['GBps'] / ceil:3.0f}% err {v['err']:.0e}" if "us" in v else
                 f"{k} ERROR {v['error']}" for k, v in r.items() if isinstance(v, dict)), flush=True)
     print(f"\n## Attention over the KV cache (MiMo-7B: {NH} heads / {NKV} KV heads x {HD}, fp32 cache), {device_name()}, "
-          f"copy {ceil:.0f} GB/s, {time.strftime('%Y-%m-%d')}: us per layer (partial + merge), % of copy for the cache bytes")
-    names = [v[0] for v in VARIANTS]
+          f"copy {ceil:.0f} GB/s, {time.strftime('%Y-%m-%d')}: us per layer (partial + merge unless named), % of copy for the cache bytes; v4 split {split} unless named")
+    names = [v[0] for v in variants]
     print("| ctx | n | cache MB | " + " | ".join(names) + " |")
     print("|---|---|---|" + "---|" * len(names))
     for r in rows:

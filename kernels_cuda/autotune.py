@@ -15,11 +15,8 @@ Each candidate is a kernel compile (~1-2 s) the first time; the timings themselv
 
 from __future__ import annotations
 
-import numpy as np
-from numba import cuda
-
 from .gemm import MODE_RESID, MODE_STORE, MODE_SWIGLU, nmax_for
-from .graphs import CudaGraph
+from .graphs import CudaGraph, events_ms
 
 CANDIDATES = ((4, None, 4), (2, 2, 4), (2, 1, 4), (4, 1, 4), (8, 2, 4), (8, 1, 4), (4, 2, 8), (2, 2, 8))
 SMEM_LIMIT = 48 * 1024
@@ -29,21 +26,6 @@ def _fits(R, W, NM, norm, mode) -> bool:
     if mode == MODE_SWIGLU and R % 2:
         return False
     return R * NM <= 64 and W * 32 * (R * NM + (NM if norm else 0) + 1) * 4 <= SMEM_LIMIT
-
-
-def _events_ms(stream, fn, reps=15, warm=2) -> float:
-    for _ in range(warm):
-        fn()
-    stream.synchronize()
-    ts = []
-    for _ in range(reps):
-        a, b = cuda.event(), cuda.event()
-        a.record(stream)
-        fn()
-        b.record(stream)
-        b.synchronize()
-        ts.append(cuda.event_elapsed_time(a, b))
-    return float(np.median(ts))
 
 
 def model_gemms(cm) -> list:
@@ -90,7 +72,7 @@ def tune_gemms(cm, ns=(1, 2, 4, 8), candidates=CANDIDATES, reps: int = 15, log=p
                     cm.stream.synchronize()
                     g = CudaGraph.capture(cm.stream, launches)
                     reps_l = 3 if len(lins) == 1 else 1          # one big weight: replay a few times
-                    ms = _events_ms(cm.stream, (lambda g=g: [g.launch() for _ in range(reps_l)]), reps=reps)
+                    ms = events_ms(cm.stream, (lambda g=g: [g.launch() for _ in range(reps_l)]), reps=reps)
                     res_t[(R, U, W)] = ms / reps_l
                 best = min(res_t, key=res_t.get)
                 default = res_t.get((4, None, 4))

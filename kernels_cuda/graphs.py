@@ -48,3 +48,21 @@ class CudaGraph:
             cu.cuGraphDestroy(self.graph)
         except Exception:  # interpreter shutdown: the context is gone already
             pass
+
+
+def events_ms(stream, fn, reps=20, warm=3):
+    """Median milliseconds of fn() between two device events on `stream`, after `warm` untimed calls."""
+    import numpy as np
+    from numba import cuda
+    for _ in range(warm):
+        fn()
+    stream.synchronize()
+    ts = []
+    for _ in range(reps):
+        a, b = cuda.event(), cuda.event()
+        a.record(stream)
+        fn()
+        b.record(stream)
+        b.synchronize()
+        ts.append(cuda.event_elapsed_time(a, b))
+    return float(np.median(ts))
