@@ -139,7 +139,8 @@ def test_gemm_v2_fused_rmsnorm(request, fmt, n, N, Kd, mode, lanes, R, U):
     NM = gemm.nmax_for(n)
     w, ws, wv = make_weight(rng, fmt, N, Kd)
     x = (rng.standard_normal((NM, Kd)) * rng.uniform(0.5, 8.0, (NM, 1))).astype(np.float32)
-    g = rng.uniform(0.2, 2.0, Kd).astype(np.float32)
+    # fp8 test weights reach |w| ~ 28 (e4m3 x block scales): a smaller norm weight keeps silu's exp in range
+    g = (rng.uniform(0.2, 2.0, Kd) * (0.05 if fmt == "fp8" else 1.0)).astype(np.float32)
     res = rng.standard_normal((NM, N)).astype(np.float32)
     kmode = {"store": gemm.MODE_STORE, "resid": gemm.MODE_RESID, "swiglu": gemm.MODE_SWIGLU}[mode]
     y = dev(res.copy() if kmode == gemm.MODE_RESID else np.full((NM, N), np.nan, np.float32))
