@@ -107,6 +107,27 @@ def test_attention_variants_and_fused_rope(tiny_checkpoint, opts):
     assert rel(l2, l1) < 1e-4
 
 
+def test_autotune_table_keys_and_numbers(tiny_checkpoint):
+    """autotune.tune_gemms returns one launch shape per (N, K, NMAX) of the model's GEMMs, chosen among the
+    candidates, leaves the model's own table as it was, and the table it returns keeps the logits (the launch
+    shape changes the order of the sums only). The simulator times host seconds: this checks the plumbing;
+    the H100 numbers are in NOTES.md."""
+    from kernels_cuda.autotune import model_gemms, tune_gemms
+    m, cm = both(tiny_checkpoint("mimo", **SMALL))
+    keep = dict(cm.gemm_tuning)
+    cands = ((4, None, 4), (2, 2, 4))
+    table, rows = tune_gemms(cm, ns=(1, 3), candidates=cands, reps=1, log=None)
+    assert cm.gemm_tuning == keep
+    want = {(lins[0].N, lins[0].K, nm) for _, lins, *_ in model_gemms(cm) for nm in (1, 4)}
+    assert set(table) == want and len(rows) == 2 * len(model_gemms(cm))
+    assert all(v in cands for v in table.values())
+    ids = [3, 17, 42, 5, 9]
+    _, l1 = m.forward(ids, m.new_cache())
+    cm.gemm_tuning = {k: (2, 2, 4) for k in table}          # every GEMM on a non-default launch shape
+    _, l2 = cm.forward(ids, cm.new_cache())
+    assert rel(l2, l1) < 1e-4
+
+
 def test_simulator_needs_consent(tiny_checkpoint, monkeypatch):
     if not SIM:
         pytest.skip("about the simulator")
