@@ -185,9 +185,8 @@ else:
 
 
 if SIM:
-    @cuda.jit(device=True)
-    def warp_sum(v):
-        """Sum over the 32 lanes (simulator: one exchange, 2 barriers, fixed order)."""
+    def _warp_reduce(v, op):
+        """op over the lanes of the simulated warp (one exchange, 2 barriers, fixed order)."""
         w, lane = _warp()
         if w.size == 1:
             return v
@@ -195,22 +194,18 @@ if SIM:
         w.barrier.wait()
         s = w.vals[0]
         for j in range(1, w.size):
-            s += w.vals[j]
+            s = op(s, w.vals[j])
         w.barrier.wait()
         return s
 
     @cuda.jit(device=True)
+    def warp_sum(v):
+        """Sum over the 32 lanes."""
+        return _warp_reduce(v, lambda a, b: a + b)
+
+    @cuda.jit(device=True)
     def warp_max(v):
-        w, lane = _warp()
-        if w.size == 1:
-            return v
-        w.vals[lane] = v
-        w.barrier.wait()
-        s = w.vals[0]
-        for j in range(1, w.size):
-            s = max(s, w.vals[j])
-        w.barrier.wait()
-        return s
+        return _warp_reduce(v, max)
 
 else:
     @cuda.jit(device=True, inline=True)

@@ -188,6 +188,25 @@ def cache_write(src, lds, soff, width, dst, ldd, doff, meta, n):
 
 
 # ----------------------------------------------------------------------------- attention
+@cuda.jit(device=True, inline=True)
+def chunk_softmax_row(sm, base, L, lane, wl, pml, b):
+    """One query row's scores over a chunk of L keys at sm[base:] (v1-v3 partials), by one warp: replaced in place by
+    exp(score - m); lane 0 writes the chunk's max m and sum l to pml[b], pml[b + 1] for the merge."""
+    m = NEG_INF
+    for j in range(lane, L, wl):
+        m = max(m, sm[base + j])
+    m = warp_max(m)
+    l = float32(0.0)
+    for j in range(lane, L, wl):
+        p = math.exp(sm[base + j] - m) if m != NEG_INF else float32(0.0)
+        sm[base + j] = p
+        l += p
+    l = warp_sum(l)
+    if lane == 0:
+        pml[b] = m
+        pml[b + 1] = l
+
+
 def attn_chunk(NQ: int, dk: int, limit_bytes: int = 48 * 1024) -> int:
     """Keys per block: the largest of 256..32 whose shared memory (q rows + scores) fits."""
     for C in (256, 128, 64, 32):
@@ -253,20 +272,7 @@ def make_attention(NQ: int):
             # softmax statistics of this chunk: warp w handles queries w, w + nw, ...
             L = t1 - t0
             for i in range(tid // wl, n, nw):
-                m = NEG_INF
-                for j in range(lane, L, wl):
-                    m = max(m, sm[sc0 + i * C + j])
-                m = warp_max(m)
-                l = float32(0.0)
-                for j in range(lane, L, wl):
-                    p = math.exp(sm[sc0 + i * C + j] - m) if m != NEG_INF else float32(0.0)
-                    sm[sc0 + i * C + j] = p
-                    l += p
-                l = warp_sum(l)
-                if lane == 0:
-                    b = ((s * nh + h) * 16 + i) * 2
-                    pml[b] = m
-                    pml[b + 1] = l
+                chunk_softmax_row(sm, sc0 + i * C, L, lane, wl, pml, ((s * nh + h) * 16 + i) * 2)
             cuda.syncthreads()
             # unnormalised output: one thread per output dim, all NQ queries at once
             for e in range(tid, dv, nt):
@@ -343,20 +349,7 @@ def make_attention_v2(NQ: int):
             cuda.syncthreads()
             L = t1 - t0
             for i in range(tid // wl, n, nw):
-                m = NEG_INF
-                for j in range(lane, L, wl):
-                    m = max(m, sm[sc0 + i * C + j])
-                m = warp_max(m)
-                l = float32(0.0)
-                for j in range(lane, L, wl):
-                    p = math.exp(sm[sc0 + i * C + j] - m) if m != NEG_INF else float32(0.0)
-                    sm[sc0 + i * C + j] = p
-                    l += p
-                l = warp_sum(l)
-                if lane == 0:
-                    b = ((s * nh + h) * 16 + i) * 2
-                    pml[b] = m
-                    pml[b + 1] = l
+                chunk_softmax_row(sm, sc0 + i * C, L, lane, wl, pml, ((s * nh + h) * 16 + i) * 2)
             cuda.syncthreads()
             L8 = t0 + (L // 8) * 8
             for e in range(tid, dv, nt):
@@ -464,20 +457,7 @@ def make_attention_v3(NQ: int):
                                 sm[sc0 + i * C + t - t0] = v * scale if t <= start + i else NEG_INF
             cuda.syncthreads()
             for i in range(w, n, nw):                        # softmax of each query row over the chunk
-                m = NEG_INF
-                for j in range(lane, L, wl):
-                    m = max(m, sm[sc0 + i * C + j])
-                m = warp_max(m)
-                l = float32(0.0)
-                for j in range(lane, L, wl):
-                    p = math.exp(sm[sc0 + i * C + j] - m) if m != NEG_INF else float32(0.0)
-                    sm[sc0 + i * C + j] = p
-                    l += p
-                l = warp_sum(l)
-                if lane == 0:
-                    b = ((s * nh + h) * 16 + i) * 2
-                    pml[b] = m
-                    pml[b + 1] = l
+                chunk_softmax_row(sm, sc0 + i * C, L, lane, wl, pml, ((s * nh + h) * 16 + i) * 2)
             cuda.syncthreads()
             L16 = t0 + (L // 16) * 16
             for e in range(tid, dv, nt):

@@ -333,7 +333,7 @@ def cmd_train(args):
         tok = train_tokenizer(split, tok_path)
     assert tok.get_vocab_size() == MODEL_CONFIG["vocab_size"]
     if have_cache:  # ids may be stored as uint16 (cmd_token_cache); the samplers index with int32
-        z = np.load(cache)
+        z = np.load(cache, allow_pickle=False)
         train_streams = {k[6:]: z[k].astype(np.int32) for k in z.files if k.startswith("train_")}
         held_streams = {k[5:]: z[k].astype(np.int32) for k in z.files if k.startswith("held_")}
     else:
