@@ -4,9 +4,10 @@ cache): the partial kernel + the chunk merge, per attention version, against the
 Each case is checked against the NumPy reference (mtp_ref.ops.causal_attention) before it is timed; times are the
 median device time of a CUDA graph of 20 (partial + merge) launch pairs over 20 distinct layers' caches (so the
 cache comes from HBM, as in a forward), divided by 20; the "partial" / "merge" variants time one of the two kernels
-alone, the "split" ones v4 with half / twice the default number of blocks per KV group.
+alone, the "split" ones with a fraction / multiple of the default number of blocks per KV group.
 
-    python benchmarks/bench_attention.py [--json out.json] [--contexts 512,4096] [--ns 1,2,4,8] [--variants v3,v4]
+    python benchmarks/bench_attention.py [--json out.json] [--contexts 512,4096] [--ns 1,2,4,8] [--variants v4,v5,v5-rw2]
+(a variant's spaces may be written as hyphens)
 """
 
 from __future__ import annotations
@@ -31,27 +32,49 @@ from mtp_ref import ops  # noqa: E402
 
 NH, NKV, HD = 32, 8, 128
 LAYERS = 20
-# (name, version, v4 register cap, v4 split factor, what is timed: "both" = partial + merge, "partial", "merge")
-VARIANTS = [("v3", "v3", 0, 1, "both"), ("v4 no cap", "v4", 0, 1, "both"), ("v4", "v4", K.ATT4_MAXREG, 1, "both"),
-            ("v4 partial", "v4", K.ATT4_MAXREG, 1, "partial"), ("v4 merge", "v4", K.ATT4_MAXREG, 1, "merge"),
-            ("v4 split/2", "v4", K.ATT4_MAXREG, 0.5, "both"), ("v4 split x2", "v4", K.ATT4_MAXREG, 2, "both")]
+# name -> version and options: maxreg (v4 / v5 register cap), split (factor on the default blocks / warps per KV group),
+# what is timed ("both" = partial + merge, "partial", "merge"), v5's query rows per warp (rw)
+V4 = dict(version="v4", maxreg=K.ATT4_MAXREG)
+V5 = dict(version="v5", rw=K.ATT5_RW, maxreg=None)            # None: the backend's cap for the number of rows
+VARIANTS = {"v3": dict(version="v3"), "v4 no cap": dict(V4, maxreg=0), "v4": V4,
+            "v4 partial": dict(V4, what="partial"), "v4 merge": dict(V4, what="merge"),
+            "v4 split/2": dict(V4, split=0.5), "v4 split x2": dict(V4, split=2),
+            "v5": V5, "v5 partial": dict(V5, what="partial"), "v5 merge": dict(V5, what="merge"),
+            "v5 rw2": dict(V5, rw=2), "v5 rw8": dict(V5, rw=8), "v5 split/2": dict(V5, split=0.5),
+            "v5 split/4": dict(V5, split=0.25), "v5 cap 128": dict(V5, maxreg=128), "v5 no cap": dict(V5, maxreg=0)}
 
 
-def launches_for(stream, version, maxreg, n, cap, qd, kcs, vcs, po, pml, out, meta, split, nt=128):
-    """([partial launch per layer], [merge launch per layer])"""
+def split_for(v: dict, S: int, sms: int) -> int:
+    """As CudaModel: v4 ~4 blocks per SM, v5 ~ATT5_BLOCKS_PER_SM blocks per SM, over the KV groups."""
+    per_sm = K.ATT5_BLOCKS_PER_SM if v["version"] == "v5" else 4
+    return max(1, min(S, math.ceil(per_sm * sms * v.get("split", 1) / NKV)))
+
+
+def launches_for(stream, v, n, cap, qd, kcs, vcs, po, pml, out, meta, split, nt=128):
+    """([partial launch per layer], [merge launch per layer]) of variant v"""
     nq = gemm.nmax_for(n)
     rep = NH // NKV
     scale = HD ** -0.5
     parts, merges = [], []
-    if version == "v4":
+    if v["version"] in ("v4", "v5"):
         qmax = K.attn_v4_qmax(rep, nq)
-        kern = K.make_attention_v4(qmax, math.ceil(HD / nt), nt // 32, maxreg)
-        smem = K.attn_v4_smem(qmax, HD)
+        if v["version"] == "v4":
+            kern = K.make_attention_v4(qmax, math.ceil(HD / nt), nt // 32, v["maxreg"])
+            smem, grid, unit = K.attn_v4_smem(qmax, HD), NKV * split, K.ATT4_SUB
+        else:
+            if rep * nq > K.ATT5_MAXQ:
+                raise ValueError(f"v5 holds <= {K.ATT5_MAXQ} query rows per KV group")
+            rw = min(qmax, v["rw"])
+            cap = v["maxreg"] if v["maxreg"] is not None else (K.ATT5_MAXREG if qmax <= K.ATT5_RW else
+                                                               K.ATT5_MAXREG_WIDE)
+            kern = K.make_attention_v5(qmax, rw, math.ceil(HD / 128), cap)
+            nt = 32 * kern.NW
+            smem, grid, unit = K.attn_v5_smem(qmax, HD, rw), NKV * split, K.ATT5_SUB
         for kc, vc in zip(kcs, vcs):
-            parts.append(lambda kc=kc, vc=vc: kern[NKV * split, nt, stream, smem](
+            parts.append(lambda kc=kc, vc=vc: kern[grid, nt, stream, smem](
                 qd, NH * HD, 0, kc, NKV * HD, vc, NKV * HD, po, pml, meta, n, NH, rep, HD, HD, scale, split))
-            merges.append(lambda: K.attn_combine_v2[n * NH, nt, stream](po, pml, out, NH * HD, 0, meta, n, NH, HD, 32,
-                                                                        split))
+            merges.append(lambda: K.attn_combine_v2[n * NH, 128, stream](po, pml, out, NH * HD, 0, meta, n, NH, HD,
+                                                                         unit, split))
     else:
         C = 32
         S = math.ceil(cap / C)
@@ -70,7 +93,10 @@ def main():
     ap.add_argument("--ns", default="1,2,4,8")
     ap.add_argument("--variants", default=None, help="comma-separated names of VARIANTS (default: all)")
     a = ap.parse_args()
-    variants = [v for v in VARIANTS if a.variants is None or v[0] in a.variants.split(",")]
+    asked = None if a.variants is None else [x.replace("-", " ") for x in a.variants.split(",")]  # v5-kb4 = "v5 kb4"
+    if asked is not None and set(asked) - set(VARIANTS):
+        sys.exit(f"unknown variants {sorted(set(asked) - set(VARIANTS))}; known: {list(VARIANTS)}")
+    variants = [k for k in VARIANTS if asked is None or k in asked]
     t_start = time.time()
     cp = copy_bandwidth(1024)
     ceil = cp["memcpy_d2d_GBps"]
@@ -87,7 +113,7 @@ def main():
     pml = cuda.to_device(np.zeros(S * NH * 16 * 2, np.float32))
     out = cuda.to_device(np.zeros(16 * NH * HD, np.float32))
     sms = cuda.get_current_device().MULTIPROCESSOR_COUNT
-    split = max(1, min(S, math.ceil(4 * sms / NKV)))              # as CudaModel.attn_split
+    split = split_for(VARIANTS["v4"], S, sms)
     stream = cuda.stream()              # the legacy default stream cannot be captured into a graph
     rows = []
     print(f"{device_name()}: copy {ceil:.0f} GB/s; GQA {NH}/{NKV} x {HD}, fp32 cache, v4 split {split}", flush=True)
@@ -103,19 +129,21 @@ def main():
                                         vh[1][:ctx].reshape(ctx, NKV, HD), HD ** -0.5, start)
             kv_bytes = 2 * ctx * NKV * HD * 4
             r = dict(ctx=ctx, n=n, kv_MB=kv_bytes / 1e6)
-            for name, version, maxreg, fsplit, what in variants:
+            for name in variants:
+                v = VARIANTS[name]
                 try:
-                    sp = max(1, min(S, math.ceil(4 * sms * fsplit / NKV)))
-                    parts, merges = launches_for(stream, version, maxreg, n, cap, qd, kcs, vcs, po, pml, out, meta, sp)
+                    sp = split_for(v, S, sms)
+                    parts, merges = launches_for(stream, v, n, cap, qd, kcs, vcs, po, pml, out, meta, sp)
                     parts[1]()
                     merges[1]()
                     stream.synchronize()
                     got = out.copy_to_host()[: n * NH * HD].reshape(n, NH * HD)
                     err = float(np.abs(got - want).max() / np.abs(want).max())
-                    fns = {"both": [f for pm in zip(parts, merges) for f in pm], "partial": parts, "merge": merges}[what]
+                    fns = {"both": [f for pm in zip(parts, merges) for f in pm], "partial": parts,
+                           "merge": merges}[v.get("what", "both")]
                     g = CudaGraph.capture(stream, lambda: [f() for f in fns])
                     us = events_ms(stream, g.launch) * 1e3 / LAYERS
-                    r[name] = dict(us=us, GBps=kv_bytes / us / 1e3, err=err)
+                    r[name] = dict(us=us, GBps=kv_bytes / us / 1e3, err=err, split=sp)
                 except Exception as e:  # noqa: BLE001 - report the variant's failure, keep the others
                     r[name] = dict(error=repr(e)[:300])
             rows.append(r)
@@ -124,7 +152,7 @@ def main():
                 f"{k} ERROR {v['error']}" for k, v in r.items() if isinstance(v, dict)), flush=True)
     print(f"\n## Attention over the KV cache (MiMo-7B: {NH} heads / {NKV} KV heads x {HD}, fp32 cache), {device_name()}, "
           f"copy {ceil:.0f} GB/s, {time.strftime('%Y-%m-%d')}: us per layer (partial + merge unless named), % of copy for the cache bytes; v4 split {split} unless named")
-    names = [v[0] for v in variants]
+    names = list(variants)
     print("| ctx | n | cache MB | " + " | ".join(names) + " |")
     print("|---|---|---|" + "---|" * len(names))
     for r in rows:

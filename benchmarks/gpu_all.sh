@@ -49,7 +49,7 @@ fi
 
 if has attn; then
   echo "== [$(el)s] attention over the KV cache (MiMo-7B shapes), per version"
-  timeout "$(cap 120)" python3 benchmarks/bench_attention.py --json "$W/attn.json" ${ATTN_ARGS:-} > "$W/attn.log" 2>&1
+  timeout "$(cap ${ATTN_S:-120})" python3 benchmarks/bench_attention.py --json "$W/attn.json" ${ATTN_ARGS:-} > "$W/attn.log" 2>&1
   tail -n 3 "$W/attn.log"
 fi
 

@@ -273,21 +273,24 @@ class DeviceCache:
 # ----------------------------------------------------------------------------- the model
 class CudaModel:
     def __init__(self, model=None, *, max_context: int = 4096, use_graphs: bool | None = None,
-                 fp8: str = "kernel", gemm_lanes: int | None = None, attention: str = "v4",
+                 fp8: str = "kernel", gemm_lanes: int | None = None, attention: str = "v5",
                  gemm_tuning: dict | None = None, row_threads: int = 1024, fuse_rope_cache: bool = True,
-                 fuse_norm: bool = True,
+                 fuse_norm: bool = True, attention_v5_rows: int | None = None,
                  _source=None, _config=None,
                  _spec=None, _path=None, _tokenizer=None):
         """attention: "v1", "v2" (unrolled loads, 64-key chunks), "v3" (a warp per key, 32-key chunks,
-        parallel chunk merge) or "v4" (the default: one block per KV group and run of keys, all the group's
-        query rows at once; falls back to v3 for more than 32 query rows a group, e.g. MLA); NOTES.md has each one's
-        H100 numbers. gemm_tuning: {NMAX or (N, K, NMAX): (R, U[, WARPS])} overrides of the skinny-GEMM launch
+        parallel chunk merge), "v4" (one block per KV group and run of keys, all the group's query rows at once;
+        falls back to v3 for more than 32 query rows a group, e.g. MLA) or "v5" (the default: a warp per share of a
+        group's keys, 8 keys a step, for groups of <= ATT5_ROWS query rows, i.e. 1- and 2-token steps of a GQA
+        model with 4 heads per KV group; v4 above); NOTES.md has each one's H100 numbers. gemm_tuning: {NMAX or (N, K, NMAX): (R, U[, WARPS])} overrides of the skinny-GEMM launch
         shape (default gemm.TUNED_H100: R = 8, U = 2 for 5..8 tokens; {} for none; autotune.tune_gemms measures
         one for a model). row_threads: threads per block of the one-row-per-block kernels (RMSNorm, embedding,
         cache write); 128 left a 4096-wide RMSNorm latency-bound at ~20 us (NOTES.md). fuse_rope_cache: GQA
         layers run rope on q and k and both cache writes as one kernel (rope_qk_cache) instead of four.
         fuse_norm: the RMSNorm before a GQA layer's q|k|v projection and before a dense MLP is applied inside
-        that GEMM's x load (gemm.make_gemm_v2 NORM) instead of a launch of its own."""
+        that GEMM's x load (gemm.make_gemm_v2 NORM) instead of a launch of its own. attention_v5_rows: with
+        attention="v5", KV groups of at most this many query rows (heads per group x tokens) run v5, larger ones v4
+        (default ATT5_ROWS; at most kernels.ATT5_MAXQ)."""
         self.base = model
         self.config = model.config if model is not None else _config
         self.spec: FamilySpec = model.spec if model is not None else _spec
@@ -310,9 +313,10 @@ class CudaModel:
         self.nt_row = 1 if SIM else int(row_threads)
         self.fuse_rope_cache = bool(fuse_rope_cache)
         self.fuse_norm = bool(fuse_norm)
-        if attention not in ("v1", "v2", "v3", "v4"):
-            raise ValueError(f"attention must be 'v1', 'v2', 'v3' or 'v4', not {attention!r}")
+        if attention not in ("v1", "v2", "v3", "v4", "v5"):
+            raise ValueError(f"attention must be 'v1', 'v2', 'v3', 'v4' or 'v5', not {attention!r}")
         self.attention = attention
+        self.attn5_rows = min(K.ATT5_MAXQ, ATT5_ROWS if attention_v5_rows is None else int(attention_v5_rows))
         # Gated DeltaNet (what mtp_ref.speculative checks): the recurrent form, with per-token snapshots of up to
         # NMAX tokens per forward kept on the device (longer inputs are fed NMAX at a time)
         self.delta_rule = "recurrent"
@@ -569,7 +573,7 @@ class CudaModel:
         # attention split-K scratch, sized for the cache capacity
         nh = cfg.num_attention_heads
         self.attn_C = {nq: K.attn_chunk(nq, self.dk) for nq in (1, 2, 4, 8, 16)}
-        if self.attention in ("v2", "v3", "v4"):
+        if self.attention in ("v2", "v3", "v4", "v5"):
             cmax = 64 if self.attention == "v2" or self.dk % 4 else 32   # v3 falls back to v2 when dk % 4
             self.attn_C = {nq: min(cmax, c) for nq, c in self.attn_C.items()}
         S = max(math.ceil(self.cap / c) for c in self.attn_C.values())
@@ -579,6 +583,9 @@ class CudaModel:
         # v4: nkv x split blocks whatever the context (about 4 blocks per SM at any length)
         sms = 2 if SIM else cuda.get_current_device().MULTIPROCESSOR_COUNT
         self.attn_split = max(1, min(S, math.ceil(4 * sms / self.groups)))
+        # v5: a block per share, about ATT5_BLOCKS_PER_SM blocks per SM over all KV groups (a share is >= 8 keys:
+        # at short contexts fewer blocks have work); PO / PML hold S >= cap / 32 shares
+        self.attn5_split = max(1, min(S, 2 if SIM else math.ceil(K.ATT5_BLOCKS_PER_SM * sms / self.groups)))
         self.PO = dev(S * nh * 16 * self.dv_att)
         self.PML = dev(S * nh * 16 * 2)
         # MoE scratch
@@ -666,7 +673,21 @@ class CudaModel:
         S = math.ceil(self.cap / C)
         vec = 1 if (dk % 4 == 0 and ldk % 4 == 0) else 0
         st = self.stream
-        if self.attention == "v4" and vec and ldq % 4 == 0 and qoff % 4 == 0 and rep * nq <= 32:
+        if (self.attention == "v5" and dk % 16 == 0 and dk <= 512 and ldk % 4 == 0 and ldq % 4 == 0
+                and qoff % 4 == 0 and dv % 4 == 0 and ldv % 4 == 0 and rep * nq <= self.attn5_rows
+                and (SIM_RUNS_V5 or not SIM)):
+            qmax = K.attn_v4_qmax(rep, nq)
+            rw = min(qmax, K.ATT5_RW)
+            smem = K.attn_v5_smem(qmax, dk, rw)
+            if smem <= 48 * 1024:
+                kp = _attn_v5_kernel(qmax, rw, math.ceil(dv / 128))
+                split = self.attn5_split
+                kp[self._grid((nh // rep) * split), 32 * kp.NW, st, smem](           # 32 lanes, also simulated
+                    q, ldq, qoff, kc, ldk, vc, ldv, self.PO, self.PML, self.meta, n, nh, rep, dk, dv, self.scale, split)
+                K.attn_combine_v2[self._grid(n * nh), self.nt, st](self.PO, self.PML, out, ldo, ooff, self.meta, n, nh,
+                                                                   dv, K.ATT5_SUB, split)
+                return
+        if self.attention in ("v4", "v5") and vec and ldq % 4 == 0 and qoff % 4 == 0 and rep * nq <= 32:
             qmax = K.attn_v4_qmax(rep, nq)
             smem = K.attn_v4_smem(qmax, dk)
             if smem <= 48 * 1024:
@@ -675,7 +696,7 @@ class CudaModel:
                 kp[self._grid((nh // rep) * split), self.nt, st, smem](
                     q, ldq, qoff, kc, ldk, vc, ldv, self.PO, self.PML, self.meta, n, nh, rep, dk, dv, self.scale, split)
                 K.attn_combine_v2[self._grid(n * nh), self.nt, st](self.PO, self.PML, out, ldo, ooff, self.meta, n, nh,
-                                                                   dv, C, split)
+                                                                   dv, K.ATT4_SUB, split)
                 return
         version = self.attention if self.attention in ("v1", "v2") else "v3"
         version = "v2" if version == "v3" and not vec else version        # v3 needs 16-byte key loads
@@ -1005,6 +1026,23 @@ def _cached(key, make):
 
 def _attn_v4_kernel(qmax, emax, nw):
     return _cached(("attn", "v4", qmax, emax, nw), lambda: K.make_attention_v4(qmax, emax, nw, K.ATT4_MAXREG))
+
+
+# attention="v5" runs attn_partial_v5 for KV groups of at most ATT5_ROWS query rows (heads per group x tokens; MiMo-7B:
+# 1- and 2-token steps: decode, MTP drafting, verify of 1 draft) and v4 above. bench_attention on the H100
+# (2026-11-26, NOTES.md), us per MiMo-7B layer, v5 / v4: 4 rows 22.0 / 29.4 (ctx 512), 53.1 / 62.7 (ctx 4096); 8 rows
+# 29.2 / 36.7, 68.0 / 81.3; 16 rows 33.1 / 53.8 but 118.6 / 104.2 at ctx 4096. A graph is captured per token count, not
+# per context, so one kernel must serve every context: v5 where it won at both (7B forward of 4 tokens with v5: 7.28
+# instead of 7.92 ms at ctx 512, 10.54 instead of 9.78 at ctx 4096).
+ATT5_ROWS = 8
+# the simulator runs v5's 32 lanes as 32 Python threads (~20x slower than the 1-thread blocks of the other kernels):
+# there CudaModel runs v4 instead unless a test sets this (tests/test_kernels.py checks v5 itself against NumPy)
+SIM_RUNS_V5 = False
+
+
+def _attn_v5_kernel(qmax, rw, ep):
+    cap = K.ATT5_MAXREG if qmax <= K.ATT5_RW else K.ATT5_MAXREG_WIDE
+    return _cached(("attn", "v5", qmax, rw, ep), lambda: K.make_attention_v5(qmax, rw, ep, cap))
 
 
 def _attn_kernel(nq, version="v1"):

@@ -19,7 +19,7 @@ import numpy as np
 from numba import cuda, float32, float64, int32
 
 from .gemm import LOADERS
-from .intrinsics import SIM, factory, ld_f32x4, syncwarp, warp_max, warp_sum
+from .intrinsics import SIM, factory, ld_f32x4, shfl_xor, syncwarp, warp_max, warp_sum
 
 # layout of the int32 `meta` array
 M_START, M_N, M_NACT = 0, 1, 3
@@ -506,10 +506,10 @@ COMBINE_MAX_CHUNKS = 2048
 
 @cuda.jit(device=True, inline=True)
 def attn_chunks(T, C, split):
-    """Chunks of a T-key cache: ceil(T / C) (v1-v3), or with split > 0 (v4) min(split, ceil(T / 32))
-    blocks, each taking a contiguous run of 32-key sub-chunks."""
+    """Chunks of a T-key cache: ceil(T / C) (v1-v3), or with split > 0 (v4, v5) min(split, ceil(T / C))
+    shares, each a contiguous run of C-key units (v4: blocks over 32-key sub-chunks, v5: warps over 8-key steps)."""
     if split > 0:
-        return min(split, (T + ATT4_SUB - 1) // ATT4_SUB)
+        return min(split, (T + C - 1) // C)
     return (T + C - 1) // C
 
 
@@ -518,7 +518,8 @@ def attn_combine_v2(po, pml, out, ldo, ooff, meta, n, nh, dv, C, split):
     """attn_combine with the chunk statistics read in parallel (thread s reads chunk s: one round of
     loads, block max / sum) and the weighted sum over chunks 4 loads at a time. v1 read the S
     (m, l) pairs three times in sequence per thread: ~11 us per 7B layer at context 512 (NOTES.md).
-    split: 0 for v1-v3 partials (C keys a chunk), the v4 launch's split for v4 partials."""
+    split: 0 for v1-v3 partials (C keys a chunk); for v4 / v5 partials the launch's split, with C = ATT4_SUB /
+    ATT5_SUB (the unit of a share)."""
     wsh = cuda.shared.array(COMBINE_MAX_CHUNKS, float32)
     buf = cuda.shared.array(32, float32)
     T = meta[M_START] + n
@@ -768,6 +769,229 @@ def make_attention_v4(QMAX: int, EMAX: int, NW: int, MAXREG: int = 0):
 
     attn_partial_v4.QMAX, attn_partial_v4.EMAX, attn_partial_v4.NW, attn_partial_v4.MAXREG = QMAX, EMAX, NW, MAXREG
     return attn_partial_v4
+
+
+# ----------------------------------------------------------------------------- attention v5 (a warp per key run)
+ATT5_SUB = 8           # keys per step of a v5 warp: 4 lanes per key
+ATT5_RW = 4            # query rows per warp: a block runs ceil(rep x n / ATT5_RW) warps over the same keys
+ATT5_MAXQ = 16         # query rows per KV group (rep x n) that v5 takes; more -> v4
+ATT5_BLOCKS_PER_SM = 16  # split = this x SMs / KV groups blocks (shares) per group
+ATT5_MAXREG = 0        # register cap of the backend's v5 launches of one warp (0: none: 181 registers, no spills)
+ATT5_MAXREG_WIDE = 128  # and of several warps (more query rows than ATT5_RW): on the H200 128 registers took 66.5 /
+                        # 114.5 us per MiMo-7B layer at ctx 4096 for 2 / 4 tokens against 86.9 / 129.3 uncapped
+
+
+def attn_v5_smem(QMAX: int, dk: int, RW: int) -> int:
+    """Dynamic shared memory of attn_partial_v5, bytes: the group's query rows [QMAX, dk + 16] (each quarter of a
+    row padded by 4 floats: the 4 lanes of a key read 4 different banks), then per warp P [8 keys, RW rows] and
+    the running m / l of each of its rows."""
+    nw = (QMAX + RW - 1) // RW
+    return (QMAX * (dk + 16) + nw * (ATT5_SUB * RW + 2 * RW)) * 4
+
+
+@factory
+def make_attention_v5(QMAX: int, RW: int, EP: int, MAXREG: int = 0):
+    """attn_partial v5: flash decoding with a block per share of a KV group's keys, a warp per RW query rows of
+    the group, 8 keys a step.
+
+    v4 (a block of 4 warps per run of 32-key sub-chunks, four phases split by block barriers) took 29.6 us per
+    MiMo-7B layer at context 512 on the H200 for 4.2 MB of cache; Nsight Compute showed it is neither memory- nor
+    issue-bound: too few warps (128 blocks at context 512) each running a long dependent chain. A first v5 with a
+    warp per 32-key sub-chunk (lane = key, its whole row) was as slow (34 us, one warp per SM at ~6 cycles per
+    instruction); a second one with all 16 rows of a 4-token verify in one warp ran out of registers (255 + spills)
+    and took 59 us against v4's 54 (NOTES.md). This one keeps every warp's chain short:
+      * a step is 8 keys, lane = (key, quarter of the head dimension): the lane's 16-byte loads of its quarter
+        row (dk / 16 of them, all in flight), dot products with the warp's RW query rows (broadcast from shared
+        memory), the 4 quarters summed with 2 shuffles;
+      * online softmax per row over the step's 8 keys with 3 + 3 shuffles (xor 4, 8, 16), causal mask inside
+        the n-token window;
+      * P V: lane = 4 output dimensions (EP groups of 4 per lane), the step's 8 value rows loaded at once
+        (one 512-byte row per instruction), P broadcast from the warp's shared-memory slice;
+    so a warp runs 2 memory round trips per step whatever the number of tokens; the warps of a block read the
+    same keys and values (the second reader hits L1 / L2) instead of one warp doing 4x the arithmetic. Same
+    partial layout and (m, l) as v1-v4, merged by attn_combine_v2 with C = ATT5_SUB and split > 0 (split =
+    blocks per KV group). QMAX >= rep x n (<= ATT5_MAXQ), RW rows per warp (blocks of 32 x ceil(QMAX / RW)
+    threads, also in the simulator), EP >= dv / 128, MAXREG: a register cap for ptxas (0: none). Needs
+    dk % 16 == 0, dk <= 512 and dv, ldk, ldv, ldq, qoff % 4 == 0.
+    """
+    O4 = RW * EP * 4
+    KB4 = 4 * 8                                              # the lane's quarter row, 8 16-byte loads at a time
+    VB4 = 4 * ATT5_SUB
+    NW = (QMAX + RW - 1) // RW
+    jit = cuda.jit(max_registers=MAXREG) if (MAXREG and not SIM) else cuda.jit
+
+    @jit
+    def attn_partial_v5(q, ldq, qoff, kc, ldk, vc, ldv, po, pml, meta, n, nh, rep, dk, dv, scale, split):
+        sm = cuda.shared.array(0, float32)
+        tid = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        lane = tid % 32
+        w = tid // 32
+        kk = lane // 4                                       # this lane's key in a step
+        qq = lane - kk * 4                                   # and its quarter of the head dimension
+        start = meta[M_START]
+        T = start + n
+        nsub = (T + ATT5_SUB - 1) // ATT5_SUB
+        S = min(split, nsub)
+        QR = rep * n
+        r0 = w * RW                                          # this warp's rows r0 .. r0 + RW - 1 (those < QR)
+        d4 = dk // 4
+        dq4 = dk // 16                                       # 16-byte loads per quarter row
+        dqp = dk // 4 + 4                                    # a padded quarter row in shared memory
+        qrow = dk + 16
+        dv4 = dv // 4
+        nkv = nh // rep
+        PB = QMAX * qrow + w * (ATT5_SUB * RW + 2 * RW)      # this warp's P [8, RW], then m [RW], l [RW]
+        MB = PB + ATT5_SUB * RW
+        LB = MB + RW
+        sc = cuda.local.array(RW, float32)
+        o = cuda.local.array(O4, float32)
+        kb = cuda.local.array(KB4, float32)
+        vb = cuda.local.array(VB4, float32)
+        for item in range(cuda.blockIdx.x, nkv * split, cuda.gridDim.x):
+            g = item // split
+            s = item - g * split
+            if s >= S:                                       # block-uniform: past the cache's end
+                continue
+            # the group's query rows r = i * rep + hh (query i, head g * rep + hh) -> shared memory, 4 loads in flight
+            for base in range(0, QR * d4, 4 * nt):
+                for u in range(4):
+                    idx = base + tid + u * nt
+                    x0 = x1 = x2 = x3 = float32(0.0)
+                    if idx < QR * d4:
+                        r = idx // d4
+                        i = r // rep
+                        x0, x1, x2, x3 = ld_f32x4(q, i * ldq + qoff + (g * rep + r - i * rep) * dk + (idx - r * d4) * 4)
+                    kb[4 * u] = x0
+                    kb[4 * u + 1] = x1
+                    kb[4 * u + 2] = x2
+                    kb[4 * u + 3] = x3
+                for u in range(4):
+                    idx = base + tid + u * nt
+                    if idx < QR * d4:
+                        r = idx // d4
+                        c = (idx - r * d4) * 4               # column: quarter c // (dk / 4), padded
+                        cq = c // (dk // 4)
+                        b = r * qrow + cq * dqp + c - cq * (dk // 4)
+                        sm[b] = kb[4 * u]
+                        sm[b + 1] = kb[4 * u + 1]
+                        sm[b + 2] = kb[4 * u + 2]
+                        sm[b + 3] = kb[4 * u + 3]
+            if lane < RW:
+                sm[MB + lane] = NEG_INF
+                sm[LB + lane] = float32(0.0)
+            for j in range(O4):
+                o[j] = float32(0.0)
+            cuda.syncthreads()
+            if r0 < QR:                                      # warp-uniform: warps past the group's rows idle
+                sb0 = (s * nsub) // S                        # this block's steps: a balanced share
+                sb1 = ((s + 1) * nsub) // S
+                for sb in range(sb0, sb1):
+                    t0 = sb * ATT5_SUB
+                    L = min(ATT5_SUB, T - t0)
+                    t = t0 + kk                              # this lane's key
+                    for rr in range(RW):
+                        sc[rr] = float32(0.0)
+                    kbase = t * ldk + g * dk + qq * (dk // 4)
+                    for e0 in range(0, dq4, 8):              # scores: the quarter row's loads all in flight
+                        for u in range(8):
+                            x0 = x1 = x2 = x3 = float32(0.0)
+                            if kk < L and e0 + u < dq4:
+                                x0, x1, x2, x3 = ld_f32x4(kc, kbase + (e0 + u) * 4)
+                            kb[4 * u] = x0
+                            kb[4 * u + 1] = x1
+                            kb[4 * u + 2] = x2
+                            kb[4 * u + 3] = x3
+                        for rr in range(RW):                 # rows outside, the loads inside: the inner loop
+                            if r0 + rr < QR:                 # unrolls, so kb stays in registers
+                                a = float32(0.0)
+                                qb = (r0 + rr) * qrow + qq * dqp + e0 * 4
+                                for u in range(8):
+                                    if e0 + u < dq4:
+                                        a += (sm[qb + 4 * u] * kb[4 * u] + sm[qb + 4 * u + 1] * kb[4 * u + 1]
+                                              + sm[qb + 4 * u + 2] * kb[4 * u + 2] + sm[qb + 4 * u + 3] * kb[4 * u + 3])
+                                sc[rr] += a
+                    for rr in range(RW):                     # online softmax per row (warp-uniform branch)
+                        r = r0 + rr
+                        if r < QR:
+                            a = sc[rr]
+                            a += shfl_xor(a, 1)              # the 4 quarters of the key's dot product
+                            a += shfl_xor(a, 2)
+                            x = a * scale if (kk < L and t <= start + r // rep) else NEG_INF
+                            mx = max(x, shfl_xor(x, 4))      # over the step's 8 keys (lanes 4 apart)
+                            mx = max(mx, shfl_xor(mx, 8))
+                            mx = max(mx, shfl_xor(mx, 16))
+                            m_old = sm[MB + rr]
+                            m_new = max(m_old, mx)
+                            p = math.exp(x - m_new) if x != NEG_INF else float32(0.0)
+                            ps = p + shfl_xor(p, 4)
+                            ps += shfl_xor(ps, 8)
+                            ps += shfl_xor(ps, 16)
+                            alpha = math.exp(m_old - m_new) if m_old != NEG_INF else float32(0.0)
+                            if qq == 0:
+                                sm[PB + kk * RW + rr] = p
+                            sc[rr] = alpha
+                            if lane == 0:                    # every lane read m_old before the shuffles above
+                                sm[MB + rr] = m_new
+                                sm[LB + rr] = sm[LB + rr] * alpha + ps
+                    syncwarp()
+                    for eq in range(EP):                     # P V: lane = 4 output dimensions
+                        e4 = lane + eq * 32
+                        if e4 < dv4:
+                            vbase = g * dv + e4 * 4
+                            for u in range(ATT5_SUB):        # the step's value rows, all in flight
+                                x0 = x1 = x2 = x3 = float32(0.0)
+                                if u < L:
+                                    x0, x1, x2, x3 = ld_f32x4(vc, (t0 + u) * ldv + vbase)
+                                vb[4 * u] = x0
+                                vb[4 * u + 1] = x1
+                                vb[4 * u + 2] = x2
+                                vb[4 * u + 3] = x3
+                            for rr in range(RW):
+                                if r0 + rr < QR:
+                                    ob = (rr * EP + eq) * 4
+                                    al = sc[rr]
+                                    a0 = o[ob] * al
+                                    a1 = o[ob + 1] * al
+                                    a2 = o[ob + 2] * al
+                                    a3 = o[ob + 3] * al
+                                    for u in range(ATT5_SUB):
+                                        p = sm[PB + u * RW + rr]
+                                        a0 += p * vb[4 * u]
+                                        a1 += p * vb[4 * u + 1]
+                                        a2 += p * vb[4 * u + 2]
+                                        a3 += p * vb[4 * u + 3]
+                                    o[ob] = a0
+                                    o[ob + 1] = a1
+                                    o[ob + 2] = a2
+                                    o[ob + 3] = a3
+                    syncwarp()                               # P is rewritten by the next step
+                for eq in range(EP):                         # this warp's partial, in the v1-v4 layout
+                    e4 = lane + eq * 32
+                    if e4 < dv4:
+                        for rr in range(RW):
+                            r = r0 + rr
+                            if r < QR:
+                                i = r // rep
+                                h = g * rep + r - i * rep
+                                ob = (rr * EP + eq) * 4
+                                pbase = ((s * nh + h) * 16 + i) * dv + e4 * 4
+                                po[pbase] = o[ob]
+                                po[pbase + 1] = o[ob + 1]
+                                po[pbase + 2] = o[ob + 2]
+                                po[pbase + 3] = o[ob + 3]
+                if lane < RW and r0 + lane < QR:
+                    r = r0 + lane
+                    i = r // rep
+                    h = g * rep + r - i * rep
+                    b = ((s * nh + h) * 16 + i) * 2
+                    pml[b] = sm[MB + lane]
+                    pml[b + 1] = sm[LB + lane]
+            cuda.syncthreads()                               # the query rows are restaged for the next item
+
+    attn_partial_v5.QMAX, attn_partial_v5.RW, attn_partial_v5.EP, attn_partial_v5.MAXREG = QMAX, RW, EP, MAXREG
+    attn_partial_v5.NW = NW
+    return attn_partial_v5
 
 
 @cuda.jit

@@ -276,6 +276,7 @@ ATTN_CASES = [  # n, start, nh, g, dk, dv, C     (MLA: g = 1, V = the first dv c
     (2, 6, 4, 1, 20, 16, 4),          # MLA shape: dk = r + dr = 20, dv = r = 16, 2 query rows
     (3, 5, 2, 2, 6, 6, 8),            # dk % 4 != 0: scalar key loads
     (2, 150, 4, 2, 16, 16, 32),       # v4: 5 sub-chunks of 32 keys over 3 blocks (shares 1, 2, 2), ragged last
+    (2, 40, 4, 2, 32, 16, 8),         # v5: 6 steps of 8 keys over 3 warps (shares 2, 2, 2), ragged last
 ]
 if GPU:
     ATTN_CASES += [(n, s, 32, 8, 128, 128, 256) for n in (1, 4, 8) for s in (511, 4000)]
@@ -283,13 +284,18 @@ if GPU:
     ATTN_CASES += [(16, 1000, 16, 8, 128, 128, 256), (4, 700, 32, 8, 64, 64, 256), (3, 2, 8, 4, 256, 256, 128)]
 
 
-@pytest.mark.parametrize("version", ["v1", "v2", "v3", "v4"])
+@pytest.mark.parametrize("version", ["v1", "v2", "v3", "v4", "v5"])
 @pytest.mark.parametrize("n,start,nh,g,dk,dv,C", ATTN_CASES)
 def test_attention(request, n, start, nh, g, dk, dv, C, version):
     """v1 / v2 partials merged by attn_combine; v3 (dk % 4 == 0 only: the backend falls back to v2) and v4
     (also <= 32 query rows per KV group) by attn_combine_v2."""
-    if version in ("v3", "v4") and dk % 4:
+    if version in ("v3", "v4", "v5") and dk % 4:
         pytest.skip(f"{version} reads keys 16 bytes at a time; the backend runs v2 for dk % 4 != 0")
+    if version == "v5" and SIM and start > 100:
+        pytest.skip("v5 runs 32 simulated lanes: too slow over 150 keys (the 40-key case covers runs of steps)")
+    if version == "v5" and ((nh // g) * gemm.nmax_for(n) > K.ATT5_MAXQ or dv % 4 or dk % 16):
+        pytest.skip("v5 holds <= 16 query rows per KV group, splits keys in 16-byte quarters and reads V 16 bytes at "
+                    "a time; the backend runs v4 beyond")
     if version == "v4" and ((nh // g) * gemm.nmax_for(n) > 32 or
                             K.attn_v4_smem(K.attn_v4_qmax(nh // g, gemm.nmax_for(n)), dk) > 48 * 1024):
         pytest.skip("v4 holds <= 32 query rows per KV group in <= 48 KB; the backend runs v3 beyond")
@@ -318,7 +324,16 @@ def test_attention(request, n, start, nh, g, dk, dv, C, version):
         kern = K.make_attention_v4(qmax, math.ceil(dv / nt), max(1, nt // 32))
         kern[g * split, nt, 0, K.attn_v4_smem(qmax, dk)](
             dev(q), nh * dk, 0, kd, g * dk, vd, ldv, po, pml, meta, n, nh, nh // g, dk, dv, scale, split)
-        K.attn_combine_v2[n * nh, nt](po, pml, out, nh * dv + 4, 4, meta, n, nh, dv, C, split)
+        K.attn_combine_v2[n * nh, nt](po, pml, out, nh * dv + 4, 4, meta, n, nh, dv, K.ATT4_SUB, split)
+    elif version == "v5":
+        # split = blocks per group: shares of several 8-key steps
+        split = min(S, 3 if SIM else 264)
+        qmax = K.attn_v4_qmax(nh // g, NQ)
+        rw = K.ATT5_RW if (GPU or n == 3) else qmax  # the simulator: 2 warps in one case (32 lanes each), else 1
+        kern = K.make_attention_v5(qmax, rw, math.ceil(dv / 128))
+        kern[g * split, 32 * kern.NW, 0, K.attn_v5_smem(qmax, dk, rw)](
+            dev(q), nh * dk, 0, kd, g * dk, vd, ldv, po, pml, meta, n, nh, nh // g, dk, dv, scale, split)
+        K.attn_combine_v2[n * nh, nt](po, pml, out, nh * dv + 4, 4, meta, n, nh, dv, K.ATT5_SUB, split)
     else:
         make = {"v1": K.make_attention, "v2": K.make_attention_v2, "v3": K.make_attention_v3}[version]
         make(NQ)[nh * S, nt, 0, (NQ * dk + NQ * C) * 4](
