@@ -578,6 +578,19 @@ def attn_v4_smem(QMAX: int, dk: int) -> int:
     return (ATT4_SUB * (dk + 1) + QMAX * dk + QMAX * ATT4_SUB + 3 * QMAX) * 4
 
 
+@cuda.jit(device=True, inline=True)
+def ld_group_q4(q, ldq, qoff, g, rep, dk, QR, idx):
+    """4 floats (one 16-byte load) of KV group g's query rows, flat index idx over [QR rows, dk / 4]: row
+    r = i * rep + hh is query i, head g * rep + hh. Zeros past the QR rows (v4 and v5 stage these in shared memory)."""
+    d4 = dk // 4
+    x0 = x1 = x2 = x3 = float32(0.0)
+    if idx < QR * d4:
+        r = idx // d4
+        i = r // rep
+        x0, x1, x2, x3 = ld_f32x4(q, i * ldq + qoff + (g * rep + r - i * rep) * dk + (idx - r * d4) * 4)
+    return x0, x1, x2, x3
+
+
 @factory
 def make_attention_v4(QMAX: int, EMAX: int, NW: int, MAXREG: int = 0):
     """attn_partial v4: one block per (KV group, run of 32-key sub-chunks), all rep x n query rows of the group.
@@ -641,12 +654,7 @@ def make_attention_v4(QMAX: int, EMAX: int, NW: int, MAXREG: int = 0):
             # query rows r = i * rep + hh (query i, head g * rep + hh) -> smem, STAGE 16-byte loads in flight per thread
             for base in range(0, QR * d4, STAGE * nt):
                 for u in range(STAGE):
-                    idx = base + tid + u * nt
-                    x0 = x1 = x2 = x3 = float32(0.0)
-                    if idx < QR * d4:
-                        r = idx // d4
-                        i = r // rep
-                        x0, x1, x2, x3 = ld_f32x4(q, i * ldq + qoff + (g * rep + r - i * rep) * dk + (idx - r * d4) * 4)
+                    x0, x1, x2, x3 = ld_group_q4(q, ldq, qoff, g, rep, dk, QR, base + tid + u * nt)
                     buf[4 * u] = x0
                     buf[4 * u + 1] = x1
                     buf[4 * u + 2] = x2
@@ -856,12 +864,7 @@ def make_attention_v5(QMAX: int, RW: int, EP: int, MAXREG: int = 0):
             # the group's query rows r = i * rep + hh (query i, head g * rep + hh) -> shared memory, 4 loads in flight
             for base in range(0, QR * d4, 4 * nt):
                 for u in range(4):
-                    idx = base + tid + u * nt
-                    x0 = x1 = x2 = x3 = float32(0.0)
-                    if idx < QR * d4:
-                        r = idx // d4
-                        i = r // rep
-                        x0, x1, x2, x3 = ld_f32x4(q, i * ldq + qoff + (g * rep + r - i * rep) * dk + (idx - r * d4) * 4)
+                    x0, x1, x2, x3 = ld_group_q4(q, ldq, qoff, g, rep, dk, QR, base + tid + u * nt)
                     kb[4 * u] = x0
                     kb[4 * u + 1] = x1
                     kb[4 * u + 2] = x2
