@@ -280,17 +280,17 @@ class CudaModel:
                  _spec=None, _path=None, _tokenizer=None):
         """attention: "v1", "v2" (unrolled loads, 64-key chunks), "v3" (a warp per key, 32-key chunks,
         parallel chunk merge), "v4" (one block per KV group and run of keys, all the group's query rows at once;
-        falls back to v3 for more than 32 query rows a group, e.g. MLA) or "v5" (the default: a warp per share of a
-        group's keys, 8 keys a step, for groups of <= ATT5_ROWS query rows, i.e. 1- and 2-token steps of a GQA
-        model with 4 heads per KV group; v4 above); NOTES.md has each one's H100 numbers. gemm_tuning: {NMAX or (N, K, NMAX): (R, U[, WARPS])} overrides of the skinny-GEMM launch
-        shape (default gemm.TUNED_H100: R = 8, U = 2 for 5..8 tokens; {} for none; autotune.tune_gemms measures
-        one for a model). row_threads: threads per block of the one-row-per-block kernels (RMSNorm, embedding,
-        cache write); 128 left a 4096-wide RMSNorm latency-bound at ~20 us (NOTES.md). fuse_rope_cache: GQA
+        falls back to v3 for more than 32 query rows a group, e.g. MLA) or "v5" (the default: a block per share of
+        a group's keys, a warp per 4 query rows, 8 keys a step, for groups of <= attention_v5_rows query rows; v4
+        above); NOTES.md has each one's H100 numbers. gemm_tuning: {NMAX or (N, K, NMAX): (R, U[, WARPS])}
+        overrides of the skinny-GEMM launch shape (default gemm.TUNED_H100: R = 8, U = 2 for 5..8 tokens; {} for
+        none; autotune.tune_gemms measures one for a model). row_threads: threads per block of the one-row-per-block
+        kernels (RMSNorm, embedding, cache write); 128 left a 4096-wide RMSNorm latency-bound at ~20 us (NOTES.md). fuse_rope_cache: GQA
         layers run rope on q and k and both cache writes as one kernel (rope_qk_cache) instead of four.
         fuse_norm: the RMSNorm before a GQA layer's q|k|v projection and before a dense MLP is applied inside
         that GEMM's x load (gemm.make_gemm_v2 NORM) instead of a launch of its own. attention_v5_rows: with
         attention="v5", KV groups of at most this many query rows (heads per group x tokens) run v5, larger ones v4
-        (default ATT5_ROWS; at most kernels.ATT5_MAXQ)."""
+        (default ATT5_ROWS = 8: 1- and 2-token steps at 4 heads per KV group; at most kernels.ATT5_MAXQ)."""
         self.base = model
         self.config = model.config if model is not None else _config
         self.spec: FamilySpec = model.spec if model is not None else _spec

@@ -845,7 +845,7 @@ def make_attention_v5(QMAX: int, RW: int, EP: int, MAXREG: int = 0):
         r0 = w * RW                                          # this warp's rows r0 .. r0 + RW - 1 (those < QR)
         d4 = dk // 4
         dq4 = dk // 16                                       # 16-byte loads per quarter row
-        dqp = dk // 4 + 4                                    # a padded quarter row in shared memory
+        dqp = d4 + 4                                         # a padded quarter row in shared memory
         qrow = dk + 16
         dv4 = dv // 4
         nkv = nh // rep
@@ -873,9 +873,9 @@ def make_attention_v5(QMAX: int, RW: int, EP: int, MAXREG: int = 0):
                     idx = base + tid + u * nt
                     if idx < QR * d4:
                         r = idx // d4
-                        c = (idx - r * d4) * 4               # column: quarter c // (dk / 4), padded
-                        cq = c // (dk // 4)
-                        b = r * qrow + cq * dqp + c - cq * (dk // 4)
+                        c = (idx - r * d4) * 4               # column: quarter c // d4, padded
+                        cq = c // d4
+                        b = r * qrow + cq * dqp + c - cq * d4
                         sm[b] = kb[4 * u]
                         sm[b + 1] = kb[4 * u + 1]
                         sm[b + 2] = kb[4 * u + 2]
@@ -895,7 +895,7 @@ def make_attention_v5(QMAX: int, RW: int, EP: int, MAXREG: int = 0):
                     t = t0 + kk                              # this lane's key
                     for rr in range(RW):
                         sc[rr] = float32(0.0)
-                    kbase = t * ldk + g * dk + qq * (dk // 4)
+                    kbase = t * ldk + g * dk + qq * d4
                     for e0 in range(0, dq4, 8):              # scores: the quarter row's loads all in flight
                         for u in range(8):
                             x0 = x1 = x2 = x3 = float32(0.0)

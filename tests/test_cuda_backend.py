@@ -98,13 +98,13 @@ def test_forward_matches_numpy(oracle_model, variant, request):
 def test_attention_variants_and_fused_rope(tiny_checkpoint, opts, monkeypatch):
     """The non-default variants (attention v1 / v2 / v3 / v4, untuned GEMM, narrow row kernels, separate RMSNorm,
     rope and cache-write launches) give the NumPy engine's tokens and logits."""
+    from kernels_cuda import backend
     path = tiny_checkpoint("mimo", **SMALL)
     m = load_model(path)
     if opts.get("attention_v5_rows", 0) > 4 and SIM:
         pytest.skip("4 simulated warps of 32 lanes: too slow; tests/test_kernels.py checks v5 with up to 8 rows "
                     "(16 on the GPU)")
     if opts.get("attention") == "v5":               # the simulator runs v5 only where asked (32 lanes: slow)
-        from kernels_cuda import backend
         monkeypatch.setattr(backend, "SIM_RUNS_V5", True)
         for k in [k for k in backend._KCACHE if k[:2] == ("attn", "v5")]:
             del backend._KCACHE[k]                  # so that the check below sees this test's launches
@@ -116,7 +116,6 @@ def test_attention_variants_and_fused_rope(tiny_checkpoint, opts, monkeypatch):
     _, l2 = cm.forward(ids, cm.new_cache())
     assert rel(l2, l1) < 1e-4
     if opts.get("attention") == "v5":               # v5 ran (it is not the fallback of some shape)
-        from kernels_cuda import backend
         assert any(k[:2] == ("attn", "v5") for k in backend._KCACHE)
 
 
