@@ -285,8 +285,8 @@ class CudaModel:
         above); NOTES.md has each one's H100 numbers. gemm_tuning: {NMAX or (N, K, NMAX): (R, U[, WARPS])}
         overrides of the skinny-GEMM launch shape (default gemm.TUNED_H100: R = 8, U = 2 for 5..8 tokens; {} for
         none; autotune.tune_gemms measures one for a model). row_threads: threads per block of the one-row-per-block
-        kernels (RMSNorm, embedding, cache write); 128 left a 4096-wide RMSNorm latency-bound at ~20 us (NOTES.md). fuse_rope_cache: GQA
-        layers run rope on q and k and both cache writes as one kernel (rope_qk_cache) instead of four.
+        kernels (RMSNorm, embedding, cache write); 128 left a 4096-wide RMSNorm latency-bound at ~20 us (NOTES.md).
+        fuse_rope_cache: GQA layers run rope on q and k and both cache writes as one kernel (rope_qk_cache) instead of four.
         fuse_norm: the RMSNorm before a GQA layer's q|k|v projection and before a dense MLP is applied inside
         that GEMM's x load (gemm.make_gemm_v2 NORM) instead of a launch of its own. attention_v5_rows: with
         attention="v5", KV groups of at most this many query rows (heads per group x tokens) run v5, larger ones v4
