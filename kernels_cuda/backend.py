@@ -286,11 +286,12 @@ class CudaModel:
         overrides of the skinny-GEMM launch shape (default gemm.TUNED_H100: R = 8, U = 2 for 5..8 tokens; {} for
         none; autotune.tune_gemms measures one for a model). row_threads: threads per block of the one-row-per-block
         kernels (RMSNorm, embedding, cache write); 128 left a 4096-wide RMSNorm latency-bound at ~20 us (NOTES.md).
-        fuse_rope_cache: GQA layers run rope on q and k and both cache writes as one kernel (rope_qk_cache) instead of four.
-        fuse_norm: the RMSNorm before a GQA layer's q|k|v projection and before a dense MLP is applied inside
-        that GEMM's x load (gemm.make_gemm_v2 NORM) instead of a launch of its own. attention_v5_rows: with
-        attention="v5", KV groups of at most this many query rows (heads per group x tokens) run v5, larger ones v4
-        (default ATT5_ROWS = 8: 1- and 2-token steps at 4 heads per KV group; at most kernels.ATT5_MAXQ)."""
+        fuse_rope_cache: GQA layers run rope on q and k and both cache writes as one kernel (rope_qk_cache)
+        instead of four. fuse_norm: the RMSNorm before a GQA layer's q|k|v projection and before a dense MLP is
+        applied inside that GEMM's x load (gemm.make_gemm_v2 NORM) instead of a launch of its own.
+        attention_v5_rows: with attention="v5", KV groups of at most this many query rows (heads per group x
+        tokens) run v5, larger ones v4 (default ATT5_ROWS = 8: 1- and 2-token steps at 4 heads per KV group; at
+        most kernels.ATT5_MAXQ)."""
         self.base = model
         self.config = model.config if model is not None else _config
         self.spec: FamilySpec = model.spec if model is not None else _spec
