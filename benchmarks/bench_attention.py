@@ -33,19 +33,34 @@ from mtp_ref import ops  # noqa: E402
 NH, NKV, HD = 32, 8, 128
 LAYERS = 20
 # name -> version and options: maxreg (v4 / v5 register cap), split (factor on the default blocks / warps per KV group),
-# what is timed ("both" = partial + merge, "partial", "merge"), v5's query rows per warp (rw)
+# what is timed ("both" = partial + merge, "partial", "merge"), v5 / v6's query rows per warp (rw), v6's pipelining
+# (pipe: 2 = a step's keys requested after the previous step's scores, 1 = with its values after the previous P V),
+# the merge kernel (combine)
 V4 = dict(version="v4", maxreg=K.ATT4_MAXREG)
 V5 = dict(version="v5", rw=K.ATT5_RW, maxreg=None)            # None: the backend's cap for the number of rows
+V6 = dict(version="v6", rw=K.ATT6_RW, maxreg=None, combine="v3", pipe=2)
 VARIANTS = {"v3": dict(version="v3"), "v4 no cap": dict(V4, maxreg=0), "v4": V4,
             "v4 partial": dict(V4, what="partial"), "v4 merge": dict(V4, what="merge"),
             "v4 split/2": dict(V4, split=0.5), "v4 split x2": dict(V4, split=2),
             "v5": V5, "v5 partial": dict(V5, what="partial"), "v5 merge": dict(V5, what="merge"),
             "v5 rw2": dict(V5, rw=2), "v5 rw8": dict(V5, rw=8), "v5 split/2": dict(V5, split=0.5),
-            "v5 split/4": dict(V5, split=0.25), "v5 cap 128": dict(V5, maxreg=128), "v5 no cap": dict(V5, maxreg=0)}
+            "v5 split/4": dict(V5, split=0.25), "v5 cap 128": dict(V5, maxreg=128), "v5 no cap": dict(V5, maxreg=0),
+            "v5 c3": dict(V5, combine="v3"),
+            "v6": V6, "v6 partial": dict(V6, what="partial"), "v6 merge": dict(V6, what="merge"),
+            "v6 c2": dict(V6, combine="v2"), "v6 x2": dict(V6, split=2), "v6 x4": dict(V6, split=4),
+            "v6 split/2": dict(V6, split=0.5), "v6 split/4": dict(V6, split=0.25), "v6 rw1": dict(V6, rw=1),
+            "v6 rw4": dict(V6, rw=4),
+            "v6 pipe1": dict(V6, pipe=1), "v6 cap 128": dict(V6, maxreg=128), "v6 cap 168": dict(V6, maxreg=168),
+            "v6 rw4 cap 168": dict(V6, rw=4, maxreg=168)}
 
 
-def split_for(v: dict, S: int, sms: int) -> int:
-    """As CudaModel: v4 ~4 blocks per SM, v5 ~ATT5_BLOCKS_PER_SM blocks per SM, over the KV groups."""
+def split_for(v: dict, S: int, sms: int, n: int = 1) -> int:
+    """As CudaModel: v4 ~4 blocks per SM, v5 ~ATT5_BLOCKS_PER_SM blocks per SM, over the KV groups; v6
+    ATT6_WARPS_PER_SM warps per SM over the groups' blocks of ceil(rows / rw) warps (counted up to ATT6_SPLIT_NW)."""
+    if v["version"] == "v6":
+        nw = math.ceil(K.attn_v4_qmax(NH // NKV, gemm.nmax_for(n)) / v["rw"])
+        return max(1, min(S, math.ceil(K.ATT6_WARPS_PER_SM * sms * v.get("split", 1) /
+                                       (NKV * min(nw, K.ATT6_SPLIT_NW)))))
     per_sm = K.ATT5_BLOCKS_PER_SM if v["version"] == "v5" else 4
     return max(1, min(S, math.ceil(per_sm * sms * v.get("split", 1) / NKV)))
 
@@ -56,25 +71,34 @@ def launches_for(stream, v, n, cap, qd, kcs, vcs, po, pml, out, meta, split, nt=
     rep = NH // NKV
     scale = HD ** -0.5
     parts, merges = [], []
-    if v["version"] in ("v4", "v5"):
+    if v["version"] in ("v4", "v5", "v6"):
         qmax = K.attn_v4_qmax(rep, nq)
         if v["version"] == "v4":
             kern = K.make_attention_v4(qmax, math.ceil(HD / nt), nt // 32, v["maxreg"])
             smem, grid, unit = K.attn_v4_smem(qmax, HD), NKV * split, K.ATT4_SUB
         else:
             if rep * nq > K.ATT5_MAXQ:
-                raise ValueError(f"v5 holds <= {K.ATT5_MAXQ} query rows per KV group")
+                raise ValueError(f"v5 / v6 hold <= {K.ATT5_MAXQ} query rows per KV group")
             rw = min(qmax, v["rw"])
-            cap = v["maxreg"] if v["maxreg"] is not None else (K.ATT5_MAXREG if qmax <= K.ATT5_RW else
-                                                               K.ATT5_MAXREG_WIDE)
-            kern = K.make_attention_v5(qmax, rw, math.ceil(HD / 128), cap)
+            if v["version"] == "v5":
+                cap = v["maxreg"] if v["maxreg"] is not None else (K.ATT5_MAXREG if qmax <= K.ATT5_RW else
+                                                                   K.ATT5_MAXREG_WIDE)
+                kern = K.make_attention_v5(qmax, rw, math.ceil(HD / 128), cap)
+            else:
+                cap = v["maxreg"] if v["maxreg"] is not None else (K.ATT6_MAXREG if qmax <= rw else
+                                                                   K.ATT6_MAXREG_WIDE)
+                kern = K.make_attention_v6(qmax, rw, HD // 16, math.ceil(HD / 128), cap, v["pipe"])
             nt = 32 * kern.NW
             smem, grid, unit = K.attn_v5_smem(qmax, HD, rw), NKV * split, K.ATT5_SUB
         for kc, vc in zip(kcs, vcs):
             parts.append(lambda kc=kc, vc=vc: kern[grid, nt, stream, smem](
                 qd, NH * HD, 0, kc, NKV * HD, vc, NKV * HD, po, pml, meta, n, NH, rep, HD, HD, scale, split))
-            merges.append(lambda: K.attn_combine_v2[n * NH, 128, stream](po, pml, out, NH * HD, 0, meta, n, NH, HD,
-                                                                         unit, split))
+            if v.get("combine", "v2") == "v3":
+                merges.append(lambda: K.attn_combine_v3[n * NH, 32 * K.COMBINE3_SL, stream](
+                    po, pml, out, NH * HD, 0, meta, n, NH, HD, unit, split))
+            else:
+                merges.append(lambda: K.attn_combine_v2[n * NH, 128, stream](po, pml, out, NH * HD, 0, meta, n, NH,
+                                                                             HD, unit, split))
     else:
         C = 32
         S = math.ceil(cap / C)
@@ -132,7 +156,7 @@ def main():
             for name in variants:
                 v = VARIANTS[name]
                 try:
-                    sp = split_for(v, S, sms)
+                    sp = split_for(v, S, sms, n)
                     parts, merges = launches_for(stream, v, n, cap, qd, kcs, vcs, po, pml, out, meta, sp)
                     parts[1]()
                     merges[1]()

@@ -242,17 +242,25 @@ CONFIGS = {  # name -> CudaModel options (NOTES.md has each one's numbers)
     "v3": {"attention": "v3", "gemm_tuning": "TUNED_H100", "row_threads": 1024,  # warp-per-key attention, wide rows
            "fuse_norm": False, "fuse_rope_cache": False},
     "v4": {"attention": "v3", "gemm_tuning": "TUNED_H100", "row_threads": 1024,  # v3 + rope/cache-write fused
-           "fuse_norm": False, "fuse_rope_cache": True},
+           "fuse_norm": False, "fuse_rope_cache": True, "rope_per_head": False},
     "v5": {"attention": "v4", "gemm_tuning": "TUNED_H100", "row_threads": 1024,  # GQA-group attention, RMSNorm in
-           "fuse_norm": True, "fuse_rope_cache": True},                          # the GEMMs
+           "fuse_norm": True, "fuse_rope_cache": True, "rope_per_head": False},  # the GEMMs
     "v5t": {"attention": "v4", "gemm_tuning": "auto", "row_threads": 1024,       # v5 + launch shapes measured per
-            "fuse_norm": True, "fuse_rope_cache": True},                         # weight shape (autotune.py)
+            "fuse_norm": True, "fuse_rope_cache": True, "rope_per_head": False},  # weight shape (autotune.py)
     "v6r4": {"attention": "v5", "attention_v5_rows": 4, "gemm_tuning": "TUNED_H100",  # v5 + attention v5 (a warp
-             "row_threads": 1024, "fuse_norm": True, "fuse_rope_cache": True},      # per 8-key share), 1-token steps
+             "row_threads": 1024, "fuse_norm": True, "fuse_rope_cache": True,       # per 8-key share), 1-token
+             "rope_per_head": False},                                               # steps
     "v6": {"attention": "v5", "attention_v5_rows": 8, "gemm_tuning": "TUNED_H100",  # ... and 2-token steps
-           "row_threads": 1024, "fuse_norm": True, "fuse_rope_cache": True},        # (CudaModel's default, 11-26)
+           "row_threads": 1024, "fuse_norm": True, "fuse_rope_cache": True,        # (CudaModel's default, 11-26
+           "rope_per_head": False},                                                # morning)
     "v6r16": {"attention": "v5", "attention_v5_rows": 16, "gemm_tuning": "TUNED_H100",  # ... and 3-4 tokens
-              "row_threads": 1024, "fuse_norm": True, "fuse_rope_cache": True},
+              "row_threads": 1024, "fuse_norm": True, "fuse_rope_cache": True, "rope_per_head": False},
+    "v7r": {"attention": "v6", "gemm_tuning": "TUNED_H100", "row_threads": 1024,  # v6 + attention v6 (v5 pipelined)
+            "fuse_norm": True, "fuse_rope_cache": True, "rope_per_head": False},  # for <= 16 rows
+    "v7": {"attention": "v6", "gemm_tuning": "TUNED_H100", "row_threads": 1024,   # ... + rope / cache writes a
+           "fuse_norm": True, "fuse_rope_cache": True, "rope_per_head": True},    # block per head (default, 11-26)
+    "v7r8": {"attention": "v6", "attention_v6_rows": 8, "gemm_tuning": "TUNED_H100",  # v7, 3-4-token steps on v4
+             "row_threads": 1024, "fuse_norm": True, "fuse_rope_cache": True, "rope_per_head": True},
 }
 
 
@@ -261,7 +269,7 @@ def main():
     ap.add_argument("--json", default=None)
     ap.add_argument("--layers", type=int, default=36)
     ap.add_argument("--no-hf", action="store_true")
-    ap.add_argument("--configs", default="v5,v6", help="comma-separated names of CONFIGS to measure")
+    ap.add_argument("--configs", default="v6,v7", help="comma-separated names of CONFIGS to measure")
     a = ap.parse_args()
     import gc
 

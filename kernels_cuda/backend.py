@@ -273,25 +273,29 @@ class DeviceCache:
 # ----------------------------------------------------------------------------- the model
 class CudaModel:
     def __init__(self, model=None, *, max_context: int = 4096, use_graphs: bool | None = None,
-                 fp8: str = "kernel", gemm_lanes: int | None = None, attention: str = "v5",
+                 fp8: str = "kernel", gemm_lanes: int | None = None, attention: str = "v6",
                  gemm_tuning: dict | None = None, row_threads: int = 1024, fuse_rope_cache: bool = True,
-                 fuse_norm: bool = True, attention_v5_rows: int | None = None,
+                 fuse_norm: bool = True, attention_v5_rows: int | None = None, attention_v6_rows: int | None = None,
+                 rope_per_head: bool = True,
                  _source=None, _config=None,
                  _spec=None, _path=None, _tokenizer=None):
         """attention: "v1", "v2" (unrolled loads, 64-key chunks), "v3" (a warp per key, 32-key chunks,
         parallel chunk merge), "v4" (one block per KV group and run of keys, all the group's query rows at once;
-        falls back to v3 for more than 32 query rows a group, e.g. MLA) or "v5" (the default: a block per share of
-        a group's keys, a warp per 4 query rows, 8 keys a step, for groups of <= attention_v5_rows query rows; v4
-        above); NOTES.md has each one's H100 numbers. gemm_tuning: {NMAX or (N, K, NMAX): (R, U[, WARPS])}
+        falls back to v3 for more than 32 query rows a group, e.g. MLA), "v5" (a block per share of a group's keys,
+        a warp per 4 query rows, 8 keys a step, for groups of <= attention_v5_rows query rows; v4 above) or "v6"
+        (the default: v5 with each step's key and value loads requested a step ahead, a warp per 2 query rows, for
+        groups of <= attention_v6_rows query rows and head dims <= 256; v5's rules above); NOTES.md has each one's
+        H100 numbers. gemm_tuning: {NMAX or (N, K, NMAX): (R, U[, WARPS])}
         overrides of the skinny-GEMM launch shape (default gemm.TUNED_H100: R = 8, U = 2 for 5..8 tokens; {} for
         none; autotune.tune_gemms measures one for a model). row_threads: threads per block of the one-row-per-block
         kernels (RMSNorm, embedding, cache write); 128 left a 4096-wide RMSNorm latency-bound at ~20 us (NOTES.md).
         fuse_rope_cache: GQA layers run rope on q and k and both cache writes as one kernel (rope_qk_cache)
-        instead of four. fuse_norm: the RMSNorm before a GQA layer's q|k|v projection and before a dense MLP is
+        instead of four; rope_per_head: that kernel runs a block per (token, head) (rope_qk_cache_v2) instead of
+        per token. fuse_norm: the RMSNorm before a GQA layer's q|k|v projection and before a dense MLP is
         applied inside that GEMM's x load (gemm.make_gemm_v2 NORM) instead of a launch of its own.
         attention_v5_rows: with attention="v5", KV groups of at most this many query rows (heads per group x
         tokens) run v5, larger ones v4 (default ATT5_ROWS = 8: 1- and 2-token steps at 4 heads per KV group; at
-        most kernels.ATT5_MAXQ)."""
+        most kernels.ATT5_MAXQ). attention_v6_rows: the same for attention="v6" (default ATT6_ROWS = 16)."""
         self.base = model
         self.config = model.config if model is not None else _config
         self.spec: FamilySpec = model.spec if model is not None else _spec
@@ -313,11 +317,13 @@ class CudaModel:
         self.nt = K.NT
         self.nt_row = 1 if SIM else int(row_threads)
         self.fuse_rope_cache = bool(fuse_rope_cache)
+        self.rope_per_head = bool(rope_per_head)
         self.fuse_norm = bool(fuse_norm)
-        if attention not in ("v1", "v2", "v3", "v4", "v5"):
-            raise ValueError(f"attention must be 'v1', 'v2', 'v3', 'v4' or 'v5', not {attention!r}")
+        if attention not in ("v1", "v2", "v3", "v4", "v5", "v6"):
+            raise ValueError(f"attention must be 'v1', 'v2', 'v3', 'v4', 'v5' or 'v6', not {attention!r}")
         self.attention = attention
         self.attn5_rows = min(K.ATT5_MAXQ, ATT5_ROWS if attention_v5_rows is None else int(attention_v5_rows))
+        self.attn6_rows = min(K.ATT5_MAXQ, ATT6_ROWS if attention_v6_rows is None else int(attention_v6_rows))
         # Gated DeltaNet (what mtp_ref.speculative checks): the recurrent form, with per-token snapshots of up to
         # NMAX tokens per forward kept on the device (longer inputs are fed NMAX at a time)
         self.delta_rule = "recurrent"
@@ -570,11 +576,13 @@ class CudaModel:
         self.logits_host = cuda.pinned_array(z * V, np.float32)
         self.h_host = cuda.pinned_array(z * H, np.float32)
         self.am_dev = cuda.to_device(np.zeros(z, np.int32))
+        self.am_pv = dev(z * K.ARGMAX_SLICES)                 # the two-stage argmax's per-slice (max, index)
+        self.am_pi = cuda.to_device(np.zeros(z * K.ARGMAX_SLICES, np.int32))
         self.am_host = cuda.pinned_array(z, np.int32)
         # attention split-K scratch, sized for the cache capacity
         nh = cfg.num_attention_heads
         self.attn_C = {nq: K.attn_chunk(nq, self.dk) for nq in (1, 2, 4, 8, 16)}
-        if self.attention in ("v2", "v3", "v4", "v5"):
+        if self.attention in ("v2", "v3", "v4", "v5", "v6"):
             cmax = 64 if self.attention == "v2" or self.dk % 4 else 32   # v3 falls back to v2 when dk % 4
             self.attn_C = {nq: min(cmax, c) for nq, c in self.attn_C.items()}
         S = max(math.ceil(self.cap / c) for c in self.attn_C.values())
@@ -587,6 +595,9 @@ class CudaModel:
         # v5: a block per share, about ATT5_BLOCKS_PER_SM blocks per SM over all KV groups (a share is >= 8 keys:
         # at short contexts fewer blocks have work); PO / PML hold S >= cap / 32 shares
         self.attn5_split = max(1, min(S, 2 if SIM else math.ceil(K.ATT5_BLOCKS_PER_SM * sms / self.groups)))
+        # v6: about ATT6_WARPS_PER_SM warps per SM over blocks of nw warps (attn6_split(nw); kernels.py)
+        self.attn6_split = lambda nw: max(1, min(S, 2 if SIM else math.ceil(
+            K.ATT6_WARPS_PER_SM * sms / (self.groups * min(nw, K.ATT6_SPLIT_NW)))))
         self.PO = dev(S * nh * 16 * self.dv_att)
         self.PML = dev(S * nh * 16 * 2)
         # MoE scratch
@@ -674,7 +685,21 @@ class CudaModel:
         S = math.ceil(self.cap / C)
         vec = 1 if (dk % 4 == 0 and ldk % 4 == 0) else 0
         st = self.stream
-        if (self.attention == "v5" and dk % 16 == 0 and dk <= 512 and ldk % 4 == 0 and ldq % 4 == 0
+        if (self.attention == "v6" and dk % 16 == 0 and dk <= 16 * K.ATT6_MAXDQ and ldk % 4 == 0 and ldq % 4 == 0
+                and qoff % 4 == 0 and dv % 4 == 0 and ldv % 4 == 0 and rep * nq <= self.attn6_rows
+                and (SIM_RUNS_V5 or not SIM)):
+            qmax = K.attn_v4_qmax(rep, nq)
+            rw = min(qmax, K.ATT6_RW)
+            smem = K.attn_v5_smem(qmax, dk, rw)
+            if smem <= 48 * 1024:
+                kp = _attn_v6_kernel(qmax, rw, dk // 16, math.ceil(dv / 128))
+                split = self.attn6_split(kp.NW)
+                kp[self._grid((nh // rep) * split), 32 * kp.NW, st, smem](           # 32 lanes, also simulated
+                    q, ldq, qoff, kc, ldk, vc, ldv, self.PO, self.PML, self.meta, n, nh, rep, dk, dv, self.scale, split)
+                K.attn_combine_v3[self._grid(n * nh), 32 * (1 if SIM else K.COMBINE3_SL), st](
+                    self.PO, self.PML, out, ldo, ooff, self.meta, n, nh, dv, K.ATT5_SUB, split)
+                return
+        if (self.attention in ("v5", "v6") and dk % 16 == 0 and dk <= 512 and ldk % 4 == 0 and ldq % 4 == 0
                 and qoff % 4 == 0 and dv % 4 == 0 and ldv % 4 == 0 and rep * nq <= self.attn5_rows
                 and (SIM_RUNS_V5 or not SIM)):
             qmax = K.attn_v4_qmax(rep, nq)
@@ -688,7 +713,7 @@ class CudaModel:
                 K.attn_combine_v2[self._grid(n * nh), self.nt, st](self.PO, self.PML, out, ldo, ooff, self.meta, n, nh,
                                                                    dv, K.ATT5_SUB, split)
                 return
-        if self.attention in ("v4", "v5") and vec and ldq % 4 == 0 and qoff % 4 == 0 and rep * nq <= 32:
+        if self.attention in ("v4", "v5", "v6") and vec and ldq % 4 == 0 and qoff % 4 == 0 and rep * nq <= 32:
             qmax = K.attn_v4_qmax(rep, nq)
             smem = K.attn_v4_smem(qmax, dk)
             if smem <= 48 * 1024:
@@ -784,9 +809,14 @@ class CudaModel:
                 self._rmsnorm(QKV, W, ko, nkv, hd, L["k_norm"], QKV, W, ko, n)
             half = cfg.rotary_dim // 2
             if self.fuse_rope_cache and half <= K.ROPE_MAX_HALF:
-                K.rope_qk_cache[self._grid(n), self.nt_row, st](QKV, W, 0, nh, ko, nkv, ko + nkv * hd, hd, half,
-                                                               self.meta, self.inv_freq, self.att, self.style,
-                                                               kc, vc, nkv * hd, n)
+                if self.rope_per_head:
+                    K.rope_qk_cache_v2[self._grid(n * (nh + nkv)), 1 if SIM else 64, st](
+                        QKV, W, 0, nh, ko, nkv, ko + nkv * hd, hd, half, self.meta, self.inv_freq, self.att,
+                        self.style, kc, vc, nkv * hd, n)
+                else:
+                    K.rope_qk_cache[self._grid(n), self.nt_row, st](QKV, W, 0, nh, ko, nkv, ko + nkv * hd, hd, half,
+                                                                   self.meta, self.inv_freq, self.att, self.style,
+                                                                   kc, vc, nkv * hd, n)
             else:
                 self._rope(QKV, W, 0, nh, hd, n)
                 self._rope(QKV, W, ko, nkv, hd, n)
@@ -936,17 +966,26 @@ class CudaModel:
             tot += na * L["experts"][4]
         return tot
 
-    def forward(self, ids, cache: DeviceCache, collect=None):
-        """Trunk over n new tokens at positions cache.length .. +n-1 -> (h [n, H], logits [n, V])."""
-        cfg = self.config
-        ids = self._check_ids(ids)
-        start, n = cache.length, len(ids)
-        if start + n > cfg.max_position_embeddings:
+    def _check_room(self, start: int, n: int):
+        if start + n > self.config.max_position_embeddings:
             raise MtpRefError(f"sequence of {start + n} tokens exceeds max_position_embeddings "
-                              f"{cfg.max_position_embeddings} of config.json; shorten the prompt or --max-new-tokens")
+                              f"{self.config.max_position_embeddings} of config.json; shorten the prompt or "
+                              f"--max-new-tokens")
         if start + n > self.cap:
             raise MtpRefError(f"sequence of {start + n} tokens exceeds the CUDA backend's cache of {self.cap} rows "
                               f"(CudaModel(max_context=...))")
+
+    def _trunk_bytes(self, ids) -> int:
+        b = self.trunk_bytes + self.embed_row_bytes * len(np.unique(ids))
+        if self._moe_layers:
+            b += self._moe_bytes([(L["moe_slot"], L) for L in self.layers if "experts" in L])
+        return b
+
+    def forward(self, ids, cache: DeviceCache, collect=None):
+        """Trunk over n new tokens at positions cache.length .. +n-1 -> (h [n, H], logits [n, V])."""
+        ids = self._check_ids(ids)
+        start, n = cache.length, len(ids)
+        self._check_room(start, n)
         hs, ls = [], []
         for c0 in range(0, n, NMAX):
             chunk = ids[c0: c0 + NMAX]
@@ -958,25 +997,31 @@ class CudaModel:
             h, lg = self._fetch(m)
             hs.append(h)
             ls.append(lg)
-            self.bytes_read += self.trunk_bytes + self.embed_row_bytes * len(np.unique(chunk))
-            if self._moe_layers:
-                self.bytes_read += self._moe_bytes([(L["moe_slot"], L) for L in self.layers if "experts" in L])
+            self.bytes_read += self._trunk_bytes(chunk)
         return np.concatenate(hs), np.concatenate(ls)
 
+    def _argmax_launches(self, n: int):
+        """am_dev[:n] = argmax of each logits row, in two stages (64 blocks a row, then a warp a row)."""
+        V = self.config.vocab_size
+        K.argmax_slices[self._grid(n * K.ARGMAX_SLICES), 32 if SIM else 256, self.stream](
+            self.LOGITS, V, V, self.am_pv, self.am_pi, n)
+        K.argmax_merge[self._grid(n), 32, self.stream](self.am_pv, self.am_pi, V, self.am_dev, n)
+
     def forward_greedy(self, ids, cache: DeviceCache):
-        """Logits-free verification: (h [n, H], argmax ids [n]) with only n ints + h copied back."""
+        """Logits-free forward (greedy decoding and verification): (h [n, H], argmax ids [n]) with only n ints + h
+        copied back; the argmax runs in the same CUDA graph as the trunk."""
         ids = self._check_ids(ids)
         n = len(ids)
         if n > NMAX:
             raise MtpRefError("forward_greedy takes at most 16 tokens")
         s = cache.length
+        self._check_room(s, n)
         self._set_meta(s, np.arange(s, s + n), ids, cache.slot)
-        self._run(("trunk",), cache, n, lambda: self._trunk_launches(cache, n))
+        self._run(("trunk", "argmax"), cache, n, lambda: (self._trunk_launches(cache, n), self._argmax_launches(n)))
         cache.advanced(s, n)
-        K.argmax_rows[n, 256 if not SIM else 1, self.stream](self.LOGITS, self.config.vocab_size,
-                                                              self.config.vocab_size, self.am_dev)
         self.am_dev[:n].copy_to_host(self.am_host[:n], stream=self.stream)
         h, _ = self._fetch(n, logits=False)
+        self.bytes_read += self._trunk_bytes(ids)
         return h, self.am_host[:n].copy()
 
     def mtp_forward(self, j: int, ids, prev_h, cache: DeviceCache, positions, last_only: bool = False):
@@ -1036,14 +1081,27 @@ def _attn_v4_kernel(qmax, emax, nw):
 # per context, so one kernel must serve every context: v5 where it won at both (7B forward of 4 tokens with v5: 7.28
 # instead of 7.92 ms at ctx 512, 10.54 instead of 9.78 at ctx 4096).
 ATT5_ROWS = 8
-# the simulator runs v5's 32 lanes as 32 Python threads (~20x slower than the 1-thread blocks of the other kernels):
-# there CudaModel runs v4 instead unless a test sets this (tests/test_kernels.py checks v5 itself against NumPy)
+# the simulator runs v5 / v6's 32 lanes as 32 Python threads (~20x slower than the 1-thread blocks of the other
+# kernels):
+# there CudaModel runs v4 instead unless a test sets this (tests/test_kernels.py checks v5 / v6 against NumPy)
 SIM_RUNS_V5 = False
 
 
 def _attn_v5_kernel(qmax, rw, ep):
     cap = K.ATT5_MAXREG if qmax <= K.ATT5_RW else K.ATT5_MAXREG_WIDE
     return _cached(("attn", "v5", qmax, rw, ep), lambda: K.make_attention_v5(qmax, rw, ep, cap))
+
+
+# attention="v6" runs attn_partial_v6 (+ attn_combine_v3) for KV groups of at most ATT6_ROWS query rows with head dims
+# <= 256, v5 / v4 otherwise. bench_attention on the H100 (2026-11-26 calls k, l, NOTES.md), us per MiMo-7B layer at
+# 4 / 8 / 16 rows, v6 against the best earlier version: ctx 512 14.4 / 17.4 / 26.8 (v5 21.8 / 28.4 / 32.9); ctx 4096
+# 36.0 / 57.5 / 105.1 (v5 53.7 / 68.0, v4 104.8 at 16 rows)
+ATT6_ROWS = 16
+
+
+def _attn_v6_kernel(qmax, rw, dq, ep):
+    cap = K.ATT6_MAXREG if qmax <= rw else K.ATT6_MAXREG_WIDE
+    return _cached(("attn", "v6", qmax, rw, dq, ep), lambda: K.make_attention_v6(qmax, rw, dq, ep, cap))
 
 
 def _attn_kernel(nq, version="v1"):

@@ -48,7 +48,7 @@ def record(out: str, ckpts: list[str]) -> None:
     from .backend import CudaModel
 
     backend.ALLOW_SIMULATOR = True
-    backend.SIM_RUNS_V5 = True                          # record attention v5's launches too (slow in the simulator)
+    backend.SIM_RUNS_V5 = True                          # record attention v5 / v6 launches too (slow in the simulator)
 
     seen = {}
     orig = sk.FakeCUDAKernel.__getitem__

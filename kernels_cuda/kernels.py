@@ -177,6 +177,50 @@ def rope_qk_cache(buf, ldb, qoff, nqh, koff, nkh, voff, hd, half, meta, inv_freq
         cuda.syncthreads()
 
 
+@cuda.jit
+def rope_qk_cache_v2(buf, ldb, qoff, nqh, koff, nkh, voff, hd, half, meta, inv_freq, att, style, kc, vc, ldc, n):
+    """rope_qk_cache with a block per (row, head) instead of per row: items n x (nqh + nkh). A thread computes the
+    cos / sin of its own frequencies (float64, as `rope`), rotates its pairs and, for a key head, writes the rotated
+    pairs, the unrotated tail and the head's values to row start + i of kc / vc. No shared memory, no barrier:
+    one round trip per item. The per-row kernel ran its 40 heads of a MiMo-7B token through one block with three
+    block barriers (11.5 us per layer under Nsight Compute, 2026-11-25)."""
+    tid = cuda.threadIdx.x
+    nt = cuda.blockDim.x
+    nhd = nqh + nkh
+    for item in range(cuda.blockIdx.x, n * nhd, cuda.gridDim.x):
+        i = item // nhd
+        h = item - i * nhd
+        pos = float64(meta[M_POS + i])
+        kh = h - nqh                                         # >= 0: a key head
+        base = i * ldb + (qoff + h * hd if kh < 0 else koff + kh * hd)
+        r = meta[M_START] + i
+        cb = r * ldc + kh * hd                               # the key head's row in the caches
+        for j in range(tid, half, nt):
+            ang = pos * inv_freq[j]
+            c = float32(math.cos(ang) * att)
+            sn = float32(math.sin(ang) * att)
+            if style == STYLE_HALF:
+                a = j
+                b = j + half
+            else:
+                a = 2 * j
+                b = 2 * j + 1
+            x1 = buf[base + a]
+            x2 = buf[base + b]
+            y1 = x1 * c - x2 * sn
+            y2 = x2 * c + x1 * sn
+            buf[base + a] = y1
+            buf[base + b] = y2
+            if kh >= 0:
+                kc[cb + a] = y1
+                kc[cb + b] = y2
+        if kh >= 0:
+            for j in range(2 * half + tid, hd, nt):          # partial rotary: the unrotated tail
+                kc[cb + j] = buf[base + j]
+            for j in range(tid, hd, nt):
+                vc[cb + j] = buf[i * ldb + voff + kh * hd + j]
+
+
 # ----------------------------------------------------------------------------- cache write
 @cuda.jit
 def cache_write(src, lds, soff, width, dst, ldd, doff, meta, n):
@@ -997,6 +1041,318 @@ def make_attention_v5(QMAX: int, RW: int, EP: int, MAXREG: int = 0):
     return attn_partial_v5
 
 
+# ----------------------------------------------------------------------------- attention v6 (v5, software-pipelined)
+ATT6_RW = 2            # query rows per warp (4 as in v5: 255 registers and spills on sm_90; 2: 248, none)
+ATT6_MAXDQ = 16        # 16-byte loads per quarter key row that v6 holds in registers: dk <= 256 (larger -> v5 / v4)
+ATT6_WARPS_PER_SM = 8  # split = this x SMs / (KV groups x min(warps per block, ATT6_SPLIT_NW)) blocks (shares) per
+ATT6_SPLIT_NW = 4      # group: one wave of warps at v6's ~248 registers (8 per SM) up to 4 warps a block; H100,
+                       # MiMo-7B, 16 rows (8 warps): 33 blocks per group took 27.5 us at ctx 512, 17 took 35.2
+ATT6_MAXREG = 0        # register caps of the backend's v6 launches of one warp / of several warps (0: none)
+ATT6_MAXREG_WIDE = 0
+
+
+@factory
+def make_attention_v6(QMAX: int, RW: int, DQ: int, EP: int, MAXREG: int = 0, PIPE: int = 2):
+    """attn_partial v6: v5 (a block per share of a KV group's keys, a warp per RW query rows, 8 keys a step, lane =
+    (key, quarter of the head dimension)) with the memory round trips taken off the warp's critical path.
+
+    v5 ran 2 round trips per step in sequence (the step's keys, then its values after the softmax) and staged the
+    query rows before its first key load; at MiMo-7B shapes it took 15 us for the partial at context 512 (4.2 MB
+    of cache: ~280 GB/s) and 42 us at 4096. v6 keeps a whole quarter key row (DQ = dk / 16 loads) and the step's
+    8 value rows (8 x EP loads) in registers and rotates them:
+      * the block's first keys and values are requested before the query rows are staged (they do not depend
+        on them), so the prologue is one round trip instead of three;
+      * step s + 1's keys are requested as soon as step s's scores are computed, its values as soon as step s's
+        P V is done: each load has the softmax / P V of a step to arrive in.
+    With the chain per step shorter, fewer, longer shares pay off (ATT6_WARPS_PER_SM): fewer partials to merge,
+    which attn_combine_v3 does with every share's loads in flight. Same partial layout and (m, l) as v1-v5.
+    QMAX >= rep x n (<= ATT5_MAXQ), RW rows per warp (blocks of 32 x ceil(QMAX / RW) threads), DQ = dk / 16 (<=
+    ATT6_MAXDQ), EP >= dv / 128, MAXREG: a register cap for ptxas (0: none). Needs dv, ldk, ldv, ldq, qoff % 4 == 0.
+    """
+    O4 = RW * EP * 4
+    KB4 = 4 * DQ                                             # the lane's quarter key row
+    VB4 = 4 * ATT5_SUB * EP                                  # the step's 8 value rows, the lane's 4 dims of each
+    NW = (QMAX + RW - 1) // RW
+    jit = cuda.jit(max_registers=MAXREG) if (MAXREG and not SIM) else cuda.jit
+
+    @jit
+    def attn_partial_v6(q, ldq, qoff, kc, ldk, vc, ldv, po, pml, meta, n, nh, rep, dk, dv, scale, split):
+        sm = cuda.shared.array(0, float32)
+        tid = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        lane = tid % 32
+        w = tid // 32
+        kk = lane // 4                                       # this lane's key in a step
+        qq = lane - kk * 4                                   # and its quarter of the head dimension
+        start = meta[M_START]
+        T = start + n
+        nsub = (T + ATT5_SUB - 1) // ATT5_SUB
+        S = min(split, nsub)
+        QR = rep * n
+        r0 = w * RW                                          # this warp's rows r0 .. r0 + RW - 1 (those < QR)
+        d4 = dk // 4
+        dqp = d4 + 4                                         # a padded quarter row in shared memory
+        qrow = dk + 16
+        dv4 = dv // 4
+        nkv = nh // rep
+        PB = QMAX * qrow + w * (ATT5_SUB * RW + 2 * RW)      # this warp's P [8, RW], then m [RW], l [RW]
+        MB = PB + ATT5_SUB * RW
+        LB = MB + RW
+        sc = cuda.local.array(RW, float32)
+        o = cuda.local.array(O4, float32)
+        kb = cuda.local.array(KB4, float32)
+        vb = cuda.local.array(VB4, float32)
+        qt = cuda.local.array(16, float32)
+        for item in range(cuda.blockIdx.x, nkv * split, cuda.gridDim.x):
+            g = item // split
+            s = item - g * split
+            if s >= S:                                       # block-uniform: past the cache's end
+                continue
+            sb0 = (s * nsub) // S                            # this block's steps: a balanced share
+            sb1 = ((s + 1) * nsub) // S
+            # the first step's keys and values, in flight while the query rows are staged
+            L = min(ATT5_SUB, T - sb0 * ATT5_SUB)
+            kbase = (sb0 * ATT5_SUB + kk) * ldk + g * dk + qq * d4
+            for u in range(DQ):
+                x0 = x1 = x2 = x3 = float32(0.0)
+                if kk < L:
+                    x0, x1, x2, x3 = ld_f32x4(kc, kbase + u * 4)
+                kb[4 * u] = x0
+                kb[4 * u + 1] = x1
+                kb[4 * u + 2] = x2
+                kb[4 * u + 3] = x3
+            for eq in range(EP):
+                vbase = sb0 * ATT5_SUB * ldv + g * dv + (lane + eq * 32) * 4
+                for u in range(ATT5_SUB):
+                    x0 = x1 = x2 = x3 = float32(0.0)
+                    if u < L and lane + eq * 32 < dv4:
+                        x0, x1, x2, x3 = ld_f32x4(vc, vbase + u * ldv)
+                    b = (eq * ATT5_SUB + u) * 4
+                    vb[b] = x0
+                    vb[b + 1] = x1
+                    vb[b + 2] = x2
+                    vb[b + 3] = x3
+            # the group's query rows r = i * rep + hh (query i, head g * rep + hh) -> shared memory, 4 loads in flight
+            for base in range(0, QR * d4, 4 * nt):
+                for u in range(4):
+                    x0, x1, x2, x3 = ld_group_q4(q, ldq, qoff, g, rep, dk, QR, base + tid + u * nt)
+                    qt[4 * u] = x0
+                    qt[4 * u + 1] = x1
+                    qt[4 * u + 2] = x2
+                    qt[4 * u + 3] = x3
+                for u in range(4):
+                    idx = base + tid + u * nt
+                    if idx < QR * d4:
+                        r = idx // d4
+                        c = (idx - r * d4) * 4               # column: quarter c // d4, padded
+                        cq = c // d4
+                        b = r * qrow + cq * dqp + c - cq * d4
+                        sm[b] = qt[4 * u]
+                        sm[b + 1] = qt[4 * u + 1]
+                        sm[b + 2] = qt[4 * u + 2]
+                        sm[b + 3] = qt[4 * u + 3]
+            if lane < RW:
+                sm[MB + lane] = NEG_INF
+                sm[LB + lane] = float32(0.0)
+            for j in range(O4):
+                o[j] = float32(0.0)
+            cuda.syncthreads()
+            if r0 < QR:                                      # warp-uniform: warps past the group's rows idle
+                for sb in range(sb0, sb1):
+                    t0 = sb * ATT5_SUB
+                    L = min(ATT5_SUB, T - t0)
+                    t = t0 + kk                              # this lane's key
+                    for rr in range(RW):                     # scores: the quarter row against each row's quarter
+                        a = float32(0.0)
+                        if r0 + rr < QR:
+                            qb = (r0 + rr) * qrow + qq * dqp
+                            for u in range(DQ):
+                                a += (sm[qb + 4 * u] * kb[4 * u] + sm[qb + 4 * u + 1] * kb[4 * u + 1]
+                                      + sm[qb + 4 * u + 2] * kb[4 * u + 2] + sm[qb + 4 * u + 3] * kb[4 * u + 3])
+                        sc[rr] = a
+                    if PIPE == 2 and sb + 1 < sb1:           # kb is free: the next step's keys
+                        L1 = min(ATT5_SUB, T - t0 - ATT5_SUB)
+                        kbase = (t + ATT5_SUB) * ldk + g * dk + qq * d4
+                        for u in range(DQ):
+                            x0 = x1 = x2 = x3 = float32(0.0)
+                            if kk < L1:
+                                x0, x1, x2, x3 = ld_f32x4(kc, kbase + u * 4)
+                            kb[4 * u] = x0
+                            kb[4 * u + 1] = x1
+                            kb[4 * u + 2] = x2
+                            kb[4 * u + 3] = x3
+                    for rr in range(RW):                     # online softmax per row (warp-uniform branch)
+                        r = r0 + rr
+                        if r < QR:
+                            a = sc[rr]
+                            a += shfl_xor(a, 1)              # the 4 quarters of the key's dot product
+                            a += shfl_xor(a, 2)
+                            x = a * scale if (kk < L and t <= start + r // rep) else NEG_INF
+                            mx = max(x, shfl_xor(x, 4))      # over the step's 8 keys (lanes 4 apart)
+                            mx = max(mx, shfl_xor(mx, 8))
+                            mx = max(mx, shfl_xor(mx, 16))
+                            m_old = sm[MB + rr]
+                            m_new = max(m_old, mx)
+                            p = math.exp(x - m_new) if x != NEG_INF else float32(0.0)
+                            ps = p + shfl_xor(p, 4)
+                            ps += shfl_xor(ps, 8)
+                            ps += shfl_xor(ps, 16)
+                            alpha = math.exp(m_old - m_new) if m_old != NEG_INF else float32(0.0)
+                            if qq == 0:
+                                sm[PB + kk * RW + rr] = p
+                            sc[rr] = alpha
+                            if lane == 0:                    # every lane read m_old before the shuffles above
+                                sm[MB + rr] = m_new
+                                sm[LB + rr] = sm[LB + rr] * alpha + ps
+                    syncwarp()
+                    for eq in range(EP):                     # P V: lane = 4 output dimensions
+                        for rr in range(RW):
+                            if r0 + rr < QR:
+                                ob = (rr * EP + eq) * 4
+                                al = sc[rr]
+                                a0 = o[ob] * al
+                                a1 = o[ob + 1] * al
+                                a2 = o[ob + 2] * al
+                                a3 = o[ob + 3] * al
+                                for u in range(ATT5_SUB):
+                                    p = sm[PB + u * RW + rr]
+                                    b = (eq * ATT5_SUB + u) * 4
+                                    a0 += p * vb[b]
+                                    a1 += p * vb[b + 1]
+                                    a2 += p * vb[b + 2]
+                                    a3 += p * vb[b + 3]
+                                o[ob] = a0
+                                o[ob + 1] = a1
+                                o[ob + 2] = a2
+                                o[ob + 3] = a3
+                    if sb + 1 < sb1:                         # vb is free: the next step's values
+                        L1 = min(ATT5_SUB, T - t0 - ATT5_SUB)
+                        if PIPE == 1:                        # (and its keys, with PIPE = 1: fewer live registers)
+                            kbase = (t + ATT5_SUB) * ldk + g * dk + qq * d4
+                            for u in range(DQ):
+                                x0 = x1 = x2 = x3 = float32(0.0)
+                                if kk < L1:
+                                    x0, x1, x2, x3 = ld_f32x4(kc, kbase + u * 4)
+                                kb[4 * u] = x0
+                                kb[4 * u + 1] = x1
+                                kb[4 * u + 2] = x2
+                                kb[4 * u + 3] = x3
+                        for eq in range(EP):
+                            vbase = (t0 + ATT5_SUB) * ldv + g * dv + (lane + eq * 32) * 4
+                            for u in range(ATT5_SUB):
+                                x0 = x1 = x2 = x3 = float32(0.0)
+                                if u < L1 and lane + eq * 32 < dv4:
+                                    x0, x1, x2, x3 = ld_f32x4(vc, vbase + u * ldv)
+                                b = (eq * ATT5_SUB + u) * 4
+                                vb[b] = x0
+                                vb[b + 1] = x1
+                                vb[b + 2] = x2
+                                vb[b + 3] = x3
+                    syncwarp()                               # P is rewritten by the next step
+                for eq in range(EP):                         # this warp's partial, in the v1-v5 layout
+                    e4 = lane + eq * 32
+                    if e4 < dv4:
+                        for rr in range(RW):
+                            r = r0 + rr
+                            if r < QR:
+                                i = r // rep
+                                h = g * rep + r - i * rep
+                                ob = (rr * EP + eq) * 4
+                                pbase = ((s * nh + h) * 16 + i) * dv + e4 * 4
+                                po[pbase] = o[ob]
+                                po[pbase + 1] = o[ob + 1]
+                                po[pbase + 2] = o[ob + 2]
+                                po[pbase + 3] = o[ob + 3]
+                if lane < RW and r0 + lane < QR:
+                    r = r0 + lane
+                    i = r // rep
+                    h = g * rep + r - i * rep
+                    b = ((s * nh + h) * 16 + i) * 2
+                    pml[b] = sm[MB + lane]
+                    pml[b + 1] = sm[LB + lane]
+            cuda.syncthreads()                               # the query rows are restaged for the next item
+
+    attn_partial_v6.QMAX, attn_partial_v6.RW, attn_partial_v6.DQ, attn_partial_v6.EP = QMAX, RW, DQ, EP
+    attn_partial_v6.MAXREG, attn_partial_v6.NW, attn_partial_v6.PIPE = MAXREG, NW, PIPE
+    return attn_partial_v6
+
+
+COMBINE3_SL = 8        # share lanes of attn_combine_v3 at most: blocks of 32 x SL threads
+COMBINE3_U = 8         # shares a lane has in flight
+COMBINE3_RED = COMBINE3_SL * 128
+COMBINE3_XB = 4 * COMBINE3_U
+
+
+@cuda.jit
+def attn_combine_v3(po, pml, out, ldo, ooff, meta, n, nh, dv, C, split):
+    """attn_combine_v2 with the weighted sum over shares spread over the block: thread = (share lane sl, 4 output
+    dims), a lane's shares sl, sl + SL, ... read COMBINE3_U at a time (all in flight), then the SL partial sums
+    added through shared memory. v2 gave each thread one output dim and walked the shares 4 loads at a time: S / 4
+    round trips in sequence (7 us of v5's 22 us per MiMo-7B layer at context 512, 64 shares). Blocks of 32 x SL
+    threads (SL <= COMBINE3_SL, also 1 in the simulator); dv % 4 == 0. C, split: as attn_combine_v2."""
+    wsh = cuda.shared.array(COMBINE_MAX_CHUNKS, float32)
+    red = cuda.shared.array(COMBINE3_RED, float32)          # [SL, 128 output dims] partial sums
+    buf = cuda.shared.array(32, float32)
+    wb = cuda.local.array(COMBINE3_U, float32)
+    xb = cuda.local.array(COMBINE3_XB, float32)
+    T = meta[M_START] + n
+    S = attn_chunks(T, C, split)
+    tid = cuda.threadIdx.x
+    nt = cuda.blockDim.x
+    lane = tid % 32
+    sl = tid // 32
+    SL = nt // 32
+    dv4 = dv // 4
+    for item in range(cuda.blockIdx.x, n * nh, cuda.gridDim.x):
+        i = item // nh
+        h = item - i * nh
+        m = NEG_INF
+        for s in range(tid, S, nt):
+            m = max(m, pml[((s * nh + h) * 16 + i) * 2])
+        M = block_max(m, buf)
+        d = float32(0.0)
+        for s in range(tid, S, nt):
+            b = ((s * nh + h) * 16 + i) * 2
+            wgt = math.exp(pml[b] - M) if pml[b] != NEG_INF else float32(0.0)
+            wsh[s] = wgt
+            d += pml[b + 1] * wgt
+        den = block_sum(d, buf)
+        cuda.syncthreads()
+        for e0 in range(0, dv4, 32):                         # 128 output dims at a time
+            e4 = e0 + lane
+            a0 = a1 = a2 = a3 = float32(0.0)
+            for s0 in range(sl, S, SL * COMBINE3_U):
+                for u in range(COMBINE3_U):                  # the loads first: all in flight
+                    ss = s0 + u * SL
+                    x0 = x1 = x2 = x3 = wgt = float32(0.0)
+                    if ss < S and e4 < dv4:
+                        x0, x1, x2, x3 = ld_f32x4(po, ((ss * nh + h) * 16 + i) * dv + e4 * 4)
+                        wgt = wsh[ss]
+                    wb[u] = wgt
+                    xb[4 * u] = x0
+                    xb[4 * u + 1] = x1
+                    xb[4 * u + 2] = x2
+                    xb[4 * u + 3] = x3
+                for u in range(COMBINE3_U):
+                    a0 += wb[u] * xb[4 * u]
+                    a1 += wb[u] * xb[4 * u + 1]
+                    a2 += wb[u] * xb[4 * u + 2]
+                    a3 += wb[u] * xb[4 * u + 3]
+            b = (sl * 32 + lane) * 4                         # = sl * 128 + the dim within the 128
+            red[b] = a0
+            red[b + 1] = a1
+            red[b + 2] = a2
+            red[b + 3] = a3
+            cuda.syncthreads()
+            for e in range(tid, 128, nt):
+                if e0 * 4 + e < dv:
+                    o = float32(0.0)
+                    for k in range(SL):
+                        o += red[k * 128 + e]
+                    out[i * ldo + ooff + h * dv + e0 * 4 + e] = o / den
+            cuda.syncthreads()
+
+
 @cuda.jit
 def attn_combine(po, pml, out, ldo, ooff, meta, n, nh, dv, C):
     """items (i, h): n * nh; out[i, ooff + h*dv + e] = merged attention output of query i, head h."""
@@ -1189,6 +1545,96 @@ def argmax_rows(x, ld, V, out):
                 best = bv[u]
                 bidx = bi[u]
         out[i] = bidx if bidx < V else 0
+
+
+ARGMAX_SLICES = 64     # blocks per row of argmax_slices (MiMo-7B: 2370 logits each)
+ARGMAX_U = 4           # loads a thread has in flight
+
+
+@cuda.jit(device=True, inline=True)
+def better(v, j, bv, bj):
+    """(v, j) beats (bv, bj) in an argmax that keeps the first index on ties, like np.argmax."""
+    return v > bv or (v == bv and j < bj)
+
+
+@cuda.jit(device=True, inline=True)
+def warp_argmax(v, j):
+    """(max, its first index) over the 32 lanes of the warp (every lane gets the result)."""
+    for m in (16, 8, 4, 2, 1):
+        ov = shfl_xor(v, m)
+        oj = shfl_xor(j, m)
+        if better(ov, oj, v, j):
+            v = ov
+            j = oj
+    return v, j
+
+
+@cuda.jit
+def argmax_slices(x, ld, V, pv, pi, n):
+    """Stage 1 of the device argmax: block (i, c) of n x ARGMAX_SLICES -> (max, first index) of the c-th slice of
+    row i into pv / pi[i * ARGMAX_SLICES + c]. Blocks of a multiple of 32 threads (also in the simulator).
+    argmax_rows gave a 151680-logit row to one block: ~600 dependent loads per thread and a serial 256-way
+    final scan; this spreads the row over 64 blocks with ARGMAX_U loads in flight per thread."""
+    sv = cuda.shared.array(32, float32)
+    si = cuda.shared.array(32, int32)
+    tid = cuda.threadIdx.x
+    nt = cuda.blockDim.x
+    lane = tid % 32
+    w = tid // 32
+    CH = (V + ARGMAX_SLICES - 1) // ARGMAX_SLICES
+    for item in range(cuda.blockIdx.x, n * ARGMAX_SLICES, cuda.gridDim.x):
+        i = item // ARGMAX_SLICES
+        j0 = (item - i * ARGMAX_SLICES) * CH
+        j1 = min(V, j0 + CH)
+        bv = NEG_INF
+        bj = int32(V)
+        for j in range(j0 + tid, j1, ARGMAX_U * nt):
+            v0 = x[i * ld + j]                               # j < j1; the others guarded: all in flight
+            v1 = x[i * ld + j + nt] if j + nt < j1 else NEG_INF
+            v2 = x[i * ld + j + 2 * nt] if j + 2 * nt < j1 else NEG_INF
+            v3 = x[i * ld + j + 3 * nt] if j + 3 * nt < j1 else NEG_INF
+            if v0 > bv:                                      # indices rise: strict > keeps the first
+                bv = v0
+                bj = int32(j)
+            if v1 > bv:
+                bv = v1
+                bj = int32(j + nt)
+            if v2 > bv:
+                bv = v2
+                bj = int32(j + 2 * nt)
+            if v3 > bv:
+                bv = v3
+                bj = int32(j + 3 * nt)
+        bv, bj = warp_argmax(bv, bj)
+        if lane == 0:
+            sv[w] = bv
+            si[w] = bj
+        cuda.syncthreads()
+        if w == 0:
+            bv = sv[lane] if lane < nt // 32 else NEG_INF
+            bj = si[lane] if lane < nt // 32 else int32(V)
+            bv, bj = warp_argmax(bv, bj)
+            if lane == 0:
+                pv[item] = bv
+                pi[item] = bj
+        cuda.syncthreads()
+
+
+@cuda.jit
+def argmax_merge(pv, pi, V, out, n):
+    """Stage 2: out[i] = the index of the best of row i's ARGMAX_SLICES slices (0 for a row of -inf / NaN, as
+    argmax_rows); one warp per row."""
+    lane = cuda.threadIdx.x % 32
+    for i in range(cuda.blockIdx.x, n, cuda.gridDim.x):
+        bv = NEG_INF
+        bj = int32(V)
+        for c in range(lane, ARGMAX_SLICES, 32):
+            if better(pv[i * ARGMAX_SLICES + c], pi[i * ARGMAX_SLICES + c], bv, bj):
+                bv = pv[i * ARGMAX_SLICES + c]
+                bj = pi[i * ARGMAX_SLICES + c]
+        bv, bj = warp_argmax(bv, bj)
+        if lane == 0:
+            out[i] = bj if bj < V else 0
 
 
 @cuda.jit

@@ -335,6 +335,12 @@ class Model:
         h = self.rms_norm(x, self.weight("model.norm.weight"))                   # [n, H]
         return h, self.head(h)                                                   # [n, H], [n, V]
 
+    def forward_greedy(self, ids, cache: KVCache):
+        """forward, returning (h [n, H], argmax of each row's logits [n]): all a greedy step needs (the CUDA backend
+        answers it without copying the logits back)."""
+        h, logits = self.forward(ids, cache)
+        return h, np.argmax(logits, axis=-1)
+
     def mtp_forward(self, j: int, ids, prev_h, cache: LayerCache, positions: np.ndarray, last_only: bool = False):
         """MTP module j over n rows: row r pairs the previous hidden prev_h[r] with the embedding of ids[r].
 

@@ -273,11 +273,16 @@ class SpeculativeDecoder:
         self.model.reset_meter()
         if self.k == 0:
             self.stats.target_forwards += 1
-            h, logits = self.model.forward(np.asarray([self.pending]), self.cache)
+            if self.sp.greedy:                       # the argmax is all a greedy step needs
+                h, am = self.model.forward_greedy(np.asarray([self.pending]), self.cache)
+                nxt = top = int(am[-1])
+            else:
+                h, logits = self.model.forward(np.asarray([self.pending]), self.cache)
+                nxt, _ = self._choose(logits[-1])
+                top = int(np.argmax(logits[-1]))
             self.tokens.append(self.pending)
             self._h.append(h=h)
-            nxt, _ = self._choose(logits[-1])
-            rec = StepRecord(N, self.pending, [], [int(np.argmax(logits[-1]))], [], [], 0, [nxt], None,
+            rec = StepRecord(N, self.pending, [], [top], [], [], 0, [nxt], None,
                              self.cache_lengths(), self.cache_lengths())
             self.pending = nxt
         else:

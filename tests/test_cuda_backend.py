@@ -93,20 +93,23 @@ def test_forward_matches_numpy(oracle_model, variant, request):
                                   dict(attention="v4", fuse_norm=False, fuse_rope_cache=False),
                                   dict(attention="v3", fuse_norm=True, fuse_rope_cache=True),
                                   dict(attention="v4"), dict(attention="v5"),
-                                  dict(attention="v5", attention_v5_rows=16)],
-                         ids=["v1", "v2", "v3-unfused", "v4-unfused", "v3-fused", "v4", "v5", "v5-rows16"])
+                                  dict(attention="v5", attention_v5_rows=16), dict(attention="v6", attention_v6_rows=4),
+                                  dict(attention="v6")],
+                         ids=["v1", "v2", "v3-unfused", "v4-unfused", "v3-fused", "v4", "v5", "v5-rows16", "v6-rows4",
+                              "v6"])
 def test_attention_variants_and_fused_rope(tiny_checkpoint, opts, monkeypatch):
     """The non-default variants (attention v1 / v2 / v3 / v4, untuned GEMM, narrow row kernels, separate RMSNorm,
     rope and cache-write launches) give the NumPy engine's tokens and logits."""
     from kernels_cuda import backend
     path = tiny_checkpoint("mimo", **SMALL)
     m = load_model(path)
-    if opts.get("attention_v5_rows", 0) > 4 and SIM:
-        pytest.skip("4 simulated warps of 32 lanes: too slow; tests/test_kernels.py checks v5 with up to 8 rows "
-                    "(16 on the GPU)")
-    if opts.get("attention") == "v5":               # the simulator runs v5 only where asked (32 lanes: slow)
+    version = opts.get("attention")
+    if SIM and (opts.get("attention_v5_rows", 0) > 4 or (version == "v6" and opts.get("attention_v6_rows", 16) > 4)):
+        pytest.skip("4 to 8 simulated warps of 32 lanes: too slow; tests/test_kernels.py checks v5 / v6 with up to 8 "
+                    "rows (16 on the GPU)")
+    if version in ("v5", "v6"):                     # the simulator runs v5 / v6 only where asked (32 lanes: slow)
         monkeypatch.setattr(backend, "SIM_RUNS_V5", True)
-        for k in [k for k in backend._KCACHE if k[:2] == ("attn", "v5")]:
+        for k in [k for k in backend._KCACHE if k[:2] == ("attn", version)]:
             del backend._KCACHE[k]                  # so that the check below sees this test's launches
     cm = CudaModel(m, max_context=64, **opts)
     a, b = generate(m, [3, 17, 42, 5, 9], 4, 1), generate(cm, [3, 17, 42, 5, 9], 4, 1)
@@ -115,8 +118,8 @@ def test_attention_variants_and_fused_rope(tiny_checkpoint, opts, monkeypatch):
     _, l1 = m.forward(ids, m.new_cache())
     _, l2 = cm.forward(ids, cm.new_cache())
     assert rel(l2, l1) < 1e-4
-    if opts.get("attention") == "v5":               # v5 ran (it is not the fallback of some shape)
-        assert any(k[:2] == ("attn", "v5") for k in backend._KCACHE)
+    if version in ("v5", "v6"):                     # v5 / v6 ran (not the fallback of some shape)
+        assert any(k[:2] == ("attn", version) for k in backend._KCACHE)
 
 
 def test_autotune_table_keys_and_numbers(tiny_checkpoint):

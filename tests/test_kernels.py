@@ -218,10 +218,12 @@ def test_rope(request, style, nt):
     assert rel_err(host(b, (n, W)), want) < 1e-5
 
 
+@pytest.mark.parametrize("version", ["v1", "v2"])
 @pytest.mark.parametrize("style", ["half", "interleaved"])
 @pytest.mark.parametrize("nt", NT_SIZES[-1:] + ((1024,) if GPU else ()))
-def test_rope_qk_cache(request, style, nt):
-    """The fused GQA kernel = rope on q and k heads + both cache writes (reference: ref.rope and slicing)."""
+def test_rope_qk_cache(request, style, nt, version):
+    """The fused GQA kernel = rope on q and k heads + both cache writes (reference: ref.rope and slicing); v1 a
+    block per row, v2 a block per (row, head) (here fewer blocks than items: the grid-stride loop)."""
     rng = rng_for(request)
     n, nqh, nkh, hd, rot, start = 3, 6, 2, 16, 12, 5        # partial rotary: 12 of 16 dims
     qoff, koff, voff = 0, nqh * hd + 8, nqh * hd + 8 + nkh * hd   # a gap between q and k, v right after k
@@ -233,8 +235,9 @@ def test_rope_qk_cache(request, style, nt):
     kc, vc = dev(np.full((cap, nkh * hd), -3.0, np.float32)), dev(np.full((cap, nkh * hd), -3.0, np.float32))
     b = dev(buf)
     st = K.STYLE_HALF if style == "half" else K.STYLE_INTERLEAVED
-    K.rope_qk_cache[n, nt](b, W, qoff, nqh, koff, nkh, voff, hd, rot // 2, meta_for(start, pos), dev(inv), 1.25, st,
-                           kc, vc, nkh * hd, n)
+    kern = K.rope_qk_cache_v2 if version == "v2" else K.rope_qk_cache
+    kern[n, nt](b, W, qoff, nqh, koff, nkh, voff, hd, rot // 2, meta_for(start, pos), dev(inv), 1.25, st,
+                kc, vc, nkh * hd, n)
     want = buf.copy()
     for off, heads in ((qoff, nqh), (koff, nkh)):
         seg = buf[:, off: off + heads * hd].reshape(n, heads, hd)
@@ -284,18 +287,20 @@ if GPU:
     ATTN_CASES += [(16, 1000, 16, 8, 128, 128, 256), (4, 700, 32, 8, 64, 64, 256), (3, 2, 8, 4, 256, 256, 128)]
 
 
-@pytest.mark.parametrize("version", ["v1", "v2", "v3", "v4", "v5"])
+@pytest.mark.parametrize("version", ["v1", "v2", "v3", "v4", "v5", "v6"])
 @pytest.mark.parametrize("n,start,nh,g,dk,dv,C", ATTN_CASES)
 def test_attention(request, n, start, nh, g, dk, dv, C, version):
     """v1 / v2 partials merged by attn_combine; v3 (dk % 4 == 0 only: the backend falls back to v2) and v4
     (also <= 32 query rows per KV group) by attn_combine_v2."""
-    if version in ("v3", "v4", "v5") and dk % 4:
+    if version in ("v3", "v4", "v5", "v6") and dk % 4:
         pytest.skip(f"{version} reads keys 16 bytes at a time; the backend runs v2 for dk % 4 != 0")
-    if version == "v5" and SIM and start > 100:
-        pytest.skip("v5 runs 32 simulated lanes: too slow over 150 keys (the 40-key case covers runs of steps)")
-    if version == "v5" and ((nh // g) * gemm.nmax_for(n) > K.ATT5_MAXQ or dv % 4 or dk % 16):
-        pytest.skip("v5 holds <= 16 query rows per KV group, splits keys in 16-byte quarters and reads V 16 bytes at "
-                    "a time; the backend runs v4 beyond")
+    if version in ("v5", "v6") and SIM and start > 100:
+        pytest.skip(f"{version} runs 32 simulated lanes: too slow over 150 keys (the 40-key case covers runs of steps)")
+    if version in ("v5", "v6") and ((nh // g) * gemm.nmax_for(n) > K.ATT5_MAXQ or dv % 4 or dk % 16):
+        pytest.skip(f"{version} holds <= 16 query rows per KV group, splits keys in 16-byte quarters and reads V 16 "
+                    "bytes at a time; the backend runs v4 beyond")
+    if version == "v6" and dk > 16 * K.ATT6_MAXDQ:
+        pytest.skip("v6 holds a quarter key row in registers: dk <= 256; the backend runs v5 beyond")
     if version == "v4" and ((nh // g) * gemm.nmax_for(n) > 32 or
                             K.attn_v4_smem(K.attn_v4_qmax(nh // g, gemm.nmax_for(n)), dk) > 48 * 1024):
         pytest.skip("v4 holds <= 32 query rows per KV group in <= 48 KB; the backend runs v3 beyond")
@@ -334,6 +339,17 @@ def test_attention(request, n, start, nh, g, dk, dv, C, version):
         kern[g * split, 32 * kern.NW, 0, K.attn_v5_smem(qmax, dk, rw)](
             dev(q), nh * dk, 0, kd, g * dk, vd, ldv, po, pml, meta, n, nh, nh // g, dk, dv, scale, split)
         K.attn_combine_v2[n * nh, nt](po, pml, out, nh * dv + 4, 4, meta, n, nh, dv, K.ATT5_SUB, split)
+    elif version == "v6":
+        # v6 is v5 pipelined: shares of several steps (its keys / values of step s + 1 requested during step s),
+        # merged by attn_combine_v3 (one warp of share lanes in the simulator, 8 on the GPU)
+        split = min(S, 3 if SIM else 66)
+        qmax = K.attn_v4_qmax(nh // g, NQ)
+        rw = K.ATT5_RW if (GPU or n == 3) else qmax
+        kern = K.make_attention_v6(qmax, rw, dk // 16, math.ceil(dv / 128))
+        kern[g * split, 32 * kern.NW, 0, K.attn_v5_smem(qmax, dk, rw)](
+            dev(q), nh * dk, 0, kd, g * dk, vd, ldv, po, pml, meta, n, nh, nh // g, dk, dv, scale, split)
+        K.attn_combine_v3[n * nh, 32 * (K.COMBINE3_SL if GPU else 1)](po, pml, out, nh * dv + 4, 4, meta, n, nh, dv,
+                                                                     K.ATT5_SUB, split)
     else:
         make = {"v1": K.make_attention, "v2": K.make_attention_v2, "v3": K.make_attention_v3}[version]
         make(NQ)[nh * S, nt, 0, (NQ * dk + NQ * C) * 4](
@@ -411,6 +427,27 @@ def test_argmax_softmax(request):
     K.softmax_rows[n, NT_SIZES[-1]](dev(x), V, V, p, np.float32(1 / 0.7))
     assert rel_err(host(p, (n, V)), ref.softmax(x, 0.7)) < 1e-5
 
+
+
+@pytest.mark.parametrize("V", [151680, 4099] if GPU else [300, 50])
+def test_argmax_two_stage(request, V):
+    """argmax_slices + argmax_merge (the backend's in-graph argmax) = np.argmax: ties inside a slice, across
+    slices and across a thread's loads keep the first index; a row of -inf gives 0 (as argmax_rows); V = 50 leaves
+    most of the 64 slices empty. The simulator runs a few 32-lane blocks over the grid-stride loop."""
+    rng = rng_for(request)
+    n = 5
+    x = rng.standard_normal((n, V)).astype(np.float32)
+    x[1, [V - 1, 17, 200 % V, 250 % V]] = 9.0
+    x[2, :] = 0.5
+    x[3, :] = -np.inf
+    x[4, V // 2:] = 3.0                                      # the second half ties: its first index
+    ld = V + 3
+    xd = dev(np.concatenate([x, np.zeros((n, 3), np.float32)], axis=1))
+    pv, pi = dev(np.zeros(n * K.ARGMAX_SLICES, np.float32)), dev(np.zeros(n * K.ARGMAX_SLICES, np.int32))
+    out = dev(np.full(n, -1, np.int32))
+    K.argmax_slices[n * K.ARGMAX_SLICES if GPU else 3, 256 if GPU else 64](xd, ld, V, pv, pi, n)
+    K.argmax_merge[n if GPU else 2, 32](pv, pi, V, out, n)
+    assert np.array_equal(out.copy_to_host(), ref.argmax(x))
 
 # ----------------------------------------------------------------------------- Gated DeltaNet (verify window)
 def delta_inputs(rng, n, nk, rep, dk, dv):
