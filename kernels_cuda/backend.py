@@ -284,7 +284,7 @@ class CudaModel:
         falls back to v3 for more than 32 query rows a group, e.g. MLA), "v5" (a block per share of a group's keys,
         a warp per 4 query rows, 8 keys a step, for groups of <= attention_v5_rows query rows; v4 above) or "v6"
         (the default: v5 with each step's key and value loads requested a step ahead, a warp per 2 query rows, for
-        groups of <= attention_v6_rows query rows and head dims <= 256; v5's rules above); NOTES.md has each one's
+        groups of <= attention_v6_rows query rows and head dims <= 128; v5's rules above); NOTES.md has each one's
         H100 numbers. gemm_tuning: {NMAX or (N, K, NMAX): (R, U[, WARPS])}
         overrides of the skinny-GEMM launch shape (default gemm.TUNED_H100: R = 8, U = 2 for 5..8 tokens; {} for
         none; autotune.tune_gemms measures one for a model). row_threads: threads per block of the one-row-per-block
@@ -685,33 +685,30 @@ class CudaModel:
         S = math.ceil(self.cap / C)
         vec = 1 if (dk % 4 == 0 and ldk % 4 == 0) else 0
         st = self.stream
-        if (self.attention == "v6" and dk % 16 == 0 and dk <= 16 * K.ATT6_MAXDQ and ldk % 4 == 0 and ldq % 4 == 0
-                and qoff % 4 == 0 and dv % 4 == 0 and ldv % 4 == 0 and rep * nq <= self.attn6_rows
-                and (SIM_RUNS_V5 or not SIM)):
+        # v5 / v6: 16-byte quarters of the key rows, 16-byte value loads; v6 (a quarter key row in registers) for
+        # dk <= 256 and up to attn6_rows rows a group, else v5 for up to attn5_rows rows, else v4 below
+        lanes_ok = (dk % 16 == 0 and ldk % 4 == 0 and ldq % 4 == 0 and qoff % 4 == 0 and dv % 4 == 0 and ldv % 4 == 0
+                    and (SIM_RUNS_V5 or not SIM))
+        v6 = self.attention == "v6" and lanes_ok and dk <= 16 * K.ATT6_MAXDQ and rep * nq <= self.attn6_rows
+        if v6 or (self.attention in ("v5", "v6") and lanes_ok and dk <= 512 and rep * nq <= self.attn5_rows):
             qmax = K.attn_v4_qmax(rep, nq)
-            rw = min(qmax, K.ATT6_RW)
+            rw = min(qmax, K.ATT6_RW if v6 else K.ATT5_RW)
             smem = K.attn_v5_smem(qmax, dk, rw)
             if smem <= 48 * 1024:
-                kp = _attn_v6_kernel(qmax, rw, dk // 16, math.ceil(dv / 128))
-                split = self.attn6_split(kp.NW)
+                if v6:
+                    kp = _attn_v6_kernel(qmax, rw, dk // 16, math.ceil(dv / 128))
+                    split = self.attn6_split(kp.NW)
+                else:
+                    kp = _attn_v5_kernel(qmax, rw, math.ceil(dv / 128))
+                    split = self.attn5_split
                 kp[self._grid((nh // rep) * split), 32 * kp.NW, st, smem](           # 32 lanes, also simulated
                     q, ldq, qoff, kc, ldk, vc, ldv, self.PO, self.PML, self.meta, n, nh, rep, dk, dv, self.scale, split)
-                K.attn_combine_v3[self._grid(n * nh), 32 * (1 if SIM else K.COMBINE3_SL), st](
-                    self.PO, self.PML, out, ldo, ooff, self.meta, n, nh, dv, K.ATT5_SUB, split)
-                return
-        if (self.attention in ("v5", "v6") and dk % 16 == 0 and dk <= 512 and ldk % 4 == 0 and ldq % 4 == 0
-                and qoff % 4 == 0 and dv % 4 == 0 and ldv % 4 == 0 and rep * nq <= self.attn5_rows
-                and (SIM_RUNS_V5 or not SIM)):
-            qmax = K.attn_v4_qmax(rep, nq)
-            rw = min(qmax, K.ATT5_RW)
-            smem = K.attn_v5_smem(qmax, dk, rw)
-            if smem <= 48 * 1024:
-                kp = _attn_v5_kernel(qmax, rw, math.ceil(dv / 128))
-                split = self.attn5_split
-                kp[self._grid((nh // rep) * split), 32 * kp.NW, st, smem](           # 32 lanes, also simulated
-                    q, ldq, qoff, kc, ldk, vc, ldv, self.PO, self.PML, self.meta, n, nh, rep, dk, dv, self.scale, split)
-                K.attn_combine_v2[self._grid(n * nh), self.nt, st](self.PO, self.PML, out, ldo, ooff, self.meta, n, nh,
-                                                                   dv, K.ATT5_SUB, split)
+                if v6:
+                    K.attn_combine_v3[self._grid(n * nh), 32 * (1 if SIM else K.COMBINE3_SL), st](
+                        self.PO, self.PML, out, ldo, ooff, self.meta, n, nh, dv, K.ATT5_SUB, split)
+                else:
+                    K.attn_combine_v2[self._grid(n * nh), self.nt, st](self.PO, self.PML, out, ldo, ooff, self.meta,
+                                                                       n, nh, dv, K.ATT5_SUB, split)
                 return
         if self.attention in ("v4", "v5", "v6") and vec and ldq % 4 == 0 and qoff % 4 == 0 and rep * nq <= 32:
             qmax = K.attn_v4_qmax(rep, nq)
@@ -1093,7 +1090,7 @@ def _attn_v5_kernel(qmax, rw, ep):
 
 
 # attention="v6" runs attn_partial_v6 (+ attn_combine_v3) for KV groups of at most ATT6_ROWS query rows with head dims
-# <= 256, v5 / v4 otherwise. bench_attention on the H100 (2026-11-26 calls k, l, NOTES.md), us per MiMo-7B layer at
+# <= 128, v5 / v4 otherwise. bench_attention on the H100 (2026-11-26 calls k, l, NOTES.md), us per MiMo-7B layer at
 # 4 / 8 / 16 rows, v6 against the best earlier version: ctx 512 14.4 / 17.4 / 26.8 (v5 21.8 / 28.4 / 32.9); ctx 4096
 # 36.0 / 57.5 / 105.1 (v5 53.7 / 68.0, v4 104.8 at 16 rows)
 ATT6_ROWS = 16

@@ -841,6 +841,62 @@ def attn_v5_smem(QMAX: int, dk: int, RW: int) -> int:
     return (QMAX * (dk + 16) + nw * (ATT5_SUB * RW + 2 * RW)) * 4
 
 
+@cuda.jit(device=True, inline=True)
+def stage_group_q(sm, q, ldq, qoff, g, rep, dk, QR, tid, nt):
+    """v5 / v6: KV group g's QR query rows -> sm[QR, dk + 16], each quarter of a row padded by 4 floats (the 4
+    lanes of a key read 4 different banks); 4 16-byte loads in flight per thread. The caller syncs the block."""
+    qt = cuda.local.array(16, float32)
+    d4 = dk // 4
+    dqp = d4 + 4
+    qrow = dk + 16
+    for base in range(0, QR * d4, 4 * nt):
+        for u in range(4):
+            x0, x1, x2, x3 = ld_group_q4(q, ldq, qoff, g, rep, dk, QR, base + tid + u * nt)
+            qt[4 * u] = x0
+            qt[4 * u + 1] = x1
+            qt[4 * u + 2] = x2
+            qt[4 * u + 3] = x3
+        for u in range(4):
+            idx = base + tid + u * nt
+            if idx < QR * d4:
+                r = idx // d4
+                c = (idx - r * d4) * 4                       # column: quarter c // d4, padded
+                cq = c // d4
+                b = r * qrow + cq * dqp + c - cq * d4
+                sm[b] = qt[4 * u]
+                sm[b + 1] = qt[4 * u + 1]
+                sm[b + 2] = qt[4 * u + 2]
+                sm[b + 3] = qt[4 * u + 3]
+
+
+@cuda.jit(device=True, inline=True)
+def store_group_partial(po, pml, sm, o, s, g, rep, nh, dv, r0, QR, lane, MB, LB, RW, EP):
+    """v5 / v6: a warp's partial (o [RW rows, EP x 4 dims a lane]) and its rows' running (m, l) from sm[MB / LB]
+    -> share s of po / pml, in the v1-v4 layout (row r = i x rep + hh is query i, head g x rep + hh)."""
+    dv4 = dv // 4
+    for eq in range(EP):
+        e4 = lane + eq * 32
+        if e4 < dv4:
+            for rr in range(RW):
+                r = r0 + rr
+                if r < QR:
+                    i = r // rep
+                    h = g * rep + r - i * rep
+                    ob = (rr * EP + eq) * 4
+                    pbase = ((s * nh + h) * 16 + i) * dv + e4 * 4
+                    po[pbase] = o[ob]
+                    po[pbase + 1] = o[ob + 1]
+                    po[pbase + 2] = o[ob + 2]
+                    po[pbase + 3] = o[ob + 3]
+    if lane < RW and r0 + lane < QR:
+        r = r0 + lane
+        i = r // rep
+        h = g * rep + r - i * rep
+        b = ((s * nh + h) * 16 + i) * 2
+        pml[b] = sm[MB + lane]
+        pml[b + 1] = sm[LB + lane]
+
+
 @factory
 def make_attention_v5(QMAX: int, RW: int, EP: int, MAXREG: int = 0):
     """attn_partial v5: flash decoding with a block per share of a KV group's keys, a warp per RW query rows of
@@ -905,25 +961,8 @@ def make_attention_v5(QMAX: int, RW: int, EP: int, MAXREG: int = 0):
             s = item - g * split
             if s >= S:                                       # block-uniform: past the cache's end
                 continue
-            # the group's query rows r = i * rep + hh (query i, head g * rep + hh) -> shared memory, 4 loads in flight
-            for base in range(0, QR * d4, 4 * nt):
-                for u in range(4):
-                    x0, x1, x2, x3 = ld_group_q4(q, ldq, qoff, g, rep, dk, QR, base + tid + u * nt)
-                    kb[4 * u] = x0
-                    kb[4 * u + 1] = x1
-                    kb[4 * u + 2] = x2
-                    kb[4 * u + 3] = x3
-                for u in range(4):
-                    idx = base + tid + u * nt
-                    if idx < QR * d4:
-                        r = idx // d4
-                        c = (idx - r * d4) * 4               # column: quarter c // d4, padded
-                        cq = c // d4
-                        b = r * qrow + cq * dqp + c - cq * d4
-                        sm[b] = kb[4 * u]
-                        sm[b + 1] = kb[4 * u + 1]
-                        sm[b + 2] = kb[4 * u + 2]
-                        sm[b + 3] = kb[4 * u + 3]
+            # the group's query rows r = i * rep + hh (query i, head g * rep + hh) -> shared memory
+            stage_group_q(sm, q, ldq, qoff, g, rep, dk, QR, tid, nt)
             if lane < RW:
                 sm[MB + lane] = NEG_INF
                 sm[LB + lane] = float32(0.0)
@@ -1013,27 +1052,7 @@ def make_attention_v5(QMAX: int, RW: int, EP: int, MAXREG: int = 0):
                                     o[ob + 2] = a2
                                     o[ob + 3] = a3
                     syncwarp()                               # P is rewritten by the next step
-                for eq in range(EP):                         # this warp's partial, in the v1-v4 layout
-                    e4 = lane + eq * 32
-                    if e4 < dv4:
-                        for rr in range(RW):
-                            r = r0 + rr
-                            if r < QR:
-                                i = r // rep
-                                h = g * rep + r - i * rep
-                                ob = (rr * EP + eq) * 4
-                                pbase = ((s * nh + h) * 16 + i) * dv + e4 * 4
-                                po[pbase] = o[ob]
-                                po[pbase + 1] = o[ob + 1]
-                                po[pbase + 2] = o[ob + 2]
-                                po[pbase + 3] = o[ob + 3]
-                if lane < RW and r0 + lane < QR:
-                    r = r0 + lane
-                    i = r // rep
-                    h = g * rep + r - i * rep
-                    b = ((s * nh + h) * 16 + i) * 2
-                    pml[b] = sm[MB + lane]
-                    pml[b + 1] = sm[LB + lane]
+                store_group_partial(po, pml, sm, o, s, g, rep, nh, dv, r0, QR, lane, MB, LB, RW, EP)
             cuda.syncthreads()                               # the query rows are restaged for the next item
 
     attn_partial_v5.QMAX, attn_partial_v5.RW, attn_partial_v5.EP, attn_partial_v5.MAXREG = QMAX, RW, EP, MAXREG
@@ -1043,7 +1062,8 @@ def make_attention_v5(QMAX: int, RW: int, EP: int, MAXREG: int = 0):
 
 # ----------------------------------------------------------------------------- attention v6 (v5, software-pipelined)
 ATT6_RW = 2            # query rows per warp (4 as in v5: 255 registers and spills on sm_90; 2: 248, none)
-ATT6_MAXDQ = 16        # 16-byte loads per quarter key row that v6 holds in registers: dk <= 256 (larger -> v5 / v4)
+ATT6_MAXDQ = 8         # 16-byte loads per quarter key row of the backend's v6: dk <= 128 (v5 / v4 above); at dk = 256
+                       # (DQ = 16) ptxas spilled 472 bytes for sm_90
 ATT6_WARPS_PER_SM = 8  # split = this x SMs / (KV groups x min(warps per block, ATT6_SPLIT_NW)) blocks (shares) per
 ATT6_SPLIT_NW = 4      # group: one wave of warps at v6's ~248 registers (8 per SM) up to 4 warps a block; H100,
                        # MiMo-7B, 16 rows (8 warps): 33 blocks per group took 27.5 us at ctx 512, 17 took 35.2
@@ -1067,7 +1087,7 @@ def make_attention_v6(QMAX: int, RW: int, DQ: int, EP: int, MAXREG: int = 0, PIP
     With the chain per step shorter, fewer, longer shares pay off (ATT6_WARPS_PER_SM): fewer partials to merge,
     which attn_combine_v3 does with every share's loads in flight. Same partial layout and (m, l) as v1-v5.
     QMAX >= rep x n (<= ATT5_MAXQ), RW rows per warp (blocks of 32 x ceil(QMAX / RW) threads), DQ = dk / 16 (<=
-    ATT6_MAXDQ), EP >= dv / 128, MAXREG: a register cap for ptxas (0: none). Needs dv, ldk, ldv, ldq, qoff % 4 == 0.
+    ATT6_MAXDQ in the backend), EP >= dv / 128, MAXREG: a register cap for ptxas (0: none). Needs dv, ldk, ldv, ldq, qoff % 4 == 0.
     """
     O4 = RW * EP * 4
     KB4 = 4 * DQ                                             # the lane's quarter key row
@@ -1102,7 +1122,6 @@ def make_attention_v6(QMAX: int, RW: int, DQ: int, EP: int, MAXREG: int = 0, PIP
         o = cuda.local.array(O4, float32)
         kb = cuda.local.array(KB4, float32)
         vb = cuda.local.array(VB4, float32)
-        qt = cuda.local.array(16, float32)
         for item in range(cuda.blockIdx.x, nkv * split, cuda.gridDim.x):
             g = item // split
             s = item - g * split
@@ -1132,25 +1151,8 @@ def make_attention_v6(QMAX: int, RW: int, DQ: int, EP: int, MAXREG: int = 0, PIP
                     vb[b + 1] = x1
                     vb[b + 2] = x2
                     vb[b + 3] = x3
-            # the group's query rows r = i * rep + hh (query i, head g * rep + hh) -> shared memory, 4 loads in flight
-            for base in range(0, QR * d4, 4 * nt):
-                for u in range(4):
-                    x0, x1, x2, x3 = ld_group_q4(q, ldq, qoff, g, rep, dk, QR, base + tid + u * nt)
-                    qt[4 * u] = x0
-                    qt[4 * u + 1] = x1
-                    qt[4 * u + 2] = x2
-                    qt[4 * u + 3] = x3
-                for u in range(4):
-                    idx = base + tid + u * nt
-                    if idx < QR * d4:
-                        r = idx // d4
-                        c = (idx - r * d4) * 4               # column: quarter c // d4, padded
-                        cq = c // d4
-                        b = r * qrow + cq * dqp + c - cq * d4
-                        sm[b] = qt[4 * u]
-                        sm[b + 1] = qt[4 * u + 1]
-                        sm[b + 2] = qt[4 * u + 2]
-                        sm[b + 3] = qt[4 * u + 3]
+            # the group's query rows r = i * rep + hh (query i, head g * rep + hh) -> shared memory
+            stage_group_q(sm, q, ldq, qoff, g, rep, dk, QR, tid, nt)
             if lane < RW:
                 sm[MB + lane] = NEG_INF
                 sm[LB + lane] = float32(0.0)
@@ -1249,27 +1251,7 @@ def make_attention_v6(QMAX: int, RW: int, DQ: int, EP: int, MAXREG: int = 0, PIP
                                 vb[b + 2] = x2
                                 vb[b + 3] = x3
                     syncwarp()                               # P is rewritten by the next step
-                for eq in range(EP):                         # this warp's partial, in the v1-v5 layout
-                    e4 = lane + eq * 32
-                    if e4 < dv4:
-                        for rr in range(RW):
-                            r = r0 + rr
-                            if r < QR:
-                                i = r // rep
-                                h = g * rep + r - i * rep
-                                ob = (rr * EP + eq) * 4
-                                pbase = ((s * nh + h) * 16 + i) * dv + e4 * 4
-                                po[pbase] = o[ob]
-                                po[pbase + 1] = o[ob + 1]
-                                po[pbase + 2] = o[ob + 2]
-                                po[pbase + 3] = o[ob + 3]
-                if lane < RW and r0 + lane < QR:
-                    r = r0 + lane
-                    i = r // rep
-                    h = g * rep + r - i * rep
-                    b = ((s * nh + h) * 16 + i) * 2
-                    pml[b] = sm[MB + lane]
-                    pml[b + 1] = sm[LB + lane]
+                store_group_partial(po, pml, sm, o, s, g, rep, nh, dv, r0, QR, lane, MB, LB, RW, EP)
             cuda.syncthreads()                               # the query rows are restaged for the next item
 
     attn_partial_v6.QMAX, attn_partial_v6.RW, attn_partial_v6.DQ, attn_partial_v6.EP = QMAX, RW, DQ, EP
