@@ -998,11 +998,15 @@ class CudaModel:
         return np.concatenate(hs), np.concatenate(ls)
 
     def _argmax_launches(self, n: int):
-        """am_dev[:n] = argmax of each logits row, in two stages (64 blocks a row, then a warp a row)."""
+        """am_dev[:n] = argmax of each logits row, in two stages (64 blocks a row, then a warp a row). The simulator
+        runs argmax_rows as one 1-thread block (the two stages need 32-lane warps there: 64 x 32 Python threads a
+        token; tests/test_kernels.py checks them against np.argmax)."""
         V = self.config.vocab_size
-        K.argmax_slices[self._grid(n * K.ARGMAX_SLICES), 32 if SIM else 256, self.stream](
-            self.LOGITS, V, V, self.am_pv, self.am_pi, n)
-        K.argmax_merge[self._grid(n), 32, self.stream](self.am_pv, self.am_pi, V, self.am_dev, n)
+        if SIM:
+            K.argmax_rows[n, 1, self.stream](self.LOGITS, V, V, self.am_dev)
+            return
+        K.argmax_slices[n * K.ARGMAX_SLICES, 256, self.stream](self.LOGITS, V, V, self.am_pv, self.am_pi, n)
+        K.argmax_merge[n, 32, self.stream](self.am_pv, self.am_pi, V, self.am_dev, n)
 
     def forward_greedy(self, ids, cache: DeviceCache):
         """Logits-free forward (greedy decoding and verification): (h [n, H], argmax ids [n]) with only n ints + h
