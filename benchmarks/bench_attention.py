@@ -49,7 +49,8 @@ VARIANTS = {"v3": dict(version="v3"), "v4 no cap": dict(V4, maxreg=0), "v4": V4,
             "v6": V6, "v6 partial": dict(V6, what="partial"), "v6 merge": dict(V6, what="merge"),
             "v6 c2": dict(V6, combine="v2"), "v6 x2": dict(V6, split=2), "v6 x4": dict(V6, split=4),
             "v6 split/2": dict(V6, split=0.5), "v6 split/4": dict(V6, split=0.25), "v6 rw1": dict(V6, rw=1),
-            "v6 rw4": dict(V6, rw=4),
+            "v6 rw4": dict(V6, rw=4), "v6 x0.75": dict(V6, split=0.75), "v6 x1.25": dict(V6, split=1.25),
+            "v6 x1.5": dict(V6, split=1.5),
             "v6 pipe1": dict(V6, pipe=1), "v6 cap 128": dict(V6, maxreg=128), "v6 cap 168": dict(V6, maxreg=168),
             "v6 rw4 cap 168": dict(V6, rw=4, maxreg=168)}
 
