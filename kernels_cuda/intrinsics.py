@@ -207,6 +207,12 @@ if SIM:
     def warp_max(v):
         return _warp_reduce(v, max)
 
+    @cuda.jit(device=True)
+    def warp_argmax(v, j):
+        """(max, its first index) over the lanes (one exchange: the shuffle version's 10 shuffles are 20 barriers of
+        32 Python threads here)."""
+        return _warp_reduce((v, j), lambda a, b: b if (b[0] > a[0] or (b[0] == a[0] and b[1] < a[1])) else a)
+
 else:
     @cuda.jit(device=True, inline=True)
     def warp_sum(v):
@@ -225,3 +231,15 @@ else:
         v = max(v, shfl_xor(v, 2))
         v = max(v, shfl_xor(v, 1))
         return v
+
+    @cuda.jit(device=True, inline=True)
+    def warp_argmax(v, j):
+        """(max, its first index) over the 32 lanes (every lane gets the result); ties keep the lower index, like
+        np.argmax."""
+        for m in (16, 8, 4, 2, 1):
+            ov = shfl_xor(v, m)
+            oj = shfl_xor(j, m)
+            if ov > v or (ov == v and oj < j):
+                v = ov
+                j = oj
+        return v, j

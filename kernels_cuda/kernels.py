@@ -19,7 +19,7 @@ import numpy as np
 from numba import cuda, float32, float64, int32
 
 from .gemm import LOADERS
-from .intrinsics import SIM, factory, ld_f32x4, shfl_xor, syncwarp, warp_max, warp_sum
+from .intrinsics import SIM, factory, ld_f32x4, shfl_xor, syncwarp, warp_argmax, warp_max, warp_sum
 
 # layout of the int32 `meta` array
 M_START, M_N, M_NACT = 0, 1, 3
@@ -1529,7 +1529,8 @@ def argmax_rows(x, ld, V, out):
         out[i] = bidx if bidx < V else 0
 
 
-ARGMAX_SLICES = 64     # blocks per row of argmax_slices (MiMo-7B: 2370 logits each)
+ARGMAX_SLICES = 4 if SIM else 64  # blocks per row of argmax_slices (MiMo-7B: 2370 logits each); the simulator's
+                                  # 32-lane blocks take ~0.2 s each, so its tests split a row into 4
 ARGMAX_U = 4           # loads a thread has in flight
 
 
@@ -1537,18 +1538,6 @@ ARGMAX_U = 4           # loads a thread has in flight
 def better(v, j, bv, bj):
     """(v, j) beats (bv, bj) in an argmax that keeps the first index on ties, like np.argmax."""
     return v > bv or (v == bv and j < bj)
-
-
-@cuda.jit(device=True, inline=True)
-def warp_argmax(v, j):
-    """(max, its first index) over the 32 lanes of the warp (every lane gets the result)."""
-    for m in (16, 8, 4, 2, 1):
-        ov = shfl_xor(v, m)
-        oj = shfl_xor(j, m)
-        if better(ov, oj, v, j):
-            v = ov
-            j = oj
-    return v, j
 
 
 @cuda.jit
