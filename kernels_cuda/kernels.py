@@ -870,6 +870,34 @@ def stage_group_q(sm, q, ldq, qoff, g, rep, dk, QR, tid, nt):
 
 
 @cuda.jit(device=True, inline=True)
+def softmax_step8(a, valid, scale, sm, mi, li, pi, qq, lane):
+    """v5 / v6: one query row's online softmax over a step of 8 keys (lane = key x quarter, a = the lane's partial
+    dot product). Sums the 4 quarters (xor 1, 2), takes the step's max and sum over the keys (xor 4, 8, 16),
+    updates the row's running m = sm[mi] and l = sm[li], writes the key's p to sm[pi] (one lane per key) and
+    returns alpha = exp(m_old - m_new), the factor on the row's P V accumulator. valid: the key exists and the
+    causal mask lets the row see it."""
+    a += shfl_xor(a, 1)                                      # the 4 quarters of the key's dot product
+    a += shfl_xor(a, 2)
+    x = a * scale if valid else NEG_INF
+    mx = max(x, shfl_xor(x, 4))                              # over the step's 8 keys (lanes 4 apart)
+    mx = max(mx, shfl_xor(mx, 8))
+    mx = max(mx, shfl_xor(mx, 16))
+    m_old = sm[mi]
+    m_new = max(m_old, mx)
+    p = math.exp(x - m_new) if x != NEG_INF else float32(0.0)
+    ps = p + shfl_xor(p, 4)
+    ps += shfl_xor(ps, 8)
+    ps += shfl_xor(ps, 16)
+    alpha = math.exp(m_old - m_new) if m_old != NEG_INF else float32(0.0)
+    if qq == 0:
+        sm[pi] = p
+    if lane == 0:                                            # every lane read m_old before the shuffles above
+        sm[mi] = m_new
+        sm[li] = sm[li] * alpha + ps
+    return alpha
+
+
+@cuda.jit(device=True, inline=True)
 def store_group_partial(po, pml, sm, o, s, g, rep, nh, dv, r0, QR, lane, MB, LB, RW, EP):
     """v5 / v6: a warp's partial (o [RW rows, EP x 4 dims a lane]) and its rows' running (m, l) from sm[MB / LB]
     -> share s of po / pml, in the v1-v4 layout (row r = i x rep + hh is query i, head g x rep + hh)."""
@@ -1000,26 +1028,8 @@ def make_attention_v5(QMAX: int, RW: int, EP: int, MAXREG: int = 0):
                     for rr in range(RW):                     # online softmax per row (warp-uniform branch)
                         r = r0 + rr
                         if r < QR:
-                            a = sc[rr]
-                            a += shfl_xor(a, 1)              # the 4 quarters of the key's dot product
-                            a += shfl_xor(a, 2)
-                            x = a * scale if (kk < L and t <= start + r // rep) else NEG_INF
-                            mx = max(x, shfl_xor(x, 4))      # over the step's 8 keys (lanes 4 apart)
-                            mx = max(mx, shfl_xor(mx, 8))
-                            mx = max(mx, shfl_xor(mx, 16))
-                            m_old = sm[MB + rr]
-                            m_new = max(m_old, mx)
-                            p = math.exp(x - m_new) if x != NEG_INF else float32(0.0)
-                            ps = p + shfl_xor(p, 4)
-                            ps += shfl_xor(ps, 8)
-                            ps += shfl_xor(ps, 16)
-                            alpha = math.exp(m_old - m_new) if m_old != NEG_INF else float32(0.0)
-                            if qq == 0:
-                                sm[PB + kk * RW + rr] = p
-                            sc[rr] = alpha
-                            if lane == 0:                    # every lane read m_old before the shuffles above
-                                sm[MB + rr] = m_new
-                                sm[LB + rr] = sm[LB + rr] * alpha + ps
+                            sc[rr] = softmax_step8(sc[rr], kk < L and t <= start + r // rep, scale, sm, MB + rr,
+                                                   LB + rr, PB + kk * RW + rr, qq, lane)
                     syncwarp()
                     for eq in range(EP):                     # P V: lane = 4 output dimensions
                         e4 = lane + eq * 32
@@ -1186,26 +1196,8 @@ def make_attention_v6(QMAX: int, RW: int, DQ: int, EP: int, MAXREG: int = 0, PIP
                     for rr in range(RW):                     # online softmax per row (warp-uniform branch)
                         r = r0 + rr
                         if r < QR:
-                            a = sc[rr]
-                            a += shfl_xor(a, 1)              # the 4 quarters of the key's dot product
-                            a += shfl_xor(a, 2)
-                            x = a * scale if (kk < L and t <= start + r // rep) else NEG_INF
-                            mx = max(x, shfl_xor(x, 4))      # over the step's 8 keys (lanes 4 apart)
-                            mx = max(mx, shfl_xor(mx, 8))
-                            mx = max(mx, shfl_xor(mx, 16))
-                            m_old = sm[MB + rr]
-                            m_new = max(m_old, mx)
-                            p = math.exp(x - m_new) if x != NEG_INF else float32(0.0)
-                            ps = p + shfl_xor(p, 4)
-                            ps += shfl_xor(ps, 8)
-                            ps += shfl_xor(ps, 16)
-                            alpha = math.exp(m_old - m_new) if m_old != NEG_INF else float32(0.0)
-                            if qq == 0:
-                                sm[PB + kk * RW + rr] = p
-                            sc[rr] = alpha
-                            if lane == 0:                    # every lane read m_old before the shuffles above
-                                sm[MB + rr] = m_new
-                                sm[LB + rr] = sm[LB + rr] * alpha + ps
+                            sc[rr] = softmax_step8(sc[rr], kk < L and t <= start + r // rep, scale, sm, MB + rr,
+                                                   LB + rr, PB + kk * RW + rr, qq, lane)
                     syncwarp()
                     for eq in range(EP):                     # P V: lane = 4 output dimensions
                         for rr in range(RW):
