@@ -33,12 +33,11 @@ from mtp_ref import ops  # noqa: E402
 NH, NKV, HD = 32, 8, 128
 LAYERS = 20
 # name -> version and options: maxreg (v4 / v5 register cap), split (factor on the default blocks / warps per KV group),
-# what is timed ("both" = partial + merge, "partial", "merge"), v5 / v6's query rows per warp (rw), v6's pipelining
-# (pipe: 2 = a step's keys requested after the previous step's scores, 1 = with its values after the previous P V),
-# the merge kernel (combine)
+# what is timed ("both" = partial + merge, "partial", "merge"), v5 / v6's query rows per warp (rw), the merge kernel
+# (combine)
 V4 = dict(version="v4", maxreg=K.ATT4_MAXREG)
 V5 = dict(version="v5", rw=K.ATT5_RW, maxreg=None)            # None: the backend's cap for the number of rows
-V6 = dict(version="v6", rw=K.ATT6_RW, maxreg=None, combine="v3", pipe=2)
+V6 = dict(version="v6", rw=K.ATT6_RW, maxreg=None, combine="v3")
 VARIANTS = {"v3": dict(version="v3"), "v4 no cap": dict(V4, maxreg=0), "v4": V4,
             "v4 partial": dict(V4, what="partial"), "v4 merge": dict(V4, what="merge"),
             "v4 split/2": dict(V4, split=0.5), "v4 split x2": dict(V4, split=2),
@@ -51,7 +50,7 @@ VARIANTS = {"v3": dict(version="v3"), "v4 no cap": dict(V4, maxreg=0), "v4": V4,
             "v6 split/2": dict(V6, split=0.5), "v6 split/4": dict(V6, split=0.25), "v6 rw1": dict(V6, rw=1),
             "v6 rw4": dict(V6, rw=4), "v6 x0.75": dict(V6, split=0.75), "v6 x1.25": dict(V6, split=1.25),
             "v6 x1.5": dict(V6, split=1.5),
-            "v6 pipe1": dict(V6, pipe=1), "v6 cap 128": dict(V6, maxreg=128), "v6 cap 168": dict(V6, maxreg=168),
+            "v6 cap 128": dict(V6, maxreg=128), "v6 cap 168": dict(V6, maxreg=168),
             "v6 rw4 cap 168": dict(V6, rw=4, maxreg=168)}
 
 
@@ -88,7 +87,7 @@ def launches_for(stream, v, n, cap, qd, kcs, vcs, po, pml, out, meta, split, nt=
             else:
                 cap = v["maxreg"] if v["maxreg"] is not None else (K.ATT6_MAXREG if qmax <= rw else
                                                                    K.ATT6_MAXREG_WIDE)
-                kern = K.make_attention_v6(qmax, rw, HD // 16, math.ceil(HD / 128), cap, v["pipe"])
+                kern = K.make_attention_v6(qmax, rw, HD // 16, math.ceil(HD / 128), cap)
             nt = 32 * kern.NW
             smem, grid, unit = K.attn_v5_smem(qmax, HD, rw), NKV * split, K.ATT5_SUB
         for kc, vc in zip(kcs, vcs):

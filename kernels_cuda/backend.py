@@ -686,7 +686,7 @@ class CudaModel:
         vec = 1 if (dk % 4 == 0 and ldk % 4 == 0) else 0
         st = self.stream
         # v5 / v6: 16-byte quarters of the key rows, 16-byte value loads; v6 (a quarter key row in registers) for
-        # dk <= 256 and up to attn6_rows rows a group, else v5 for up to attn5_rows rows, else v4 below
+        # dk <= 16 ATT6_MAXDQ and up to attn6_rows rows a group, else v5 for up to attn5_rows rows, else v4 below
         lanes_ok = (dk % 16 == 0 and ldk % 4 == 0 and ldq % 4 == 0 and qoff % 4 == 0 and dv % 4 == 0 and ldv % 4 == 0
                     and (SIM_RUNS_V5 or not SIM))
         v6 = self.attention == "v6" and lanes_ok and dk <= 16 * K.ATT6_MAXDQ and rep * nq <= self.attn6_rows
@@ -1083,8 +1083,7 @@ def _attn_v4_kernel(qmax, emax, nw):
 # instead of 7.92 ms at ctx 512, 10.54 instead of 9.78 at ctx 4096).
 ATT5_ROWS = 8
 # the simulator runs v5 / v6's 32 lanes as 32 Python threads (~20x slower than the 1-thread blocks of the other
-# kernels):
-# there CudaModel runs v4 instead unless a test sets this (tests/test_kernels.py checks v5 / v6 against NumPy)
+# kernels): there CudaModel runs v4 instead unless a test sets this (tests/test_kernels.py checks v5 / v6 against NumPy)
 SIM_RUNS_V5 = False
 
 

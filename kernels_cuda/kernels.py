@@ -1081,8 +1081,38 @@ ATT6_MAXREG = 0        # register caps of the backend's v6 launches of one warp 
 ATT6_MAXREG_WIDE = 0
 
 
+@cuda.jit(device=True, inline=True)
+def ld_quarter_row(kc, kbase, ok, kb, DQ):
+    """v6: kb <- the lane's quarter key row kc[kbase : kbase + 4 DQ] (DQ 16-byte loads, all in flight); zeros
+    where not ok (a key past the cache's end)."""
+    for u in range(DQ):
+        x0 = x1 = x2 = x3 = float32(0.0)
+        if ok:
+            x0, x1, x2, x3 = ld_f32x4(kc, kbase + u * 4)
+        kb[4 * u] = x0
+        kb[4 * u + 1] = x1
+        kb[4 * u + 2] = x2
+        kb[4 * u + 3] = x3
+
+
+@cuda.jit(device=True, inline=True)
+def ld_value_rows(vc, vbase, ldv, L, lane, dv4, vb, EP):
+    """v6: vb <- a step's 8 value rows, the lane's 4 dims of each (EP groups of 32 lanes x 4 dims): row u at
+    vc[vbase + u ldv + eq 128 ...]; zeros for rows u >= L and dims past dv."""
+    for eq in range(EP):
+        for u in range(ATT5_SUB):
+            x0 = x1 = x2 = x3 = float32(0.0)
+            if u < L and lane + eq * 32 < dv4:
+                x0, x1, x2, x3 = ld_f32x4(vc, vbase + u * ldv + eq * 128)
+            b = (eq * ATT5_SUB + u) * 4
+            vb[b] = x0
+            vb[b + 1] = x1
+            vb[b + 2] = x2
+            vb[b + 3] = x3
+
+
 @factory
-def make_attention_v6(QMAX: int, RW: int, DQ: int, EP: int, MAXREG: int = 0, PIPE: int = 2):
+def make_attention_v6(QMAX: int, RW: int, DQ: int, EP: int, MAXREG: int = 0):
     """attn_partial v6: v5 (a block per share of a KV group's keys, a warp per RW query rows, 8 keys a step, lane =
     (key, quarter of the head dimension)) with the memory round trips taken off the warp's critical path.
 
@@ -1097,7 +1127,8 @@ def make_attention_v6(QMAX: int, RW: int, DQ: int, EP: int, MAXREG: int = 0, PIP
     With the chain per step shorter, fewer, longer shares pay off (ATT6_WARPS_PER_SM): fewer partials to merge,
     which attn_combine_v3 does with every share's loads in flight. Same partial layout and (m, l) as v1-v5.
     QMAX >= rep x n (<= ATT5_MAXQ), RW rows per warp (blocks of 32 x ceil(QMAX / RW) threads), DQ = dk / 16 (<=
-    ATT6_MAXDQ in the backend), EP >= dv / 128, MAXREG: a register cap for ptxas (0: none). Needs dv, ldk, ldv, ldq, qoff % 4 == 0.
+    ATT6_MAXDQ in the backend), EP >= dv / 128, MAXREG: a register cap for ptxas (0: none). Needs dv, ldk, ldv,
+    ldq, qoff % 4 == 0. (Requesting the next keys together with the values, after P V, measured slower: NOTES.md.)
     """
     O4 = RW * EP * 4
     KB4 = 4 * DQ                                             # the lane's quarter key row
@@ -1141,26 +1172,8 @@ def make_attention_v6(QMAX: int, RW: int, DQ: int, EP: int, MAXREG: int = 0, PIP
             sb1 = ((s + 1) * nsub) // S
             # the first step's keys and values, in flight while the query rows are staged
             L = min(ATT5_SUB, T - sb0 * ATT5_SUB)
-            kbase = (sb0 * ATT5_SUB + kk) * ldk + g * dk + qq * d4
-            for u in range(DQ):
-                x0 = x1 = x2 = x3 = float32(0.0)
-                if kk < L:
-                    x0, x1, x2, x3 = ld_f32x4(kc, kbase + u * 4)
-                kb[4 * u] = x0
-                kb[4 * u + 1] = x1
-                kb[4 * u + 2] = x2
-                kb[4 * u + 3] = x3
-            for eq in range(EP):
-                vbase = sb0 * ATT5_SUB * ldv + g * dv + (lane + eq * 32) * 4
-                for u in range(ATT5_SUB):
-                    x0 = x1 = x2 = x3 = float32(0.0)
-                    if u < L and lane + eq * 32 < dv4:
-                        x0, x1, x2, x3 = ld_f32x4(vc, vbase + u * ldv)
-                    b = (eq * ATT5_SUB + u) * 4
-                    vb[b] = x0
-                    vb[b + 1] = x1
-                    vb[b + 2] = x2
-                    vb[b + 3] = x3
+            ld_quarter_row(kc, (sb0 * ATT5_SUB + kk) * ldk + g * dk + qq * d4, kk < L, kb, DQ)
+            ld_value_rows(vc, sb0 * ATT5_SUB * ldv + g * dv + lane * 4, ldv, L, lane, dv4, vb, EP)
             # the group's query rows r = i * rep + hh (query i, head g * rep + hh) -> shared memory
             stage_group_q(sm, q, ldq, qoff, g, rep, dk, QR, tid, nt)
             if lane < RW:
@@ -1182,17 +1195,8 @@ def make_attention_v6(QMAX: int, RW: int, DQ: int, EP: int, MAXREG: int = 0, PIP
                                 a += (sm[qb + 4 * u] * kb[4 * u] + sm[qb + 4 * u + 1] * kb[4 * u + 1]
                                       + sm[qb + 4 * u + 2] * kb[4 * u + 2] + sm[qb + 4 * u + 3] * kb[4 * u + 3])
                         sc[rr] = a
-                    if PIPE == 2 and sb + 1 < sb1:           # kb is free: the next step's keys
-                        L1 = min(ATT5_SUB, T - t0 - ATT5_SUB)
-                        kbase = (t + ATT5_SUB) * ldk + g * dk + qq * d4
-                        for u in range(DQ):
-                            x0 = x1 = x2 = x3 = float32(0.0)
-                            if kk < L1:
-                                x0, x1, x2, x3 = ld_f32x4(kc, kbase + u * 4)
-                            kb[4 * u] = x0
-                            kb[4 * u + 1] = x1
-                            kb[4 * u + 2] = x2
-                            kb[4 * u + 3] = x3
+                    if sb + 1 < sb1:                         # kb is free: the next step's keys
+                        ld_quarter_row(kc, (t + ATT5_SUB) * ldk + g * dk + qq * d4, kk < T - t0 - ATT5_SUB, kb, DQ)
                     for rr in range(RW):                     # online softmax per row (warp-uniform branch)
                         r = r0 + rr
                         if r < QR:
@@ -1220,34 +1224,14 @@ def make_attention_v6(QMAX: int, RW: int, DQ: int, EP: int, MAXREG: int = 0, PIP
                                 o[ob + 2] = a2
                                 o[ob + 3] = a3
                     if sb + 1 < sb1:                         # vb is free: the next step's values
-                        L1 = min(ATT5_SUB, T - t0 - ATT5_SUB)
-                        if PIPE == 1:                        # (and its keys, with PIPE = 1: fewer live registers)
-                            kbase = (t + ATT5_SUB) * ldk + g * dk + qq * d4
-                            for u in range(DQ):
-                                x0 = x1 = x2 = x3 = float32(0.0)
-                                if kk < L1:
-                                    x0, x1, x2, x3 = ld_f32x4(kc, kbase + u * 4)
-                                kb[4 * u] = x0
-                                kb[4 * u + 1] = x1
-                                kb[4 * u + 2] = x2
-                                kb[4 * u + 3] = x3
-                        for eq in range(EP):
-                            vbase = (t0 + ATT5_SUB) * ldv + g * dv + (lane + eq * 32) * 4
-                            for u in range(ATT5_SUB):
-                                x0 = x1 = x2 = x3 = float32(0.0)
-                                if u < L1 and lane + eq * 32 < dv4:
-                                    x0, x1, x2, x3 = ld_f32x4(vc, vbase + u * ldv)
-                                b = (eq * ATT5_SUB + u) * 4
-                                vb[b] = x0
-                                vb[b + 1] = x1
-                                vb[b + 2] = x2
-                                vb[b + 3] = x3
+                        ld_value_rows(vc, (t0 + ATT5_SUB) * ldv + g * dv + lane * 4, ldv,
+                                      min(ATT5_SUB, T - t0 - ATT5_SUB), lane, dv4, vb, EP)
                     syncwarp()                               # P is rewritten by the next step
                 store_group_partial(po, pml, sm, o, s, g, rep, nh, dv, r0, QR, lane, MB, LB, RW, EP)
             cuda.syncthreads()                               # the query rows are restaged for the next item
 
     attn_partial_v6.QMAX, attn_partial_v6.RW, attn_partial_v6.DQ, attn_partial_v6.EP = QMAX, RW, DQ, EP
-    attn_partial_v6.MAXREG, attn_partial_v6.NW, attn_partial_v6.PIPE = MAXREG, NW, PIPE
+    attn_partial_v6.MAXREG, attn_partial_v6.NW = MAXREG, NW
     return attn_partial_v6
 
 
