@@ -38,6 +38,7 @@ LAYERS = 20
 V4 = dict(version="v4", maxreg=K.ATT4_MAXREG)
 V5 = dict(version="v5", rw=K.ATT5_RW, maxreg=None)            # None: the backend's cap for the number of rows
 V6 = dict(version="v6", rw=K.ATT6_RW, maxreg=None, combine="v3")
+V7 = dict(version="v7", nw=K.ATT7_NW, maxreg=None, combine="v3")
 VARIANTS = {"v3": dict(version="v3"), "v4 no cap": dict(V4, maxreg=0), "v4": V4,
             "v4 partial": dict(V4, what="partial"), "v4 merge": dict(V4, what="merge"),
             "v4 split/2": dict(V4, split=0.5), "v4 split x2": dict(V4, split=2),
@@ -51,12 +52,26 @@ VARIANTS = {"v3": dict(version="v3"), "v4 no cap": dict(V4, maxreg=0), "v4": V4,
             "v6 rw4": dict(V6, rw=4), "v6 x0.75": dict(V6, split=0.75), "v6 x1.25": dict(V6, split=1.25),
             "v6 x1.5": dict(V6, split=1.5),
             "v6 cap 128": dict(V6, maxreg=128), "v6 cap 168": dict(V6, maxreg=168),
-            "v6 rw4 cap 168": dict(V6, rw=4, maxreg=168)}
+            "v6 rw4 cap 168": dict(V6, rw=4, maxreg=168),
+            "v7": V7, "v7 partial": dict(V7, what="partial"), "v7 cap 168": dict(V7, maxreg=168),
+            "v7 cap 200": dict(V7, maxreg=200), "v7 cap 128": dict(V7, maxreg=128), "v7 x0.5": dict(V7, split=0.5),
+            "v7 x2": dict(V7, split=2), "v7 nw2": dict(V7, nw=2), "v7 nw2 x2": dict(V7, nw=2, split=2),
+}
+_KERNELS: dict = {}
+
+
+def kernel(make, *args):
+    """make(*args), built (and compiled) once per run: every context reuses it."""
+    if (make, args) not in _KERNELS:
+        _KERNELS[make, args] = make(*args)
+    return _KERNELS[make, args]
 
 
 def split_for(v: dict, S: int, sms: int, n: int = 1) -> int:
     """As CudaModel: v4 ~4 blocks per SM, v5 ~ATT5_BLOCKS_PER_SM blocks per SM, over the KV groups; v6
     ATT6_WARPS_PER_SM warps per SM over the groups' blocks of ceil(rows / rw) warps (counted up to ATT6_SPLIT_NW)."""
+    if v["version"] == "v7":                 # shares = warps a block x blocks per group
+        return v["nw"] * max(1, math.ceil(K.ATT7_WARPS_PER_SM * sms * v.get("split", 1) / (NKV * v["nw"])))
     if v["version"] == "v6":
         nw = math.ceil(K.attn_v4_qmax(NH // NKV, gemm.nmax_for(n)) / v["rw"])
         return max(1, min(S, math.ceil(K.ATT6_WARPS_PER_SM * sms * v.get("split", 1) /
@@ -71,10 +86,18 @@ def launches_for(stream, v, n, cap, qd, kcs, vcs, po, pml, out, meta, split, nt=
     rep = NH // NKV
     scale = HD ** -0.5
     parts, merges = [], []
-    if v["version"] in ("v4", "v5", "v6"):
+    if v["version"] in ("v4", "v5", "v6", "v7"):
         qmax = K.attn_v4_qmax(rep, nq)
-        if v["version"] == "v4":
-            kern = K.make_attention_v4(qmax, math.ceil(HD / nt), nt // 32, v["maxreg"])
+        if v["version"] == "v7":
+            qmax = K.attn_v7_qmax(rep, nq)
+            if qmax > 16:
+                raise ValueError("v7 holds <= 16 query rows per KV group")
+            cap = v["maxreg"] if v["maxreg"] is not None else K.ATT7_MAXREG
+            kern = kernel(K.make_attention_v7, qmax, v["nw"], cap)
+            nt = 32 * v["nw"]
+            smem, grid, unit = K.attn_v7_smem(qmax, HD, v["nw"]), NKV * (split // v["nw"]), K.ATT7_KT
+        elif v["version"] == "v4":
+            kern = kernel(K.make_attention_v4, qmax, math.ceil(HD / nt), nt // 32, v["maxreg"])
             smem, grid, unit = K.attn_v4_smem(qmax, HD), NKV * split, K.ATT4_SUB
         else:
             if rep * nq > K.ATT5_MAXQ:
@@ -83,11 +106,11 @@ def launches_for(stream, v, n, cap, qd, kcs, vcs, po, pml, out, meta, split, nt=
             if v["version"] == "v5":
                 cap = v["maxreg"] if v["maxreg"] is not None else (K.ATT5_MAXREG if qmax <= K.ATT5_RW else
                                                                    K.ATT5_MAXREG_WIDE)
-                kern = K.make_attention_v5(qmax, rw, math.ceil(HD / 128), cap)
+                kern = kernel(K.make_attention_v5, qmax, rw, math.ceil(HD / 128), cap)
             else:
                 cap = v["maxreg"] if v["maxreg"] is not None else (K.ATT6_MAXREG if qmax <= rw else
                                                                    K.ATT6_MAXREG_WIDE)
-                kern = K.make_attention_v6(qmax, rw, HD // 16, math.ceil(HD / 128), cap)
+                kern = kernel(K.make_attention_v6, qmax, rw, HD // 16, math.ceil(HD / 128), cap)
             nt = 32 * kern.NW
             smem, grid, unit = K.attn_v5_smem(qmax, HD, rw), NKV * split, K.ATT5_SUB
         for kc, vc in zip(kcs, vcs):
@@ -102,7 +125,7 @@ def launches_for(stream, v, n, cap, qd, kcs, vcs, po, pml, out, meta, split, nt=
     else:
         C = 32
         S = math.ceil(cap / C)
-        kern = K.make_attention_v3(nq)
+        kern = kernel(K.make_attention_v3, nq)
         for kc, vc in zip(kcs, vcs):
             parts.append(lambda kc=kc, vc=vc: kern[NH * S, nt, stream, (nq * HD + nq * C) * 4](
                 qd, NH * HD, 0, kc, NKV * HD, vc, NKV * HD, po, pml, meta, n, NH, rep, HD, HD, scale, C, S, 1))

@@ -111,7 +111,7 @@ def bench_ours(cm, ceil_GBps, out):
             fwd()                                   # eager (compiles on first use of this n)
             t_first = time.time() - t0
             fwd()                                   # captured into a graph
-            g = cache.graphs.get((("trunk",), n))
+            g = cache.graphs.get((("trunk",), n, cm._long))    # (kind, n, long context: attention_long)
             wall, cpu = wall_ms(fwd)
             if g is not None:
                 dev_ms = events_ms(cm.stream, g.launch)
@@ -261,6 +261,13 @@ CONFIGS = {  # name -> CudaModel options (NOTES.md has each one's numbers)
            "fuse_norm": True, "fuse_rope_cache": True, "rope_per_head": True},    # block per head (default, 11-26)
     "v7r8": {"attention": "v6", "attention_v6_rows": 8, "gemm_tuning": "TUNED_H100",  # v7, 3-4-token steps on v4
              "row_threads": 1024, "fuse_norm": True, "fuse_rope_cache": True, "rope_per_head": True},
+    "v8": {"attention": "v7", "gemm_tuning": "TUNED_H100", "row_threads": 1024,   # v7 + attention v7 (register
+           "fuse_norm": True, "fuse_rope_cache": True, "rope_per_head": True},    # tiles) for 8-16 rows a group
+    "v8r4": {"attention": "v7", "attention_v7_rows": 4, "gemm_tuning": "TUNED_H100",  # ... also for 1-token steps
+             "row_threads": 1024, "fuse_norm": True, "fuse_rope_cache": True, "rope_per_head": True},
+    "v9": {"attention": "v6", "attention_long": "v7", "gemm_tuning": "TUNED_H100",  # v7 + attention v7 for
+           "row_threads": 1024, "fuse_norm": True, "fuse_rope_cache": True,       # caches of > 1536 keys
+           "rope_per_head": True},                                                # (CudaModel's default, 11-26)
 }
 
 
@@ -291,6 +298,7 @@ def main():
     dev_w = {k: (v.view(torch.int16) if v.dtype == torch.bfloat16 else v) for k, v in W.items()}
     for name in a.configs.split(","):
         opts = dict(CONFIGS[name])
+        opts.setdefault("attention_long", None)     # configs before v9 ran one attention version at every length
         auto = opts.get("gemm_tuning") == "auto"
         if isinstance(opts.get("gemm_tuning"), str):
             opts["gemm_tuning"] = gemm.TUNED_H100 if auto else getattr(gemm, opts["gemm_tuning"])

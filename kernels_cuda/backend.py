@@ -276,7 +276,8 @@ class CudaModel:
                  fp8: str = "kernel", gemm_lanes: int | None = None, attention: str = "v6",
                  gemm_tuning: dict | None = None, row_threads: int = 1024, fuse_rope_cache: bool = True,
                  fuse_norm: bool = True, attention_v5_rows: int | None = None, attention_v6_rows: int | None = None,
-                 rope_per_head: bool = True,
+                 rope_per_head: bool = True, attention_v7_rows: int | None = None,
+                 attention_long: str | None = "default", long_context: int | None = None,
                  _source=None, _config=None,
                  _spec=None, _path=None, _tokenizer=None):
         """attention: "v1", "v2" (unrolled loads, 64-key chunks), "v3" (a warp per key, 32-key chunks,
@@ -284,8 +285,13 @@ class CudaModel:
         falls back to v3 for more than 32 query rows a group, e.g. MLA), "v5" (a block per share of a group's keys,
         a warp per 4 query rows, 8 keys a step, for groups of <= attention_v5_rows query rows; v4 above) or "v6"
         (the default: v5 with each step's key and value loads requested a step ahead, a warp per 2 query rows, for
-        groups of <= attention_v6_rows query rows and head dims <= 128; v5's rules above); NOTES.md has each one's
-        H100 numbers. gemm_tuning: {NMAX or (N, K, NMAX): (R, U[, WARPS])}
+        groups of <= attention_v6_rows query rows and head dims <= 128; v5's rules above) or "v7" (register-tiled
+        flash decoding, a warp per share of 32-key tiles and all of a group's rows, for groups of attention_v7_rows
+        (default ATT7_ROWS = 8) to 16 query rows with dk % 32 == 0 and dv <= 128; v6's rules below and beyond);
+        NOTES.md has each one's H100 numbers. attention_long: the version for forwards whose cache holds more than
+        long_context keys (default ATT_LONG = "v7" for every group of <= 16 rows, over ATT_LONG_CONTEXT keys; None:
+        attention at every length): the graphs are captured per (token count, short / long), so each kernel runs
+        where it is faster. gemm_tuning: {NMAX or (N, K, NMAX): (R, U[, WARPS])}
         overrides of the skinny-GEMM launch shape (default gemm.TUNED_H100: R = 8, U = 2 for 5..8 tokens; {} for
         none; autotune.tune_gemms measures one for a model). row_threads: threads per block of the one-row-per-block
         kernels (RMSNorm, embedding, cache write); 128 left a 4096-wide RMSNorm latency-bound at ~20 us (NOTES.md).
@@ -319,11 +325,19 @@ class CudaModel:
         self.fuse_rope_cache = bool(fuse_rope_cache)
         self.rope_per_head = bool(rope_per_head)
         self.fuse_norm = bool(fuse_norm)
-        if attention not in ("v1", "v2", "v3", "v4", "v5", "v6"):
-            raise ValueError(f"attention must be 'v1', 'v2', 'v3', 'v4', 'v5' or 'v6', not {attention!r}")
-        self.attention = attention
+        versions = ("v1", "v2", "v3", "v4", "v5", "v6", "v7")
+        attention_long = ATT_LONG if attention_long == "default" else attention_long
+        for name, v in (("attention", attention), ("attention_long", attention_long)):
+            if v not in versions and not (name == "attention_long" and v is None):
+                raise ValueError(f"{name} must be one of {versions}, not {v!r}")
+        self.attention = self.att_short = attention
+        self.att_long = attention_long
+        self.long_context = ATT_LONG_CONTEXT if long_context is None else int(long_context)
+        self._long = False                 # the forward being launched / captured reads more than long_context keys
         self.attn5_rows = min(K.ATT5_MAXQ, ATT5_ROWS if attention_v5_rows is None else int(attention_v5_rows))
         self.attn6_rows = min(K.ATT5_MAXQ, ATT6_ROWS if attention_v6_rows is None else int(attention_v6_rows))
+        self.attn7_rows = ATT7_ROWS if attention_v7_rows is None else int(attention_v7_rows)
+        self.attn7_rows_long = 1           # attention_long = "v7": every group of <= 16 rows
         # Gated DeltaNet (what mtp_ref.speculative checks): the recurrent form, with per-token snapshots of up to
         # NMAX tokens per forward kept on the device (longer inputs are fed NMAX at a time)
         self.delta_rule = "recurrent"
@@ -582,10 +596,10 @@ class CudaModel:
         # attention split-K scratch, sized for the cache capacity
         nh = cfg.num_attention_heads
         self.attn_C = {nq: K.attn_chunk(nq, self.dk) for nq in (1, 2, 4, 8, 16)}
-        if self.attention in ("v2", "v3", "v4", "v5", "v6"):
+        if self.att_short != "v1" or self.att_long not in (None, "v1"):
             cmax = 64 if self.attention == "v2" or self.dk % 4 else 32   # v3 falls back to v2 when dk % 4
             self.attn_C = {nq: min(cmax, c) for nq, c in self.attn_C.items()}
-        S = max(math.ceil(self.cap / c) for c in self.attn_C.values())
+        S = max([math.ceil(self.cap / c) for c in self.attn_C.values()] + [math.ceil(self.cap / K.ATT7_KT)])
         if S > K.COMBINE_MAX_CHUNKS:
             raise MtpRefError(f"max_context {self.cap} needs {S} attention chunks; the merge kernel takes "
                               f"{K.COMBINE_MAX_CHUNKS}")
@@ -598,6 +612,9 @@ class CudaModel:
         # v6: about ATT6_WARPS_PER_SM warps per SM over blocks of nw warps (attn6_split(nw); kernels.py)
         self.attn6_split = lambda nw: max(1, min(S, 2 if SIM else math.ceil(
             K.ATT6_WARPS_PER_SM * sms / (self.groups * min(nw, K.ATT6_SPLIT_NW)))))
+        # v7: blocks per KV group of ATT7_NW warps, a share each (shares <= ceil(cap / 32) <= S have keys)
+        self.attn7_nw = 1 if SIM else K.ATT7_NW
+        self.attn7_bpg = 2 if SIM else max(1, math.ceil(K.ATT7_WARPS_PER_SM * sms / (self.groups * self.attn7_nw)))
         self.PO = dev(S * nh * 16 * self.dv_att)
         self.PML = dev(S * nh * 16 * 2)
         # MoE scratch
@@ -685,12 +702,25 @@ class CudaModel:
         S = math.ceil(self.cap / C)
         vec = 1 if (dk % 4 == 0 and ldk % 4 == 0) else 0
         st = self.stream
+        att = self.att_long if self._long else self.att_short
         # v5 / v6: 16-byte quarters of the key rows, 16-byte value loads; v6 (a quarter key row in registers) for
         # dk <= 16 ATT6_MAXDQ and up to attn6_rows rows a group, else v5 for up to attn5_rows rows, else v4 below
         lanes_ok = (dk % 16 == 0 and ldk % 4 == 0 and ldq % 4 == 0 and qoff % 4 == 0 and dv % 4 == 0 and ldv % 4 == 0
                     and (SIM_RUNS_V5 or not SIM))
-        v6 = self.attention == "v6" and lanes_ok and dk <= 16 * K.ATT6_MAXDQ and rep * nq <= self.attn6_rows
-        if v6 or (self.attention in ("v5", "v6") and lanes_ok and dk <= 512 and rep * nq <= self.attn5_rows):
+        if (att == "v7" and lanes_ok and dk % K.ATT7_DC == 0 and dv <= 128
+                and (self.attn7_rows_long if self._long else self.attn7_rows) <= rep * nq <= 16):
+            qmax = K.attn_v7_qmax(rep, nq)
+            smem = K.attn_v7_smem(qmax, dk, self.attn7_nw)
+            if smem <= 48 * 1024:
+                kp = _attn_v7_kernel(qmax, self.attn7_nw)
+                split = self.attn7_bpg * self.attn7_nw
+                kp[self._grid((nh // rep) * self.attn7_bpg), 32 * kp.NW, st, smem](
+                    q, ldq, qoff, kc, ldk, vc, ldv, self.PO, self.PML, self.meta, n, nh, rep, dk, dv, self.scale, split)
+                K.attn_combine_v3[self._grid(n * nh), 32 * (1 if SIM else K.COMBINE3_SL), st](
+                    self.PO, self.PML, out, ldo, ooff, self.meta, n, nh, dv, K.ATT7_KT, split)
+                return
+        v6 = att in ("v6", "v7") and lanes_ok and dk <= 16 * K.ATT6_MAXDQ and rep * nq <= self.attn6_rows
+        if v6 or (att in ("v5", "v6", "v7") and lanes_ok and dk <= 512 and rep * nq <= self.attn5_rows):
             qmax = K.attn_v4_qmax(rep, nq)
             rw = min(qmax, K.ATT6_RW if v6 else K.ATT5_RW)
             smem = K.attn_v5_smem(qmax, dk, rw)
@@ -710,7 +740,7 @@ class CudaModel:
                     K.attn_combine_v2[self._grid(n * nh), self.nt, st](self.PO, self.PML, out, ldo, ooff, self.meta,
                                                                        n, nh, dv, K.ATT5_SUB, split)
                 return
-        if self.attention in ("v4", "v5", "v6") and vec and ldq % 4 == 0 and qoff % 4 == 0 and rep * nq <= 32:
+        if att in ("v4", "v5", "v6", "v7") and vec and ldq % 4 == 0 and qoff % 4 == 0 and rep * nq <= 32:
             qmax = K.attn_v4_qmax(rep, nq)
             smem = K.attn_v4_smem(qmax, dk)
             if smem <= 48 * 1024:
@@ -721,7 +751,7 @@ class CudaModel:
                 K.attn_combine_v2[self._grid(n * nh), self.nt, st](self.PO, self.PML, out, ldo, ooff, self.meta, n, nh,
                                                                    dv, K.ATT4_SUB, split)
                 return
-        version = self.attention if self.attention in ("v1", "v2") else "v3"
+        version = att if att in ("v1", "v2") else "v3"
         version = "v2" if version == "v3" and not vec else version        # v3 needs 16-byte key loads
         kp = _attn_kernel(nq, version)
         kp[self._grid(nh * S), self.nt, st, (nq * dk + nq * C) * 4](
@@ -908,7 +938,7 @@ class CudaModel:
             launches()
             self.timing["eager_calls"] += 1
             return
-        gk = (key, n)
+        gk = (key, n, self._long)
         g = cache.graphs.get(gk)
         if g is None:
             if gk not in self._warm:
@@ -932,6 +962,8 @@ class CudaModel:
 
     def _set_meta(self, start: int, positions, ids, slot: int = 0):
         n = len(ids)
+        # a kernel choice per length, fixed while a graph is captured: the graph key carries it (_run)
+        self._long = self.att_long is not None and start + n > self.long_context
         m = self.meta_host
         m[K.M_START], m[K.M_N], m[K.M_SLOT] = start, n, slot
         m[K.M_POS: K.M_POS + n] = positions
@@ -1102,6 +1134,22 @@ ATT6_ROWS = 16
 def _attn_v6_kernel(qmax, rw, dq, ep):
     cap = K.ATT6_MAXREG if qmax <= rw else K.ATT6_MAXREG_WIDE
     return _cached(("attn", "v6", qmax, rw, dq, ep), lambda: K.make_attention_v6(qmax, rw, dq, ep, cap))
+
+
+# attention="v7" runs attn_partial_v7 (+ attn_combine_v3) for KV groups of ATT7_ROWS to 16 query rows (dk % 32 == 0,
+# dv <= 128), v6's rules otherwise
+ATT7_ROWS = 8
+# CudaModel's attention for caches of more than ATT_LONG_CONTEXT keys (attention_long): v7 for every group of <= 16
+# rows. bench_attention on the H100 (2026-11-26, NOTES.md), us per MiMo-7B layer at 4 / 8 / 16 rows, v7 against v6:
+# ctx 4096 25.7 / 32.6 / 60.2 against 31.8 / 49.2 / 86.3, ctx 2048 19.4 / 21.9 / 39.0 against 21.7 / 30.1 / 51.1, but
+# ctx 1024 17.3 / 21.0 / 35.8 against 16.9 / 20.4 / 33.7 and ctx 512 16.1 / 20.3 / 35.1 against 13.7 / 15.3 / 24.9:
+# the crossover lies between 1024 and 2048 keys
+ATT_LONG = "v7"
+ATT_LONG_CONTEXT = 1536
+
+
+def _attn_v7_kernel(qmax, nw):
+    return _cached(("attn", "v7", qmax, nw), lambda: K.make_attention_v7(qmax, nw, K.ATT7_MAXREG))
 
 
 def _attn_kernel(nq, version="v1"):

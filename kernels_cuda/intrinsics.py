@@ -64,6 +64,16 @@ if SIM:
         """Reinterpret the low 32 bits of an integer as a float32."""
         return np.float32(_unpack(_pack(int(v) & 0xFFFFFFFF))[0])
 
+    def ld_sh4(a, i):
+        """4 floats at &a[i] of a shared-memory float32 array (i % 4 == 0)."""
+        a = _np(a)
+        return a[i], a[i + 1], a[i + 2], a[i + 3]
+
+    def st_sh4(a, i, x0, x1, x2, x3):
+        """a[i : i + 4] = x0 .. x3 in a shared-memory float32 array (i % 4 == 0)."""
+        a = _np(a)
+        a[i], a[i + 1], a[i + 2], a[i + 3] = x0, x1, x2, x3
+
 else:
     from llvmlite import ir
     from numba import types
@@ -107,6 +117,48 @@ else:
     ld_u32x2 = _vec_load(2, types.uint32, "ld.global.nc.L1::no_allocate.v2.u32 {$0, $1}, [$2];")
     # activations: re-read by every warp of a block -> keep them in L1
     ld_f32x4 = _vec_load(4, types.float32, "ld.global.v4.f32 {$0, $1, $2, $3}, [$4];")
+
+    # shared memory: numba hands kernels a generic pointer to it; cast it back to the shared address space and
+    # access 4 floats as one aligned vector, so that ptxas emits one 16-byte LDS / STS with [register + constant]
+    # addressing (four scalar accesses are not merged: the index's alignment is not provable; an inline-asm
+    # cvta + ld.shared kept every distinct address live in registers). i % 4 == 0.
+    def _sh_vec_ptr(context, builder, aty, arr, idx, ity):
+        idx = context.cast(builder, idx, ity, types.intp)
+        ptr = _elem_ptr(context, builder, aty, arr, idx)
+        vec = ir.VectorType(ir.FloatType(), 4)
+        return builder.bitcast(builder.addrspacecast(ptr, ir.FloatType().as_pointer(3)), vec.as_pointer(3))
+
+    @intrinsic
+    def ld_sh4(typingctx, a, i):
+        if not (isinstance(a, types.Array) and a.ndim == 1 and a.dtype == types.float32
+                and isinstance(i, types.Integer)):
+            return None
+        sig = types.UniTuple(types.float32, 4)(a, i)
+
+        def codegen(context, builder, sig, args):
+            v = builder.load(_sh_vec_ptr(context, builder, sig.args[0], args[0], args[1], sig.args[1]), align=16)
+            vals = [builder.extract_element(v, ir.Constant(ir.IntType(32), k)) for k in range(4)]
+            return context.make_tuple(builder, sig.return_type, vals)
+
+        return sig, codegen
+
+    @intrinsic
+    def st_sh4(typingctx, a, i, x0, x1, x2, x3):
+        if not (isinstance(a, types.Array) and a.ndim == 1 and a.dtype == types.float32
+                and isinstance(i, types.Integer)):
+            return None
+        sig = types.void(a, i, x0, x1, x2, x3)
+
+        def codegen(context, builder, sig, args):
+            ptr = _sh_vec_ptr(context, builder, sig.args[0], args[0], args[1], sig.args[1])
+            v = ir.Constant(ir.VectorType(ir.FloatType(), 4), None)
+            for k in range(4):
+                x = context.cast(builder, args[2 + k], sig.args[2 + k], types.float32)
+                v = builder.insert_element(v, x, ir.Constant(ir.IntType(32), k))
+            builder.store(v, ptr, align=16)
+            return context.get_dummy_value()
+
+        return sig, codegen
 
     @intrinsic
     def bits_f32(typingctx, v):

@@ -19,7 +19,7 @@ import numpy as np
 from numba import cuda, float32, float64, int32
 
 from .gemm import LOADERS
-from .intrinsics import SIM, factory, ld_f32x4, shfl_xor, syncwarp, warp_argmax, warp_max, warp_sum
+from .intrinsics import SIM, factory, ld_f32x4, ld_sh4, shfl_xor, st_sh4, syncwarp, warp_argmax, warp_max, warp_sum
 
 # layout of the int32 `meta` array
 M_START, M_N, M_NACT = 0, 1, 3
@@ -842,6 +842,18 @@ def attn_v5_smem(QMAX: int, dk: int, RW: int) -> int:
 
 
 @cuda.jit(device=True, inline=True)
+def ld_group_q16(q, ldq, qoff, g, rep, dk, QR, base, tid, nt, qt):
+    """v5-v7: qt <- the thread's 4 16-byte loads of KV group g's query rows at flat indices base + tid + u nt (u < 4,
+    ld_group_q4), all in flight before the caller stores them."""
+    for u in range(4):
+        x0, x1, x2, x3 = ld_group_q4(q, ldq, qoff, g, rep, dk, QR, base + tid + u * nt)
+        qt[4 * u] = x0
+        qt[4 * u + 1] = x1
+        qt[4 * u + 2] = x2
+        qt[4 * u + 3] = x3
+
+
+@cuda.jit(device=True, inline=True)
 def stage_group_q(sm, q, ldq, qoff, g, rep, dk, QR, tid, nt):
     """v5 / v6: KV group g's QR query rows -> sm[QR, dk + 16], each quarter of a row padded by 4 floats (the 4
     lanes of a key read 4 different banks); 4 16-byte loads in flight per thread. The caller syncs the block."""
@@ -850,12 +862,7 @@ def stage_group_q(sm, q, ldq, qoff, g, rep, dk, QR, tid, nt):
     dqp = d4 + 4
     qrow = dk + 16
     for base in range(0, QR * d4, 4 * nt):
-        for u in range(4):
-            x0, x1, x2, x3 = ld_group_q4(q, ldq, qoff, g, rep, dk, QR, base + tid + u * nt)
-            qt[4 * u] = x0
-            qt[4 * u + 1] = x1
-            qt[4 * u + 2] = x2
-            qt[4 * u + 3] = x3
+        ld_group_q16(q, ldq, qoff, g, rep, dk, QR, base, tid, nt, qt)
         for u in range(4):
             idx = base + tid + u * nt
             if idx < QR * d4:
@@ -872,7 +879,7 @@ def stage_group_q(sm, q, ldq, qoff, g, rep, dk, QR, tid, nt):
 @cuda.jit(device=True, inline=True)
 def softmax_step8(a, valid, scale, sm, mi, li, pi, qq, lane):
     """v5 / v6: one query row's online softmax over a step of 8 keys (lane = key x quarter, a = the lane's partial
-    dot product). Sums the 4 quarters (xor 1, 2), takes the step's max and sum over the keys (xor 4, 8, 16),
+    dot product; scale a float32: a float64 one made the whole step float64, exp included). Sums the 4 quarters (xor 1, 2), takes the step's max and sum over the keys (xor 4, 8, 16),
     updates the row's running m = sm[mi] and l = sm[li], writes the key's p to sm[pi] (one lane per key) and
     returns alpha = exp(m_old - m_new), the factor on the row's P V accumulator. valid: the key exists and the
     causal mask lets the row see it."""
@@ -978,6 +985,7 @@ def make_attention_v5(QMAX: int, RW: int, EP: int, MAXREG: int = 0):
         dv4 = dv // 4
         nkv = nh // rep
         PB = QMAX * qrow + w * (ATT5_SUB * RW + 2 * RW)      # this warp's P [8, RW], then m [RW], l [RW]
+        scl = float32(scale)                                 # (a float64 scale made the softmax float64)
         MB = PB + ATT5_SUB * RW
         LB = MB + RW
         sc = cuda.local.array(RW, float32)
@@ -1028,7 +1036,7 @@ def make_attention_v5(QMAX: int, RW: int, EP: int, MAXREG: int = 0):
                     for rr in range(RW):                     # online softmax per row (warp-uniform branch)
                         r = r0 + rr
                         if r < QR:
-                            sc[rr] = softmax_step8(sc[rr], kk < L and t <= start + r // rep, scale, sm, MB + rr,
+                            sc[rr] = softmax_step8(sc[rr], kk < L and t <= start + r // rep, scl, sm, MB + rr,
                                                    LB + rr, PB + kk * RW + rr, qq, lane)
                     syncwarp()
                     for eq in range(EP):                     # P V: lane = 4 output dimensions
@@ -1157,6 +1165,7 @@ def make_attention_v6(QMAX: int, RW: int, DQ: int, EP: int, MAXREG: int = 0):
         dv4 = dv // 4
         nkv = nh // rep
         PB = QMAX * qrow + w * (ATT5_SUB * RW + 2 * RW)      # this warp's P [8, RW], then m [RW], l [RW]
+        scl = float32(scale)                                 # (a float64 scale made the softmax float64)
         MB = PB + ATT5_SUB * RW
         LB = MB + RW
         sc = cuda.local.array(RW, float32)
@@ -1200,7 +1209,7 @@ def make_attention_v6(QMAX: int, RW: int, DQ: int, EP: int, MAXREG: int = 0):
                     for rr in range(RW):                     # online softmax per row (warp-uniform branch)
                         r = r0 + rr
                         if r < QR:
-                            sc[rr] = softmax_step8(sc[rr], kk < L and t <= start + r // rep, scale, sm, MB + rr,
+                            sc[rr] = softmax_step8(sc[rr], kk < L and t <= start + r // rep, scl, sm, MB + rr,
                                                    LB + rr, PB + kk * RW + rr, qq, lane)
                     syncwarp()
                     for eq in range(EP):                     # P V: lane = 4 output dimensions
@@ -1233,6 +1242,279 @@ def make_attention_v6(QMAX: int, RW: int, DQ: int, EP: int, MAXREG: int = 0):
     attn_partial_v6.QMAX, attn_partial_v6.RW, attn_partial_v6.DQ, attn_partial_v6.EP = QMAX, RW, DQ, EP
     attn_partial_v6.MAXREG, attn_partial_v6.NW = MAXREG, NW
     return attn_partial_v6
+
+
+# ----------------------------------------------------------------------------- attention v7 (register tiles)
+ATT7_KT = 32           # keys per tile of a v7 warp
+ATT7_DC = 32           # head dims per staged chunk of a key tile
+ATT7_KP = ATT7_DC + 4  # a staged key row in shared memory, padded: the 8 keys a score load reads hit 8 bank quads
+ATT7_NW = 4            # warps per block (one share of a KV group's keys each)
+ATT7_WARPS_PER_SM = 8  # blocks per KV group = ceil(this x SMs / (KV groups x ATT7_NW))
+ATT7_MAXREG = 0        # register cap of the backend's v7 (0: none)
+
+
+def attn_v7_qmax(rep: int, NQ: int) -> int:
+    """Query rows of a v7 warp: rep x NQ rounded up to a power of two, at least 4 (4 row lanes)."""
+    return max(4, attn_v4_qmax(rep, NQ))
+
+
+def attn_v7_smem(QMAX: int, dk: int, NW: int) -> int:
+    """Dynamic shared memory of attn_partial_v7, bytes: the group's query rows [QMAX, dk + 4], then per warp a key
+    chunk [ATT7_KT, ATT7_KP], P [ATT7_KT keys, QMAX + 4 rows] and alpha [QMAX]."""
+    return (QMAX * (dk + 4) + NW * (ATT7_KT * ATT7_KP + ATT7_KT * (QMAX + 4) + QMAX)) * 4
+
+
+@cuda.jit(device=True, inline=True)
+def ld_key_chunk(kc, t0, T, ldk, col, lane, kr):
+    """v7: kr <- the lane's share of keys t0 .. t0 + 31, dims col .. col + 31 of each: key t0 + 4u + lane // 8, dims
+    col + 4 (lane % 8) .. + 3 for u < 8 (a load instruction reads 4 whole 128-byte rows); zeros past key T."""
+    kq = lane // 8
+    cd = col + (lane - kq * 8) * 4
+    for u in range(8):
+        t = t0 + 4 * u + kq
+        x0 = x1 = x2 = x3 = float32(0.0)
+        if t < T:
+            x0, x1, x2, x3 = ld_f32x4(kc, t * ldk + cd)
+        kr[4 * u] = x0
+        kr[4 * u + 1] = x1
+        kr[4 * u + 2] = x2
+        kr[4 * u + 3] = x3
+
+
+@cuda.jit(device=True, inline=True)
+def st_key_chunk(sm, KB, lane, kr):
+    """v7: the lane's share of a key chunk (ld_key_chunk) -> sm[KB + key x ATT7_KP + dim]."""
+    kq = lane // 8
+    b = KB + kq * ATT7_KP + (lane - kq * 8) * 4
+    for u in range(8):
+        st_sh4(sm, b + 4 * u * ATT7_KP, kr[4 * u], kr[4 * u + 1], kr[4 * u + 2], kr[4 * u + 3])
+
+
+@cuda.jit(device=True, inline=True)
+def qk_chunk(sm, QB, QP, KB, KP, kg, rg, sc, RI):
+    """v7: sc[4i + j] += q[row rg + 4i, chunk] . k[key kg + 8j, chunk] over ATT7_DC staged dims (q rows QP
+    apart from QB, key rows KP apart from KB): per 4
+    dims, 4 key loads and RI query loads (16 bytes each, from shared memory) feed 16 RI FMAs."""
+    kv = cuda.local.array(16, float32)
+    for e in range(ATT7_DC // 4):
+        for j in range(4):
+            x0, x1, x2, x3 = ld_sh4(sm, KB + (kg + 8 * j) * KP + 4 * e)
+            kv[4 * j] = x0
+            kv[4 * j + 1] = x1
+            kv[4 * j + 2] = x2
+            kv[4 * j + 3] = x3
+        for i in range(RI):
+            q0, q1, q2, q3 = ld_sh4(sm, QB + (rg + 4 * i) * QP + 4 * e)
+            for j in range(4):
+                sc[4 * i + j] += q0 * kv[4 * j] + q1 * kv[4 * j + 1] + q2 * kv[4 * j + 2] + q3 * kv[4 * j + 3]
+
+
+@cuda.jit(device=True, inline=True)
+def ld_value_batch(vc, t0, T, ldv, col, ok, vb):
+    """v7: vb <- the lane's 4 dims (col .. col + 3) of value rows t0 .. t0 + 7; zeros past key T or where not ok."""
+    for u in range(8):
+        x0 = x1 = x2 = x3 = float32(0.0)
+        if ok and t0 + u < T:
+            x0, x1, x2, x3 = ld_f32x4(vc, (t0 + u) * ldv + col)
+        vb[4 * u] = x0
+        vb[4 * u + 1] = x1
+        vb[4 * u + 2] = x2
+        vb[4 * u + 3] = x3
+
+
+@cuda.jit(device=True, inline=True)
+def pv_batch(o, vb, sm, pb, PS, QMAX):
+    """v7: o[r, 0:4] += sum over 8 keys u of P[u, r] x vb[u, 0:4] for the QMAX rows (P rows read 4 at a time, the
+    same address in every lane: a broadcast)."""
+    for u in range(8):
+        for i4 in range(QMAX // 4):
+            p0, p1, p2, p3 = ld_sh4(sm, pb + u * PS + 4 * i4)
+            for e in range(4):
+                v = vb[4 * u + e]
+                o[16 * i4 + e] += p0 * v
+                o[16 * i4 + 4 + e] += p1 * v
+                o[16 * i4 + 8 + e] += p2 * v
+                o[16 * i4 + 12 + e] += p3 * v
+
+
+@factory
+def make_attention_v7(QMAX: int, NW: int, MAXREG: int = 0):
+    """attn_partial v7: flash decoding with register tiles, a warp per share of a KV group's keys and all QMAX query
+    rows of the group, 32 keys a tile.
+
+    v5 / v6 give a lane one key (x a quarter of the head dim) and loop over the query rows, reading each row's q from
+    shared memory for every key: Nsight Compute counted ~69 instructions per (row, key) of which 8 FMAs for v6's 16
+    rows (call p), and the 4-token verify at context 4096 took 105 us per MiMo-7B layer. v7 computes a tile as two
+    small matrix products with register blocking, as a GEMM does:
+      * scores S [QMAX, 32] = Q K^T: lane = (key lane kg = lane % 8, row lane rg = lane // 8) holds S for rows
+        rg + 4i (i < QMAX / 4) x keys kg + 8j (j < 4); per 4 head dims it reads 4 key and QMAX / 4 query vectors
+        (16-byte shared loads, conflict-free with the padded rows) for 4 QMAX FMAs. The key tile is staged in
+        chunks of 32 dims (a quarter of a 128-dim row: 4.6 KB a warp, so 4 warps fit the 48 KB of dynamic shared
+        memory numba can ask for); the next chunk is requested before the current one is used, the first tile's
+        first chunk before the query rows are staged;
+      * online softmax per row: max and sum over the 8 key lanes with 3 + 3 shuffles per 4 rows;
+      * O [QMAX, dv] += P V: lane = 4 output dims (dv <= 128), all QMAX rows (4 QMAX accumulators); value rows are
+        read straight from global memory (one 512-byte row per load instruction) in batches of 8 keys, the next
+        batch requested before the current one is used (the next tile's first batch during the last one); P comes
+        from shared memory as 16-byte broadcasts.
+    Nsight Compute at 16 rows, ctx 4096 (call x): 11.7 M instructions against v6's 36.1 M, but 255 registers (two
+    warps per scheduler) and ~8.4 cycles per issued instruction: latency-bound. H100, us per MiMo-7B layer with the
+    merge (call y): 25.7 / 32.6 / 60.2 at ctx 4096 for 4 / 8 / 16 rows (v6 31.8 / 49.2 / 86.3) but 16.1 / 20.3 / 35.1
+    at ctx 512 (v6 13.7 / 15.3 / 24.9): its chain of round trips per tile costs more than v6's when each warp has
+    one tile, so CudaModel runs it for long caches only (attention_long).
+    Shares: split = NW x blocks per group, warp w of block b taking share w x (split / NW) + b, so short contexts
+    spread their few shares over many blocks. Same partial layout and (m, l) as v1-v6, merged by attn_combine_v2 /
+    v3 with C = ATT7_KT. QMAX >= rep x n (4, 8 or 16), NW warps a block (also in the simulator); needs dk % 32 ==
+    0, dv <= 128, dv, ldv, ldk, ldq, qoff % 4 == 0, and attn_v7_smem(QMAX, dk, NW) <= 48 KB. (Measured and dropped,
+    NOTES.md: L2 prefetches of the next tile; a v8 with whole tiles copied by cp.async, a warp a block.)
+    """
+    RI = QMAX // 4                                           # query rows per row lane
+    SC = 4 * RI
+    O4 = 4 * QMAX
+    jit = cuda.jit(max_registers=MAXREG) if (MAXREG and not SIM) else cuda.jit
+
+    @jit
+    def attn_partial_v7(q, ldq, qoff, kc, ldk, vc, ldv, po, pml, meta, n, nh, rep, dk, dv, scale, split):
+        sm = cuda.shared.array(0, float32)
+        tid = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        lane = tid % 32
+        w = tid // 32
+        kg = lane % 8                                        # key lane: keys kg + 8j of a tile
+        rg = lane // 8                                       # row lane: query rows rg + 4i
+        start = meta[M_START]
+        T = start + n
+        ntile = (T + ATT7_KT - 1) // ATT7_KT
+        S = min(split, ntile)
+        QR = rep * n
+        QP = dk + 4
+        PS = QMAX + 4
+        d4 = dk // 4
+        nc = dk // ATT7_DC
+        nkv = nh // rep
+        bpg = split // NW                                    # blocks per KV group
+        KB = QMAX * QP + w * (ATT7_KT * ATT7_KP + ATT7_KT * PS + QMAX)   # this warp's key chunk, P, alpha
+        PB = KB + ATT7_KT * ATT7_KP
+        AB = PB + ATT7_KT * PS
+        vok = 4 * lane < dv
+        scl = float32(scale)                                 # (a float64 scale made the whole softmax float64)
+        sc = cuda.local.array(SC, float32)
+        mr = cuda.local.array(RI, float32)
+        lr = cuda.local.array(RI, float32)
+        o = cuda.local.array(O4, float32)
+        kr = cuda.local.array(32, float32)
+        va = cuda.local.array(32, float32)
+        vb = cuda.local.array(32, float32)
+        qt = cuda.local.array(16, float32)
+        for item in range(cuda.blockIdx.x, nkv * bpg, cuda.gridDim.x):
+            g = item // bpg
+            bs = item - g * bpg
+            if bs >= S:                                      # block-uniform: even warp 0's share is past the end
+                continue
+            s = w * bpg + bs                                 # this warp's share
+            tb0 = (s * ntile) // S if s < S else 0
+            tb1 = ((s + 1) * ntile) // S if s < S else 0
+            vcol = g * dv + 4 * lane
+            if tb0 < tb1:                                    # the first tile's first key chunk and value batch: in
+                ld_key_chunk(kc, tb0 * ATT7_KT, T, ldk, g * dk, lane, kr)        # flight while q is staged
+                ld_value_batch(vc, tb0 * ATT7_KT, T, ldv, vcol, vok, va)
+            # the group's query rows r = i * rep + hh (query i, head g * rep + hh) -> sm[r * QP + d], zeros past QR
+            for base in range(0, QMAX * d4, 4 * nt):
+                ld_group_q16(q, ldq, qoff, g, rep, dk, QR, base, tid, nt, qt)
+                for u in range(4):
+                    idx = base + tid + u * nt
+                    if idx < QMAX * d4:
+                        r = idx // d4
+                        st_sh4(sm, r * QP + (idx - r * d4) * 4, qt[4 * u], qt[4 * u + 1], qt[4 * u + 2], qt[4 * u + 3])
+            for i in range(RI):
+                mr[i] = NEG_INF
+                lr[i] = float32(0.0)
+            for j in range(O4):
+                o[j] = float32(0.0)
+            cuda.syncthreads()
+            for tb in range(tb0, tb1):                       # warp-uniform
+                t0 = tb * ATT7_KT
+                for j in range(SC):
+                    sc[j] = float32(0.0)
+                if tb > tb0:                                 # (the first tile's chunk came with the prologue)
+                    ld_key_chunk(kc, t0, T, ldk, g * dk, lane, kr)
+                for c in range(nc):                          # S = Q K^T, a chunk of 32 dims at a time
+                    st_key_chunk(sm, KB, lane, kr)
+                    syncwarp()
+                    if c + 1 < nc:
+                        ld_key_chunk(kc, t0, T, ldk, g * dk + (c + 1) * ATT7_DC, lane, kr)
+                    qk_chunk(sm, c * ATT7_DC, QP, KB, ATT7_KP, kg, rg, sc, RI)
+                    syncwarp()                               # the chunk is restaged next
+                for i in range(RI):                          # online softmax, rows rg + 4i over the 8 key lanes
+                    r = rg + 4 * i
+                    lim = start + r // rep                   # the row's query position: its causal limit
+                    mx = NEG_INF
+                    for j in range(4):
+                        x = sc[4 * i + j] * scl if (r < QR and t0 + kg + 8 * j <= lim) else NEG_INF
+                        sc[4 * i + j] = x
+                        mx = max(mx, x)
+                    mx = max(mx, shfl_xor(mx, 1))
+                    mx = max(mx, shfl_xor(mx, 2))
+                    mx = max(mx, shfl_xor(mx, 4))
+                    m_old = mr[i]
+                    m_new = max(m_old, mx)
+                    ps = float32(0.0)
+                    for j in range(4):
+                        x = sc[4 * i + j]
+                        p = math.exp(x - m_new) if x != NEG_INF else float32(0.0)
+                        sm[PB + (kg + 8 * j) * PS + r] = p
+                        ps += p
+                    ps += shfl_xor(ps, 1)
+                    ps += shfl_xor(ps, 2)
+                    ps += shfl_xor(ps, 4)
+                    al = math.exp(m_old - m_new) if m_old != NEG_INF else float32(0.0)
+                    lr[i] = lr[i] * al + ps
+                    mr[i] = m_new
+                    if kg == 0:
+                        sm[AB + r] = al
+                syncwarp()
+                for i4 in range(QMAX // 4):                  # O *= alpha, per row
+                    a0, a1, a2, a3 = ld_sh4(sm, AB + 4 * i4)
+                    for e in range(4):
+                        o[16 * i4 + e] *= a0
+                        o[16 * i4 + 4 + e] *= a1
+                        o[16 * i4 + 8 + e] *= a2
+                        o[16 * i4 + 12 + e] *= a3
+                # O += P V, 8 keys a batch, the next batch in flight (va holds keys t0 .. t0 + 7)
+                ld_value_batch(vc, t0 + 8, T, ldv, vcol, vok, vb)
+                pv_batch(o, va, sm, PB, PS, QMAX)
+                ld_value_batch(vc, t0 + 16, T, ldv, vcol, vok, va)
+                pv_batch(o, vb, sm, PB + 8 * PS, PS, QMAX)
+                ld_value_batch(vc, t0 + 24, T, ldv, vcol, vok, vb)
+                pv_batch(o, va, sm, PB + 16 * PS, PS, QMAX)
+                if tb + 1 < tb1:
+                    ld_value_batch(vc, t0 + ATT7_KT, T, ldv, vcol, vok, va)
+                pv_batch(o, vb, sm, PB + 24 * PS, PS, QMAX)
+                syncwarp()                                   # P and alpha are rewritten by the next tile
+            if tb0 < tb1:                                    # the share's partial, in the v1-v6 layout
+                if vok:
+                    for r in range(QMAX):
+                        if r < QR:
+                            i = r // rep
+                            h = g * rep + r - i * rep
+                            pbase = ((s * nh + h) * 16 + i) * dv + 4 * lane
+                            po[pbase] = o[4 * r]
+                            po[pbase + 1] = o[4 * r + 1]
+                            po[pbase + 2] = o[4 * r + 2]
+                            po[pbase + 3] = o[4 * r + 3]
+                if kg == 0:
+                    for i in range(RI):
+                        r = rg + 4 * i
+                        if r < QR:
+                            qi = r // rep
+                            h = g * rep + r - qi * rep
+                            b = ((s * nh + h) * 16 + qi) * 2
+                            pml[b] = mr[i]
+                            pml[b + 1] = lr[i]
+            cuda.syncthreads()                               # the query rows are restaged for the next item
+
+    attn_partial_v7.QMAX, attn_partial_v7.NW, attn_partial_v7.MAXREG = QMAX, NW, MAXREG
+    return attn_partial_v7
 
 
 COMBINE3_SL = 8        # share lanes of attn_combine_v3 at most: blocks of 32 x SL threads

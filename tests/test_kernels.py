@@ -280,14 +280,16 @@ ATTN_CASES = [  # n, start, nh, g, dk, dv, C     (MLA: g = 1, V = the first dv c
     (3, 5, 2, 2, 6, 6, 8),            # dk % 4 != 0: scalar key loads
     (2, 150, 4, 2, 16, 16, 32),       # v4: 5 sub-chunks of 32 keys over 3 blocks (shares 1, 2, 2), ragged last
     (2, 40, 4, 2, 32, 16, 8),         # v5: 6 steps of 8 keys over 3 warps (shares 2, 2, 2), ragged last
+    (3, 70, 8, 2, 64, 32, 8),         # v7 only: 16 rows a group (4 padded), 3 tiles of 32 keys over 2 x 2 warps
 ]
+ATTN_V7_ONLY = {(3, 70, 8, 2, 64, 32, 8)}  # the other versions' simulated blocks of 128 threads take minutes here
 if GPU:
     ATTN_CASES += [(n, s, 32, 8, 128, 128, 256) for n in (1, 4, 8) for s in (511, 4000)]
     ATTN_CASES += [(2, 300, 16, 1, 576, 512, 64)]
     ATTN_CASES += [(16, 1000, 16, 8, 128, 128, 256), (4, 700, 32, 8, 64, 64, 256), (3, 2, 8, 4, 256, 256, 128)]
 
 
-@pytest.mark.parametrize("version", ["v1", "v2", "v3", "v4", "v5", "v6"])
+@pytest.mark.parametrize("version", ["v1", "v2", "v3", "v4", "v5", "v6", "v7"])
 @pytest.mark.parametrize("n,start,nh,g,dk,dv,C", ATTN_CASES)
 def test_attention(request, n, start, nh, g, dk, dv, C, version):
     """v1 / v2 partials merged by attn_combine; v3 (dk % 4 == 0 only: the backend falls back to v2) and v4
@@ -299,6 +301,13 @@ def test_attention(request, n, start, nh, g, dk, dv, C, version):
     if version in ("v5", "v6") and ((nh // g) * gemm.nmax_for(n) > K.ATT5_MAXQ or dv % 4 or dk % 16):
         pytest.skip(f"{version} holds <= 16 query rows per KV group, splits keys in 16-byte quarters and reads V 16 "
                     "bytes at a time; the backend runs v4 beyond")
+    if version != "v7" and (n, start, nh, g, dk, dv, C) in ATTN_V7_ONLY:
+        pytest.skip("a v7 case (16 rows, runs of 32-key tiles); the other versions are covered by the cases above")
+    if version == "v7" and ((nh // g) * gemm.nmax_for(n) > 16 or dk % 32 or dv > 128 or dv % 4):
+        pytest.skip("v7 holds <= 16 query rows per KV group, stages keys in 32-dim chunks and gives a lane 4 of <= 128 "
+                    "output dims; the backend runs v6 / v5 / v4 beyond")
+    if version == "v7" and SIM and start > 100:
+        pytest.skip("v7 runs 32 simulated lanes: too slow over 150 keys (the 73-key case covers runs of tiles)")
     if version == "v6" and dk > 256:
         pytest.skip("v6 holds a quarter key row in registers: tested to dk = 256 (the backend runs it to 128)")
     if version == "v4" and ((nh // g) * gemm.nmax_for(n) > 32 or
@@ -350,6 +359,21 @@ def test_attention(request, n, start, nh, g, dk, dv, C, version):
             dev(q), nh * dk, 0, kd, g * dk, vd, ldv, po, pml, meta, n, nh, nh // g, dk, dv, scale, split)
         K.attn_combine_v3[n * nh, 32 * (K.COMBINE3_SL if GPU else 1)](po, pml, out, nh * dv + 4, 4, meta, n, nh, dv,
                                                                      K.ATT5_SUB, split)
+    elif version == "v7":
+        # v7: a warp per share of 32-key tiles, all the group's rows; split = warps x blocks per group, capped by the
+        # scratch (S shares). The simulator: 2 warps x 2 blocks for the 16-row case (shares of 1 and 2 tiles, the
+        # 4th warp idle), else 1 warp (32 lanes)
+        nw = 4 if GPU else (2 if n == 3 else 1)
+        bpg = max(1, min(S // nw, 17)) if GPU else (2 if n == 3 else 1)
+        split = nw * bpg
+        if split > S:                                    # v7 writes min(split, ceil(T / 32)) shares
+            po, pml = dev(np.zeros(split * nh * 16 * dv, np.float32)), dev(np.zeros(split * nh * 16 * 2, np.float32))
+        qmax = K.attn_v7_qmax(nh // g, NQ)
+        kern = K.make_attention_v7(qmax, nw)
+        kern[g * bpg, 32 * nw, 0, K.attn_v7_smem(qmax, dk, nw)](
+            dev(q), nh * dk, 0, kd, g * dk, vd, ldv, po, pml, meta, n, nh, nh // g, dk, dv, scale, split)
+        K.attn_combine_v3[n * nh, 32 * (K.COMBINE3_SL if GPU else 1)](po, pml, out, nh * dv + 4, 4, meta, n, nh, dv,
+                                                                     K.ATT7_KT, split)
     else:
         make = {"v1": K.make_attention, "v2": K.make_attention_v2, "v3": K.make_attention_v3}[version]
         make(NQ)[nh * S, nt, 0, (NQ * dk + NQ * C) * 4](
