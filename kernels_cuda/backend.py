@@ -330,14 +330,13 @@ class CudaModel:
         for name, v in (("attention", attention), ("attention_long", attention_long)):
             if v not in versions and not (name == "attention_long" and v is None):
                 raise ValueError(f"{name} must be one of {versions}, not {v!r}")
-        self.attention = self.att_short = attention
+        self.attention = attention
         self.att_long = attention_long
         self.long_context = ATT_LONG_CONTEXT if long_context is None else int(long_context)
         self._long = False                 # the forward being launched / captured reads more than long_context keys
         self.attn5_rows = min(K.ATT5_MAXQ, ATT5_ROWS if attention_v5_rows is None else int(attention_v5_rows))
         self.attn6_rows = min(K.ATT5_MAXQ, ATT6_ROWS if attention_v6_rows is None else int(attention_v6_rows))
         self.attn7_rows = ATT7_ROWS if attention_v7_rows is None else int(attention_v7_rows)
-        self.attn7_rows_long = 1           # attention_long = "v7": every group of <= 16 rows
         # Gated DeltaNet (what mtp_ref.speculative checks): the recurrent form, with per-token snapshots of up to
         # NMAX tokens per forward kept on the device (longer inputs are fed NMAX at a time)
         self.delta_rule = "recurrent"
@@ -596,7 +595,7 @@ class CudaModel:
         # attention split-K scratch, sized for the cache capacity
         nh = cfg.num_attention_heads
         self.attn_C = {nq: K.attn_chunk(nq, self.dk) for nq in (1, 2, 4, 8, 16)}
-        if self.att_short != "v1" or self.att_long not in (None, "v1"):
+        if self.attention != "v1" or self.att_long not in (None, "v1"):
             cmax = 64 if self.attention == "v2" or self.dk % 4 else 32   # v3 falls back to v2 when dk % 4
             self.attn_C = {nq: min(cmax, c) for nq, c in self.attn_C.items()}
         S = max([math.ceil(self.cap / c) for c in self.attn_C.values()] + [math.ceil(self.cap / K.ATT7_KT)])
@@ -702,13 +701,13 @@ class CudaModel:
         S = math.ceil(self.cap / C)
         vec = 1 if (dk % 4 == 0 and ldk % 4 == 0) else 0
         st = self.stream
-        att = self.att_long if self._long else self.att_short
+        att = self.att_long if self._long else self.attention
         # v5 / v6: 16-byte quarters of the key rows, 16-byte value loads; v6 (a quarter key row in registers) for
         # dk <= 16 ATT6_MAXDQ and up to attn6_rows rows a group, else v5 for up to attn5_rows rows, else v4 below
         lanes_ok = (dk % 16 == 0 and ldk % 4 == 0 and ldq % 4 == 0 and qoff % 4 == 0 and dv % 4 == 0 and ldv % 4 == 0
                     and (SIM_RUNS_V5 or not SIM))
         if (att == "v7" and lanes_ok and dk % K.ATT7_DC == 0 and dv <= 128
-                and (self.attn7_rows_long if self._long else self.attn7_rows) <= rep * nq <= 16):
+                and (1 if self._long else self.attn7_rows) <= rep * nq <= 16):    # long: every group of <= 16 rows
             qmax = K.attn_v7_qmax(rep, nq)
             smem = K.attn_v7_smem(qmax, dk, self.attn7_nw)
             if smem <= 48 * 1024:

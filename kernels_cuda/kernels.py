@@ -905,6 +905,32 @@ def softmax_step8(a, valid, scale, sm, mi, li, pi, qq, lane):
 
 
 @cuda.jit(device=True, inline=True)
+def pv_step8(o, vb, vo, sm, PB, sc, r0, QR, RW, EP, eq):
+    """v5 / v6: the warp's rows' P V over a step of 8 keys for the lane's eq-th group of 4 output dims: o[rr, eq] =
+    o[rr, eq] x alpha (sc[rr], from softmax_step8) + sum over keys u of P[u, rr] (sm[PB + u RW + rr]) x value row u
+    (vb[vo + 4u ..])."""
+    for rr in range(RW):
+        if r0 + rr < QR:
+            ob = (rr * EP + eq) * 4
+            al = sc[rr]
+            a0 = o[ob] * al
+            a1 = o[ob + 1] * al
+            a2 = o[ob + 2] * al
+            a3 = o[ob + 3] * al
+            for u in range(ATT5_SUB):
+                p = sm[PB + u * RW + rr]
+                b = vo + 4 * u
+                a0 += p * vb[b]
+                a1 += p * vb[b + 1]
+                a2 += p * vb[b + 2]
+                a3 += p * vb[b + 3]
+            o[ob] = a0
+            o[ob + 1] = a1
+            o[ob + 2] = a2
+            o[ob + 3] = a3
+
+
+@cuda.jit(device=True, inline=True)
 def store_group_partial(po, pml, sm, o, s, g, rep, nh, dv, r0, QR, lane, MB, LB, RW, EP):
     """v5 / v6: a warp's partial (o [RW rows, EP x 4 dims a lane]) and its rows' running (m, l) from sm[MB / LB]
     -> share s of po / pml, in the v1-v4 layout (row r = i x rep + hh is query i, head g x rep + hh)."""
@@ -1051,24 +1077,7 @@ def make_attention_v5(QMAX: int, RW: int, EP: int, MAXREG: int = 0):
                                 vb[4 * u + 1] = x1
                                 vb[4 * u + 2] = x2
                                 vb[4 * u + 3] = x3
-                            for rr in range(RW):
-                                if r0 + rr < QR:
-                                    ob = (rr * EP + eq) * 4
-                                    al = sc[rr]
-                                    a0 = o[ob] * al
-                                    a1 = o[ob + 1] * al
-                                    a2 = o[ob + 2] * al
-                                    a3 = o[ob + 3] * al
-                                    for u in range(ATT5_SUB):
-                                        p = sm[PB + u * RW + rr]
-                                        a0 += p * vb[4 * u]
-                                        a1 += p * vb[4 * u + 1]
-                                        a2 += p * vb[4 * u + 2]
-                                        a3 += p * vb[4 * u + 3]
-                                    o[ob] = a0
-                                    o[ob + 1] = a1
-                                    o[ob + 2] = a2
-                                    o[ob + 3] = a3
+                            pv_step8(o, vb, 0, sm, PB, sc, r0, QR, RW, EP, eq)
                     syncwarp()                               # P is rewritten by the next step
                 store_group_partial(po, pml, sm, o, s, g, rep, nh, dv, r0, QR, lane, MB, LB, RW, EP)
             cuda.syncthreads()                               # the query rows are restaged for the next item
@@ -1213,25 +1222,7 @@ def make_attention_v6(QMAX: int, RW: int, DQ: int, EP: int, MAXREG: int = 0):
                                                    LB + rr, PB + kk * RW + rr, qq, lane)
                     syncwarp()
                     for eq in range(EP):                     # P V: lane = 4 output dimensions
-                        for rr in range(RW):
-                            if r0 + rr < QR:
-                                ob = (rr * EP + eq) * 4
-                                al = sc[rr]
-                                a0 = o[ob] * al
-                                a1 = o[ob + 1] * al
-                                a2 = o[ob + 2] * al
-                                a3 = o[ob + 3] * al
-                                for u in range(ATT5_SUB):
-                                    p = sm[PB + u * RW + rr]
-                                    b = (eq * ATT5_SUB + u) * 4
-                                    a0 += p * vb[b]
-                                    a1 += p * vb[b + 1]
-                                    a2 += p * vb[b + 2]
-                                    a3 += p * vb[b + 3]
-                                o[ob] = a0
-                                o[ob + 1] = a1
-                                o[ob + 2] = a2
-                                o[ob + 3] = a3
+                        pv_step8(o, vb, eq * ATT5_SUB * 4, sm, PB, sc, r0, QR, RW, EP, eq)
                     if sb + 1 < sb1:                         # vb is free: the next step's values
                         ld_value_rows(vc, (t0 + ATT5_SUB) * ldv + g * dv + lane * 4, ldv,
                                       min(ATT5_SUB, T - t0 - ATT5_SUB), lane, dv4, vb, EP)
