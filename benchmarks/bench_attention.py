@@ -34,11 +34,12 @@ NH, NKV, HD = 32, 8, 128
 LAYERS = 20
 # name -> version and options: maxreg (v4 / v5 register cap), split (factor on the default blocks / warps per KV group),
 # what is timed ("both" = partial + merge, "partial", "merge"), v5 / v6's query rows per warp (rw), the merge kernel
-# (combine)
+# (combine: attn_combine_v2 / v3 / v4), v9's accumulator sets (asets)
 V4 = dict(version="v4", maxreg=K.ATT4_MAXREG)
 V5 = dict(version="v5", rw=K.ATT5_RW, maxreg=None)            # None: the backend's cap for the number of rows
 V6 = dict(version="v6", rw=K.ATT6_RW, maxreg=None, combine="v3")
 V7 = dict(version="v7", nw=K.ATT7_NW, maxreg=None, combine="v3")
+V9 = dict(version="v9", nw=K.ATT9_NW, maxreg=None, combine="v4", asets=2)
 VARIANTS = {"v3": dict(version="v3"), "v4 no cap": dict(V4, maxreg=0), "v4": V4,
             "v4 partial": dict(V4, what="partial"), "v4 merge": dict(V4, what="merge"),
             "v4 split/2": dict(V4, split=0.5), "v4 split x2": dict(V4, split=2),
@@ -56,6 +57,12 @@ VARIANTS = {"v3": dict(version="v3"), "v4 no cap": dict(V4, maxreg=0), "v4": V4,
             "v7": V7, "v7 partial": dict(V7, what="partial"), "v7 cap 168": dict(V7, maxreg=168),
             "v7 cap 200": dict(V7, maxreg=200), "v7 cap 128": dict(V7, maxreg=128), "v7 x0.5": dict(V7, split=0.5),
             "v7 x2": dict(V7, split=2), "v7 nw2": dict(V7, nw=2), "v7 nw2 x2": dict(V7, nw=2, split=2),
+            "v9": V9, "v9 partial": dict(V9, what="partial"), "v9 merge": dict(V9, what="merge"),
+            "v9 c3": dict(V9, combine="v3"), "v9 c3 merge": dict(V9, combine="v3", what="merge"),
+            "v6 c4": dict(V6, combine="v4"), "v7 c4": dict(V7, combine="v4"), "v9 as1": dict(V9, asets=1),
+            "v9 x0.5": dict(V9, split=0.5), "v9 x1.5": dict(V9, split=1.5), "v9 x2": dict(V9, split=2),
+            "v9 nw2": dict(V9, nw=2), "v9 nw8": dict(V9, nw=8), "v9 cap 168": dict(V9, maxreg=168),
+            "v9 cap 200": dict(V9, maxreg=200),
 }
 _KERNELS: dict = {}
 
@@ -70,8 +77,9 @@ def kernel(make, *args):
 def split_for(v: dict, S: int, sms: int, n: int = 1) -> int:
     """As CudaModel: v4 ~4 blocks per SM, v5 ~ATT5_BLOCKS_PER_SM blocks per SM, over the KV groups; v6
     ATT6_WARPS_PER_SM warps per SM over the groups' blocks of ceil(rows / rw) warps (counted up to ATT6_SPLIT_NW)."""
-    if v["version"] == "v7":                 # shares = warps a block x blocks per group
-        return v["nw"] * max(1, math.ceil(K.ATT7_WARPS_PER_SM * sms * v.get("split", 1) / (NKV * v["nw"])))
+    if v["version"] in ("v7", "v9"):         # shares = warps a block x blocks per group
+        per_sm = K.ATT7_WARPS_PER_SM if v["version"] == "v7" else K.ATT9_WARPS_PER_SM
+        return v["nw"] * max(1, math.ceil(per_sm * sms * v.get("split", 1) / (NKV * v["nw"])))
     if v["version"] == "v6":
         nw = math.ceil(K.attn_v4_qmax(NH // NKV, gemm.nmax_for(n)) / v["rw"])
         return max(1, min(S, math.ceil(K.ATT6_WARPS_PER_SM * sms * v.get("split", 1) /
@@ -86,9 +94,16 @@ def launches_for(stream, v, n, cap, qd, kcs, vcs, po, pml, out, meta, split, nt=
     rep = NH // NKV
     scale = HD ** -0.5
     parts, merges = [], []
-    if v["version"] in ("v4", "v5", "v6", "v7"):
+    if v["version"] in ("v4", "v5", "v6", "v7", "v9"):
         qmax = K.attn_v4_qmax(rep, nq)
-        if v["version"] == "v7":
+        if v["version"] == "v9":
+            if rep * n > 16:
+                raise ValueError("v9 holds <= 16 query rows per KV group")
+            cap = v["maxreg"] if v["maxreg"] is not None else K.ATT9_MAXREG
+            kern = kernel(K.make_attention_v9, HD, HD, v["nw"], cap, v["asets"])
+            nt = 32 * v["nw"]
+            smem, grid, unit = K.attn_v9_smem(HD), NKV * (split // v["nw"]), K.ATT9_KS
+        elif v["version"] == "v7":
             qmax = K.attn_v7_qmax(rep, nq)
             if qmax > 16:
                 raise ValueError("v7 holds <= 16 query rows per KV group")
@@ -116,7 +131,10 @@ def launches_for(stream, v, n, cap, qd, kcs, vcs, po, pml, out, meta, split, nt=
         for kc, vc in zip(kcs, vcs):
             parts.append(lambda kc=kc, vc=vc: kern[grid, nt, stream, smem](
                 qd, NH * HD, 0, kc, NKV * HD, vc, NKV * HD, po, pml, meta, n, NH, rep, HD, HD, scale, split))
-            if v.get("combine", "v2") == "v3":
+            if v.get("combine", "v2") == "v4":
+                merges.append(lambda: K.attn_combine_v4[n * NH, 32 * K.COMBINE4_SL, stream](
+                    po, pml, out, NH * HD, 0, meta, n, NH, HD, unit, split))
+            elif v.get("combine", "v2") == "v3":
                 merges.append(lambda: K.attn_combine_v3[n * NH, 32 * K.COMBINE3_SL, stream](
                     po, pml, out, NH * HD, 0, meta, n, NH, HD, unit, split))
             else:
@@ -156,10 +174,11 @@ def main():
     kcs = [cuda.to_device(kh[i % 2].ravel()) for i in range(LAYERS)]
     vcs = [cuda.to_device(vh[i % 2].ravel()) for i in range(LAYERS)]
     S = math.ceil(cap / 32)
-    po = cuda.to_device(np.zeros(S * NH * 16 * HD, np.float32))
-    pml = cuda.to_device(np.zeros(S * NH * 16 * 2, np.float32))
-    out = cuda.to_device(np.zeros(16 * NH * HD, np.float32))
     sms = cuda.get_current_device().MULTIPROCESSOR_COUNT
+    SP = max([S] + [split_for(VARIANTS[k], S, sms) for k in variants])   # v7 / v9 shares do not depend on S
+    po = cuda.to_device(np.zeros(SP * NH * 16 * HD, np.float32))
+    pml = cuda.to_device(np.zeros(SP * NH * 16 * 2, np.float32))
+    out = cuda.to_device(np.zeros(16 * NH * HD, np.float32))
     split = split_for(VARIANTS["v4"], S, sms)
     stream = cuda.stream()              # the legacy default stream cannot be captured into a graph
     rows = []

@@ -267,7 +267,16 @@ CONFIGS = {  # name -> CudaModel options (NOTES.md has each one's numbers)
              "row_threads": 1024, "fuse_norm": True, "fuse_rope_cache": True, "rope_per_head": True},
     "v9": {"attention": "v6", "attention_long": "v7", "gemm_tuning": "TUNED_H100",  # v7 + attention v7 for
            "row_threads": 1024, "fuse_norm": True, "fuse_rope_cache": True,       # caches of > 1536 keys
-           "rope_per_head": True},                                                # (CudaModel's default, 11-26)
+           "rope_per_head": True},                                                # (the default, 11-26 evening)
+    "v10": {"attention": "v9", "attention_long": "v9", "gemm_tuning": "TUNED_H100",  # v9 with attention v9
+            "row_threads": 1024, "fuse_norm": True, "fuse_rope_cache": True,        # (tensor-core MMAs) for
+            "rope_per_head": True},                                                 # every <= 16-row group
+    "v10l": {"attention": "v6", "attention_long": "v9", "gemm_tuning": "TUNED_H100",  # v9 with attention v9
+             "row_threads": 1024, "fuse_norm": True, "fuse_rope_cache": True,       # for caches of > 1536 keys
+             "rope_per_head": True},
+    "v11": {"attention": "v9", "attention_long": None, "combine": "v4",            # v10, one attention version at
+            "gemm_tuning": "TUNED_H100", "row_threads": 1024, "fuse_norm": True,  # every length, shares merged by
+            "fuse_rope_cache": True, "rope_per_head": True},                      # attn_combine_v4 (default, 11-26)
 }
 
 
@@ -299,6 +308,7 @@ def main():
     for name in a.configs.split(","):
         opts = dict(CONFIGS[name])
         opts.setdefault("attention_long", None)     # configs before v9 ran one attention version at every length
+        opts.setdefault("combine", "v3")            # and before v11 merged the shares with attn_combine_v3
         auto = opts.get("gemm_tuning") == "auto"
         if isinstance(opts.get("gemm_tuning"), str):
             opts["gemm_tuning"] = gemm.TUNED_H100 if auto else getattr(gemm, opts["gemm_tuning"])

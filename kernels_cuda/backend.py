@@ -273,25 +273,28 @@ class DeviceCache:
 # ----------------------------------------------------------------------------- the model
 class CudaModel:
     def __init__(self, model=None, *, max_context: int = 4096, use_graphs: bool | None = None,
-                 fp8: str = "kernel", gemm_lanes: int | None = None, attention: str = "v6",
+                 fp8: str = "kernel", gemm_lanes: int | None = None, attention: str = "v9",
                  gemm_tuning: dict | None = None, row_threads: int = 1024, fuse_rope_cache: bool = True,
                  fuse_norm: bool = True, attention_v5_rows: int | None = None, attention_v6_rows: int | None = None,
                  rope_per_head: bool = True, attention_v7_rows: int | None = None,
                  attention_long: str | None = "default", long_context: int | None = None,
-                 _source=None, _config=None,
+                 combine: str = "v4", _source=None, _config=None,
                  _spec=None, _path=None, _tokenizer=None):
         """attention: "v1", "v2" (unrolled loads, 64-key chunks), "v3" (a warp per key, 32-key chunks,
         parallel chunk merge), "v4" (one block per KV group and run of keys, all the group's query rows at once;
         falls back to v3 for more than 32 query rows a group, e.g. MLA), "v5" (a block per share of a group's keys,
-        a warp per 4 query rows, 8 keys a step, for groups of <= attention_v5_rows query rows; v4 above) or "v6"
-        (the default: v5 with each step's key and value loads requested a step ahead, a warp per 2 query rows, for
-        groups of <= attention_v6_rows query rows and head dims <= 128; v5's rules above) or "v7" (register-tiled
-        flash decoding, a warp per share of 32-key tiles and all of a group's rows, for groups of attention_v7_rows
-        (default ATT7_ROWS = 8) to 16 query rows with dk % 32 == 0 and dv <= 128; v6's rules below and beyond);
-        NOTES.md has each one's H100 numbers. attention_long: the version for forwards whose cache holds more than
-        long_context keys (default ATT_LONG = "v7" for every group of <= 16 rows, over ATT_LONG_CONTEXT keys; None:
-        attention at every length): the graphs are captured per (token count, short / long), so each kernel runs
-        where it is faster. gemm_tuning: {NMAX or (N, K, NMAX): (R, U[, WARPS])}
+        a warp per 4 query rows, 8 keys a step, for groups of <= attention_v5_rows query rows; v4 above), "v6"
+        (v5 with each step's key and value loads requested a step ahead, a warp per 2 query rows, for groups of <=
+        attention_v6_rows query rows and head dims <= 128; v5's rules above), "v7" (register-tiled flash decoding, a
+        warp per share of 32-key tiles and all of a group's rows, for groups of attention_v7_rows (default ATT7_ROWS
+        = 8) to 16 query rows with dk % 32 == 0 and dv <= 128; v6's rules below and beyond) or "v9" (the default:
+        flash decoding on the tensor cores, a warp per share of 8-key steps, a group's <= 16 query rows as the rows
+        of tf32 MMAs in float32 accuracy, for dk and dv % 32 == 0, dv <= 128; v6's rules beyond); NOTES.md has each
+        one's H100 numbers. attention_long: the version for forwards whose cache holds more than long_context keys
+        (default ATT_LONG = None: attention at every length; "v7": v7 for every group of <= 16 rows over
+        ATT_LONG_CONTEXT keys): the graphs are captured per (token count, short / long), so each kernel runs where
+        it is faster. combine: the merge of v6 / v7 / v9's shares, "v4" (default: one round of loads) or "v3".
+        gemm_tuning: {NMAX or (N, K, NMAX): (R, U[, WARPS])}
         overrides of the skinny-GEMM launch shape (default gemm.TUNED_H100: R = 8, U = 2 for 5..8 tokens; {} for
         none; autotune.tune_gemms measures one for a model). row_threads: threads per block of the one-row-per-block
         kernels (RMSNorm, embedding, cache write); 128 left a 4096-wide RMSNorm latency-bound at ~20 us (NOTES.md).
@@ -325,11 +328,14 @@ class CudaModel:
         self.fuse_rope_cache = bool(fuse_rope_cache)
         self.rope_per_head = bool(rope_per_head)
         self.fuse_norm = bool(fuse_norm)
-        versions = ("v1", "v2", "v3", "v4", "v5", "v6", "v7")
+        versions = ("v1", "v2", "v3", "v4", "v5", "v6", "v7", "v9")
         attention_long = ATT_LONG if attention_long == "default" else attention_long
         for name, v in (("attention", attention), ("attention_long", attention_long)):
             if v not in versions and not (name == "attention_long" and v is None):
                 raise ValueError(f"{name} must be one of {versions}, not {v!r}")
+        if combine not in ("v3", "v4"):
+            raise ValueError(f"combine must be 'v3' or 'v4', not {combine!r}")
+        self.combine = combine
         self.attention = attention
         self.att_long = attention_long
         self.long_context = ATT_LONG_CONTEXT if long_context is None else int(long_context)
@@ -598,12 +604,17 @@ class CudaModel:
         if self.attention != "v1" or self.att_long not in (None, "v1"):
             cmax = 64 if self.attention == "v2" or self.dk % 4 else 32   # v3 falls back to v2 when dk % 4
             self.attn_C = {nq: min(cmax, c) for nq, c in self.attn_C.items()}
-        S = max([math.ceil(self.cap / c) for c in self.attn_C.values()] + [math.ceil(self.cap / K.ATT7_KT)])
+        sms = 2 if SIM else cuda.get_current_device().MULTIPROCESSOR_COUNT
+        # v9: blocks per KV group of ATT9_NW warps, a share each (up to split = nw x bpg shares with keys)
+        self.attn9_nw = 1 if SIM else K.ATT9_NW
+        self.attn9_bpg = 2 if SIM else max(1, math.ceil(K.ATT9_WARPS_PER_SM * sms / (self.groups * self.attn9_nw)))
+        S = max([math.ceil(self.cap / c) for c in self.attn_C.values()] + [math.ceil(self.cap / K.ATT7_KT)]
+                + ([min(math.ceil(self.cap / K.ATT9_KS), self.attn9_nw * self.attn9_bpg)]
+                   if "v9" in (self.attention, self.att_long) else []))
         if S > K.COMBINE_MAX_CHUNKS:
             raise MtpRefError(f"max_context {self.cap} needs {S} attention chunks; the merge kernel takes "
                               f"{K.COMBINE_MAX_CHUNKS}")
         # v4: nkv x split blocks whatever the context (about 4 blocks per SM at any length)
-        sms = 2 if SIM else cuda.get_current_device().MULTIPROCESSOR_COUNT
         self.attn_split = max(1, min(S, math.ceil(4 * sms / self.groups)))
         # v5: a block per share, about ATT5_BLOCKS_PER_SM blocks per SM over all KV groups (a share is >= 8 keys:
         # at short contexts fewer blocks have work); PO / PML hold S >= cap / 32 shares
@@ -695,6 +706,15 @@ class CudaModel:
         K.rope[self._grid(n * heads), self.nt, self.stream](buf, ldb, off, hd, half, self.meta, self.inv_freq,
                                                             self.att, self.style, n, heads)
 
+    def _combine(self, out, ldo, ooff, n, nh, dv, C, split):
+        """The merge of the PO / PML partials of v6 / v7 / v9 (split shares of C-key units) into out."""
+        if self.combine == "v4":
+            K.attn_combine_v4[self._grid(n * nh), 32 * (1 if SIM else K.COMBINE4_SL), self.stream](
+                self.PO, self.PML, out, ldo, ooff, self.meta, n, nh, dv, C, split)
+        else:
+            K.attn_combine_v3[self._grid(n * nh), 32 * (1 if SIM else K.COMBINE3_SL), self.stream](
+                self.PO, self.PML, out, ldo, ooff, self.meta, n, nh, dv, C, split)
+
     def _attention(self, q, ldq, qoff, kc, vc, out, ldo, ooff, n, nh, dk, dv, ldk, ldv, rep):
         nq = nmax_for(n)
         C = self.attn_C[nq]
@@ -706,6 +726,13 @@ class CudaModel:
         # dk <= 16 ATT6_MAXDQ and up to attn6_rows rows a group, else v5 for up to attn5_rows rows, else v4 below
         lanes_ok = (dk % 16 == 0 and ldk % 4 == 0 and ldq % 4 == 0 and qoff % 4 == 0 and dv % 4 == 0 and ldv % 4 == 0
                     and (SIM_RUNS_V5 or not SIM))
+        if att == "v9" and lanes_ok and dk % 32 == 0 and dv % 32 == 0 and dv <= 128 and rep * n <= 16:
+            kp = _attn_v9_kernel(dk, dv, self.attn9_nw)
+            split = self.attn9_bpg * self.attn9_nw
+            kp[self._grid((nh // rep) * self.attn9_bpg), 32 * kp.NW, st, K.attn_v9_smem(dk)](
+                q, ldq, qoff, kc, ldk, vc, ldv, self.PO, self.PML, self.meta, n, nh, rep, dk, dv, self.scale, split)
+            self._combine(out, ldo, ooff, n, nh, dv, K.ATT9_KS, split)
+            return
         if (att == "v7" and lanes_ok and dk % K.ATT7_DC == 0 and dv <= 128
                 and (1 if self._long else self.attn7_rows) <= rep * nq <= 16):    # long: every group of <= 16 rows
             qmax = K.attn_v7_qmax(rep, nq)
@@ -715,11 +742,10 @@ class CudaModel:
                 split = self.attn7_bpg * self.attn7_nw
                 kp[self._grid((nh // rep) * self.attn7_bpg), 32 * kp.NW, st, smem](
                     q, ldq, qoff, kc, ldk, vc, ldv, self.PO, self.PML, self.meta, n, nh, rep, dk, dv, self.scale, split)
-                K.attn_combine_v3[self._grid(n * nh), 32 * (1 if SIM else K.COMBINE3_SL), st](
-                    self.PO, self.PML, out, ldo, ooff, self.meta, n, nh, dv, K.ATT7_KT, split)
+                self._combine(out, ldo, ooff, n, nh, dv, K.ATT7_KT, split)
                 return
-        v6 = att in ("v6", "v7") and lanes_ok and dk <= 16 * K.ATT6_MAXDQ and rep * nq <= self.attn6_rows
-        if v6 or (att in ("v5", "v6", "v7") and lanes_ok and dk <= 512 and rep * nq <= self.attn5_rows):
+        v6 = att in ("v6", "v7", "v9") and lanes_ok and dk <= 16 * K.ATT6_MAXDQ and rep * nq <= self.attn6_rows
+        if v6 or (att in ("v5", "v6", "v7", "v9") and lanes_ok and dk <= 512 and rep * nq <= self.attn5_rows):
             qmax = K.attn_v4_qmax(rep, nq)
             rw = min(qmax, K.ATT6_RW if v6 else K.ATT5_RW)
             smem = K.attn_v5_smem(qmax, dk, rw)
@@ -733,13 +759,12 @@ class CudaModel:
                 kp[self._grid((nh // rep) * split), 32 * kp.NW, st, smem](           # 32 lanes, also simulated
                     q, ldq, qoff, kc, ldk, vc, ldv, self.PO, self.PML, self.meta, n, nh, rep, dk, dv, self.scale, split)
                 if v6:
-                    K.attn_combine_v3[self._grid(n * nh), 32 * (1 if SIM else K.COMBINE3_SL), st](
-                        self.PO, self.PML, out, ldo, ooff, self.meta, n, nh, dv, K.ATT5_SUB, split)
+                    self._combine(out, ldo, ooff, n, nh, dv, K.ATT5_SUB, split)
                 else:
                     K.attn_combine_v2[self._grid(n * nh), self.nt, st](self.PO, self.PML, out, ldo, ooff, self.meta,
                                                                        n, nh, dv, K.ATT5_SUB, split)
                 return
-        if att in ("v4", "v5", "v6", "v7") and vec and ldq % 4 == 0 and qoff % 4 == 0 and rep * nq <= 32:
+        if att in ("v4", "v5", "v6", "v7", "v9") and vec and ldq % 4 == 0 and qoff % 4 == 0 and rep * nq <= 32:
             qmax = K.attn_v4_qmax(rep, nq)
             smem = K.attn_v4_smem(qmax, dk)
             if smem <= 48 * 1024:
@@ -1123,7 +1148,7 @@ def _attn_v5_kernel(qmax, rw, ep):
     return _cached(("attn", "v5", qmax, rw, ep), lambda: K.make_attention_v5(qmax, rw, ep, cap))
 
 
-# attention="v6" runs attn_partial_v6 (+ attn_combine_v3) for KV groups of at most ATT6_ROWS query rows with head dims
+# attention="v6" runs attn_partial_v6 (+ the merge) for KV groups of at most ATT6_ROWS query rows with head dims
 # <= 128, v5 / v4 otherwise. bench_attention on the H100 (2026-11-26 calls k, l, NOTES.md), us per MiMo-7B layer at
 # 4 / 8 / 16 rows, v6 against the best earlier version: ctx 512 14.4 / 17.4 / 26.8 (v5 21.8 / 28.4 / 32.9); ctx 4096
 # 36.0 / 57.5 / 105.1 (v5 53.7 / 68.0, v4 104.8 at 16 rows)
@@ -1135,7 +1160,7 @@ def _attn_v6_kernel(qmax, rw, dq, ep):
     return _cached(("attn", "v6", qmax, rw, dq, ep), lambda: K.make_attention_v6(qmax, rw, dq, ep, cap))
 
 
-# attention="v7" runs attn_partial_v7 (+ attn_combine_v3) for KV groups of ATT7_ROWS to 16 query rows (dk % 32 == 0,
+# attention="v7" runs attn_partial_v7 (+ the merge) for KV groups of ATT7_ROWS to 16 query rows (dk % 32 == 0,
 # dv <= 128), v6's rules otherwise
 ATT7_ROWS = 8
 # CudaModel's attention for caches of more than ATT_LONG_CONTEXT keys (attention_long): v7 for every group of <= 16
@@ -1143,12 +1168,22 @@ ATT7_ROWS = 8
 # ctx 4096 25.7 / 32.6 / 60.2 against 31.8 / 49.2 / 86.3, ctx 2048 19.4 / 21.9 / 39.0 against 21.7 / 30.1 / 51.1, but
 # ctx 1024 17.3 / 21.0 / 35.8 against 16.9 / 20.4 / 33.7 and ctx 512 16.1 / 20.3 / 35.1 against 13.7 / 15.3 / 24.9:
 # the crossover lies between 1024 and 2048 keys
-ATT_LONG = "v7"
+# Since attention v9 (tensor cores) the default runs one version at every length (ATT_LONG = None); CudaModel(
+# attention_long="v7") keeps the v6 / v7 pair (bench_model7b config v9).
+ATT_LONG = None
 ATT_LONG_CONTEXT = 1536
 
 
 def _attn_v7_kernel(qmax, nw):
     return _cached(("attn", "v7", qmax, nw), lambda: K.make_attention_v7(qmax, nw, K.ATT7_MAXREG))
+
+
+# attention="v9" (the default) runs attn_partial_v9 (tensor-core MMAs, + attn_combine_v4) for KV groups of <= 16 query
+# rows with dk % 32 == 0 and dv % 32 == 0, dv <= 128; v6's rules otherwise. bench_attention on the H100 (2026-11-26
+# call 1 of the afternoon, NOTES.md), us per MiMo-7B layer with attn_combine_v3 at 4 / 8 / 16 rows: ctx 512 13.4 /
+# 14.3 / 15.3 (v6 13.7 / 16.1 / 24.9), ctx 4096 28.7 / 30.1 / 34.8 (v7 25.3 / 32.4 / 59.5)
+def _attn_v9_kernel(dk, dv, nw):
+    return _cached(("attn", "v9", dk, dv, nw), lambda: K.make_attention_v9(dk, dv, nw, K.ATT9_MAXREG))
 
 
 def _attn_kernel(nq, version="v1"):

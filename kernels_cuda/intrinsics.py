@@ -64,6 +64,10 @@ if SIM:
         """Reinterpret the low 32 bits of an integer as a float32."""
         return np.float32(_unpack(_pack(int(v) & 0xFFFFFFFF))[0])
 
+    def f32_bits(v):
+        """The 32 bits of a float32 as an integer."""
+        return struct.unpack("<I", struct.pack("<f", float(v)))[0]
+
     def ld_sh4(a, i):
         """4 floats at &a[i] of a shared-memory float32 array (i % 4 == 0)."""
         a = _np(a)
@@ -157,6 +161,18 @@ else:
                 v = builder.insert_element(v, x, ir.Constant(ir.IntType(32), k))
             builder.store(v, ptr, align=16)
             return context.get_dummy_value()
+
+        return sig, codegen
+
+    @intrinsic
+    def f32_bits(typingctx, v):
+        if not isinstance(v, types.Float):
+            return None
+        sig = types.uint32(v)
+
+        def codegen(context, builder, sig, args):
+            x = context.cast(builder, args[0], sig.args[0], types.float32)
+            return builder.bitcast(x, ir.IntType(32))
 
         return sig, codegen
 
@@ -295,3 +311,61 @@ else:
                 v = ov
                 j = oj
         return v, j
+
+
+# ----------------------------------------------------------------------------- tensor cores
+# mma_tf32(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3) -> (d0, d1, d2, d3): one warp-wide
+# `mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32`, D [16, 8] = A [16, 8] B [8, 8] + C, every lane of the warp
+# calling it with its fragments. Lane = 4 g + t (g = lane // 4, t = lane % 4) holds
+#   a0 = A[g, t], a1 = A[g + 8, t], a2 = A[g, t + 4], a3 = A[g + 8, t + 4];  b0 = B[t, g], b1 = B[t + 4, g];
+#   c0 / d0 = C[g, 2t], c1 = C[g, 2t + 1], c2 = C[g + 8, 2t], c3 = C[g + 8, 2t + 1]
+# (PTX ISA, "Matrix fragments for mma.m16n8k8", .tf32). A and B are float32 values of which the tensor core reads the
+# tf32 part (sign, exponent, the top 10 mantissa bits): the simulator drops the low 13 bits likewise, then
+# accumulates in float64 and rounds once.
+TF32_MASK = 0xFFFFE000
+
+if SIM:
+    def _tf32(v):
+        return float(bits_f32(f32_bits(v) & TF32_MASK))
+
+    @cuda.jit(device=True)
+    def mma_tf32(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3):
+        w, lane = _warp()
+        if w.size != 32:
+            raise RuntimeError("mma_tf32 needs a full warp of 32 lanes")
+        w.vals[lane] = ((_tf32(a0), _tf32(a1), _tf32(a2), _tf32(a3)), (_tf32(b0), _tf32(b1)))
+        w.barrier.wait()
+        g, t = lane // 4, lane % 4
+        d = []
+        for row, col, c in ((g, 2 * t, c0), (g, 2 * t + 1, c1), (g + 8, 2 * t, c2), (g + 8, 2 * t + 1, c3)):
+            acc = float(c)
+            for k in range(8):
+                a = w.vals[4 * (row % 8) + k % 4][0][(1 if row >= 8 else 0) + (2 if k >= 4 else 0)]
+                b = w.vals[4 * col + k % 4][1][1 if k >= 4 else 0]
+                acc += a * b
+            d.append(np.float32(acc))
+        w.barrier.wait()
+        return d[0], d[1], d[2], d[3]
+
+else:
+    @intrinsic
+    def mma_tf32(typingctx, a0, a1, a2, a3, b0, b1, c0, c1, c2, c3):
+        args = (a0, a1, a2, a3, b0, b1, c0, c1, c2, c3)
+        if not all(isinstance(x, types.Float) for x in args):
+            return None
+        sig = types.UniTuple(types.float32, 4)(*args)
+
+        def codegen(context, builder, sig, args):
+            f = [context.cast(builder, x, t, types.float32) for x, t in zip(args, sig.args)]
+            i32, f32 = ir.IntType(32), ir.FloatType()
+            ops = [builder.bitcast(x, i32) for x in f[:6]] + f[6:]
+            fnty = ir.FunctionType(ir.LiteralStructType([f32] * 4), [i32] * 6 + [f32] * 4)
+            asm = ("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {$0, $1, $2, $3}, {$4, $5, $6, $7}, "
+                   "{$8, $9}, {$10, $11, $12, $13};")
+            # side effects: a warp-collective instruction must not be moved into a branch or dropped
+            call = builder.call(ir.InlineAsm(fnty, asm, "=f,=f,=f,=f,r,r,r,r,r,r,f,f,f,f",
+                                             side_effect=True), ops)
+            vals = [builder.extract_value(call, k) for k in range(4)]
+            return context.make_tuple(builder, sig.return_type, vals)
+
+        return sig, codegen

@@ -19,7 +19,8 @@ import numpy as np
 from numba import cuda, float32, float64, int32
 
 from .gemm import LOADERS
-from .intrinsics import SIM, factory, ld_f32x4, ld_sh4, shfl_xor, st_sh4, syncwarp, warp_argmax, warp_max, warp_sum
+from .intrinsics import (SIM, TF32_MASK, bits_f32, f32_bits, factory, ld_f32x4, ld_sh4, mma_tf32, shfl_xor, st_sh4,
+                         syncwarp, warp_argmax, warp_max, warp_sum)
 
 # layout of the int32 `meta` array
 M_START, M_N, M_NACT = 0, 1, 3
@@ -1508,6 +1509,277 @@ def make_attention_v7(QMAX: int, NW: int, MAXREG: int = 0):
     return attn_partial_v7
 
 
+# ----------------------------------------------------------------------------- attention v9 (tensor cores)
+ATT9_KS = 8            # keys per step of a v9 warp: the 8 columns of an m16n8k8 MMA
+ATT9_NW = 4            # warps per block (one share of a KV group's keys each)
+ATT9_WARPS_PER_SM = 8  # blocks per KV group = ceil(this x SMs / (KV groups x ATT9_NW))
+ATT9_MAXREG = 0        # register cap of the backend's v9 (0: none)
+
+
+def attn_v9_qp(dk: int) -> int:
+    """A staged query row of v9 in shared memory, floats: dk padded to 16 mod 32, so that the two rows a quarter
+    warp's 16-byte fragment loads touch fall in different banks."""
+    return dk + (16 - dk % 32) % 32
+
+
+def attn_v9_smem(dk: int) -> int:
+    """Dynamic shared memory of attn_partial_v9, bytes: the group's 16 query rows as tf32 high and low parts."""
+    return 2 * 16 * attn_v9_qp(dk) * 4
+
+
+@cuda.jit(device=True, inline=True)
+def tf32_split(x):
+    """x = hi + lo with hi = x truncated to tf32 (the low 13 mantissa bits cleared) and lo = x - hi, exact in float32.
+    A product of two such splits over three tf32 MMAs (hi hi + hi lo + lo hi; the tensor core truncates lo to
+    tf32 too) is float32-accurate to ~2^-21 relative: the "3xTF32" scheme."""
+    hi = bits_f32(f32_bits(x) & TF32_MASK)
+    return hi, x - hi
+
+
+@cuda.jit(device=True, inline=True)
+def mma3_tf32(a0, a1, a2, a3, b0, b1, acc, j):
+    """acc[j : j + 4] += A B over three tf32 MMAs from the float32 fragments (mma_tf32's layout), each split into
+    tf32 high and low parts; the low-part products go first (the smaller terms)."""
+    ah0, al0 = tf32_split(a0)
+    ah1, al1 = tf32_split(a1)
+    ah2, al2 = tf32_split(a2)
+    ah3, al3 = tf32_split(a3)
+    bh0, bl0 = tf32_split(b0)
+    bh1, bl1 = tf32_split(b1)
+    d0, d1, d2, d3 = mma_tf32(al0, al1, al2, al3, bh0, bh1, acc[j], acc[j + 1], acc[j + 2], acc[j + 3])
+    d0, d1, d2, d3 = mma_tf32(ah0, ah1, ah2, ah3, bl0, bl1, d0, d1, d2, d3)
+    d0, d1, d2, d3 = mma_tf32(ah0, ah1, ah2, ah3, bh0, bh1, d0, d1, d2, d3)
+    acc[j] = d0
+    acc[j + 1] = d1
+    acc[j + 2] = d2
+    acc[j + 3] = d3
+
+
+@cuda.jit(device=True, inline=True)
+def ld_key_step9(kc, t, T, ldk, kbase, kb, NC):
+    """v9: kb <- the lane's 4 dims of each 16-dim chunk of key row t (dims kbase + 16c .. + 3, c < NC); zeros past
+    key T."""
+    for c in range(NC):
+        x0 = x1 = x2 = x3 = float32(0.0)
+        if t < T:
+            x0, x1, x2, x3 = ld_f32x4(kc, t * ldk + kbase + 16 * c)
+        kb[4 * c] = x0
+        kb[4 * c + 1] = x1
+        kb[4 * c + 2] = x2
+        kb[4 * c + 3] = x3
+
+
+@cuda.jit(device=True, inline=True)
+def ld_value_step9(vc, t, T, ldv, vbase, vb, NJ):
+    """v9: vb <- value rows t and t + 4, the lane's 4 dims of each 32-dim block (dims vbase + 32J .. + 3, J < NJ);
+    zeros past key T."""
+    for h in range(2):
+        for J in range(NJ):
+            x0 = x1 = x2 = x3 = float32(0.0)
+            if t + 4 * h < T:
+                x0, x1, x2, x3 = ld_f32x4(vc, (t + 4 * h) * ldv + vbase + 32 * J)
+            b = 4 * (h * NJ + J)
+            vb[b] = x0
+            vb[b + 1] = x1
+            vb[b + 2] = x2
+            vb[b + 3] = x3
+
+
+@factory
+def make_attention_v9(DK: int, DV: int, NW: int, MAXREG: int = 0, ASETS: int = 2):
+    """attn_partial v9: flash decoding on the tensor cores: a warp per share of a KV group's keys, all (<= 16) query
+    rows of the group as the 16 rows of m16n8k8 tf32 MMAs, 8 keys a step.
+
+    v5-v7 spend one FFMA per (row, key, dim) on the CUDA cores: at 16 rows (a 4-token verify at 4 heads per KV group)
+    that work, not the cache bytes, set their time (v7: 60 us per MiMo-7B layer at ctx 4096, latency-bound at 255
+    registers). An MMA does 16 x 8 x 8 of them in one warp instruction, so 4 and 16 rows cost about the same. Per step
+    of 8 keys t0 .. t0 + 7:
+      * S [16, 8] = Q K^T: lane = 4g + t (mma_tf32's layout) reads its key's 4 dims of each 16-dim chunk (one 16-byte
+        load a chunk; a load instruction reads 8 whole 64-byte row pieces): within a chunk the MMA's k index t / t + 4
+        is dim 4t / 4t + 1 and then 4t + 2 / 4t + 3, and the query fragments (hi / lo parts staged in shared memory)
+        use the same order, since a dot product does not care. The MMA's column g is key (g >> 1) + 4 (g & 1), so that
+        the lane's scores (row g / g + 8, columns 2t, 2t + 1) are keys t and t + 4: exactly the A fragment the P V
+        MMA needs from it, with no exchange between lanes;
+      * online softmax per row over the quad of lanes sharing it (2 shuffles for the max, 2 for the sum);
+      * O [16, dv] += P V: the MMA's k index t / t + 4 is key t / t + 4 and its column g of n-tile 4J + e is dim
+        32J + 4g + e, so a lane's value fragments for 4 n-tiles are one 16-byte load of its value row.
+    Three tf32 MMAs per product (mma3_tf32) keep float32 accuracy (~1e-6 relative, like v1-v7). As in v6, the next
+    step's keys are requested once the scores are done, its values once P V is done, the first step's before the
+    query rows are staged. Shares and partials as v7 (split = NW x blocks per group, warp w of block b taking share
+    w x (split / NW) + b), 8-key units: merged by attn_combine_v3 with C = ATT9_KS. Needs rep x n <= 16, DK % 32 ==
+    0, DV % 32 == 0, DV <= 128 (O: DV / 2 accumulators a lane), ldk, ldv, ldq, qoff % 4 == 0, and full warps (also
+    in the simulator: the MMA is emulated across 32 lanes).
+    """
+    NC = DK // 16                                            # 16-dim chunks of a key row: a 16-byte load a lane
+    NJ = DV // 32                                            # 32-dim blocks of a value row: 4 n-tiles each
+    QP = attn_v9_qp(DK)
+    QS = 16 * QP                                             # the low parts after the high ones
+    KB, VB, NO = 4 * NC, 8 * NJ, 16 * NJ                     # local array sizes (compile-time constants)
+    jit = cuda.jit(max_registers=MAXREG) if (MAXREG and not SIM) else cuda.jit
+
+    @jit
+    def attn_partial_v9(q, ldq, qoff, kc, ldk, vc, ldv, po, pml, meta, n, nh, rep, dk, dv, scale, split):
+        sm = cuda.shared.array(0, float32)
+        tid = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        lane = tid % 32
+        w = tid // 32
+        gq = lane // 4                                       # MMA group: rows gq and gq + 8, S column / O column gq
+        tq = lane - 4 * gq                                   # thread in group: keys t0 + tq and + 4 of P
+        kq = (gq >> 1) + 4 * (gq & 1)                        # the key of S column gq
+        start = meta[M_START]
+        T = start + n
+        nstep = (T + ATT9_KS - 1) // ATT9_KS
+        S = min(split, nstep)
+        QR = rep * n
+        d4 = DK // 4
+        nkv = nh // rep
+        bpg = split // NW                                    # blocks per KV group
+        scl = float32(scale)                                 # (a float64 scale would make the softmax float64)
+        r0 = gq
+        r1 = gq + 8
+        lim0 = start + r0 // rep                             # the rows' query positions: their causal limits
+        lim1 = start + r1 // rep
+        kb = cuda.local.array(KB, float32)
+        vb = cuda.local.array(VB, float32)
+        o = cuda.local.array(NO, float32)                    # n-tile j = 4J + e: o[4j .. 4j + 3] (C layout)
+        acc = cuda.local.array(24, float32)                  # S: [chunk parity][hi hi, hi lo, lo hi][4]
+        qt = cuda.local.array(16, float32)
+        for item in range(cuda.blockIdx.x, nkv * bpg, cuda.gridDim.x):
+            g = item // bpg
+            bs = item - g * bpg
+            if bs >= S:                                      # block-uniform: even warp 0's share is past the end
+                continue
+            s = w * bpg + bs                                 # this warp's share
+            sb0 = (s * nstep) // S if s < S else 0
+            sb1 = ((s + 1) * nstep) // S if s < S else 0
+            kbase = g * dk + 4 * tq
+            vbase = g * dv + 4 * gq
+            if sb0 < sb1:                                    # the first step's keys and values, in flight while
+                ld_key_step9(kc, sb0 * ATT9_KS + kq, T, ldk, kbase, kb, NC)          # q is staged
+                ld_value_step9(vc, sb0 * ATT9_KS + tq, T, ldv, vbase, vb, NJ)
+            # the group's 16 query rows r = i * rep + hh (query i, head g * rep + hh; zeros past QR), split into tf32
+            # high / low parts -> sm[r * QP + d], sm[QS + r * QP + d]
+            for base in range(0, 16 * d4, 4 * nt):
+                ld_group_q16(q, ldq, qoff, g, rep, dk, QR, base, tid, nt, qt)
+                for u in range(4):
+                    idx = base + tid + u * nt
+                    if idx < 16 * d4:
+                        r = idx // d4
+                        b = r * QP + (idx - r * d4) * 4
+                        h0, l0 = tf32_split(qt[4 * u])
+                        h1, l1 = tf32_split(qt[4 * u + 1])
+                        h2, l2 = tf32_split(qt[4 * u + 2])
+                        h3, l3 = tf32_split(qt[4 * u + 3])
+                        st_sh4(sm, b, h0, h1, h2, h3)
+                        st_sh4(sm, QS + b, l0, l1, l2, l3)
+            m0 = m1 = NEG_INF                                # rows r0, r1: every lane of the quad keeps them
+            l0 = l1 = float32(0.0)
+            for j in range(16 * NJ):
+                o[j] = float32(0.0)
+            cuda.syncthreads()
+            for sb in range(sb0, sb1):                       # warp-uniform
+                t0 = sb * ATT9_KS
+                for j in range(24):
+                    acc[j] = float32(0.0)
+                for c in range(NC):                          # S = Q K^T, 16 dims (2 MMA k-steps) a chunk
+                    qa = r0 * QP + 16 * c + 4 * tq
+                    qb = r1 * QP + 16 * c + 4 * tq
+                    x0, x1, x2, x3 = ld_sh4(sm, qa)          # row r0, dims 16c + 4tq .. + 3
+                    y0, y1, y2, y3 = ld_sh4(sm, qb)          # row r1
+                    u0, u1, u2, u3 = ld_sh4(sm, QS + qa)     # their low parts
+                    v0, v1, v2, v3 = ld_sh4(sm, QS + qb)
+                    kh0, kl0 = tf32_split(kb[4 * c])
+                    kh1, kl1 = tf32_split(kb[4 * c + 1])
+                    kh2, kl2 = tf32_split(kb[4 * c + 2])
+                    kh3, kl3 = tf32_split(kb[4 * c + 3])
+                    p = 12 * (c % ASETS)                     # ASETS accumulator sets: shorter MMA chains
+                    for e in range(2):                       # k-step e: dims 4tq + 2e (k = tq), 4tq + 2e + 1 (k = tq + 4)
+                        if e == 0:
+                            ah0, ah1, ah2, ah3, al0, al1, al2, al3 = x0, y0, x1, y1, u0, v0, u1, v1
+                            bh0, bh1, bl0, bl1 = kh0, kh1, kl0, kl1
+                        else:
+                            ah0, ah1, ah2, ah3, al0, al1, al2, al3 = x2, y2, x3, y3, u2, v2, u3, v3
+                            bh0, bh1, bl0, bl1 = kh2, kh3, kl2, kl3
+                        d0, d1, d2, d3 = mma_tf32(ah0, ah1, ah2, ah3, bh0, bh1, acc[p], acc[p + 1], acc[p + 2],
+                                                  acc[p + 3])
+                        acc[p], acc[p + 1], acc[p + 2], acc[p + 3] = d0, d1, d2, d3
+                        d0, d1, d2, d3 = mma_tf32(ah0, ah1, ah2, ah3, bl0, bl1, acc[p + 4], acc[p + 5], acc[p + 6],
+                                                  acc[p + 7])
+                        acc[p + 4], acc[p + 5], acc[p + 6], acc[p + 7] = d0, d1, d2, d3
+                        d0, d1, d2, d3 = mma_tf32(al0, al1, al2, al3, bh0, bh1, acc[p + 8], acc[p + 9], acc[p + 10],
+                                                  acc[p + 11])
+                        acc[p + 8], acc[p + 9], acc[p + 10], acc[p + 11] = d0, d1, d2, d3
+                if sb + 1 < sb1:                             # kb is free: the next step's keys
+                    ld_key_step9(kc, t0 + ATT9_KS + kq, T, ldk, kbase, kb, NC)
+                # scores of (r0, key t0 + tq), (r0, t0 + tq + 4), (r1, t0 + tq), (r1, t0 + tq + 4)
+                ka = t0 + tq
+                z0 = z1 = z2 = z3 = NEG_INF
+                if r0 < QR and ka <= lim0:
+                    z0 = ((acc[4] + acc[16]) + (acc[8] + acc[20]) + (acc[0] + acc[12])) * scl
+                if r0 < QR and ka + 4 <= lim0:
+                    z1 = ((acc[5] + acc[17]) + (acc[9] + acc[21]) + (acc[1] + acc[13])) * scl
+                if r1 < QR and ka <= lim1:
+                    z2 = ((acc[6] + acc[18]) + (acc[10] + acc[22]) + (acc[2] + acc[14])) * scl
+                if r1 < QR and ka + 4 <= lim1:
+                    z3 = ((acc[7] + acc[19]) + (acc[11] + acc[23]) + (acc[3] + acc[15])) * scl
+                mx0 = max(z0, z1)                            # online softmax over the quad's 8 keys per row
+                mx1 = max(z2, z3)
+                mx0 = max(mx0, shfl_xor(mx0, 1))
+                mx1 = max(mx1, shfl_xor(mx1, 1))
+                mx0 = max(mx0, shfl_xor(mx0, 2))
+                mx1 = max(mx1, shfl_xor(mx1, 2))
+                n0 = max(m0, mx0)
+                n1 = max(m1, mx1)
+                p0 = math.exp(z0 - n0) if z0 != NEG_INF else float32(0.0)
+                p1 = math.exp(z1 - n0) if z1 != NEG_INF else float32(0.0)
+                p2 = math.exp(z2 - n1) if z2 != NEG_INF else float32(0.0)
+                p3 = math.exp(z3 - n1) if z3 != NEG_INF else float32(0.0)
+                s0 = p0 + p1
+                s1 = p2 + p3
+                s0 += shfl_xor(s0, 1)
+                s1 += shfl_xor(s1, 1)
+                s0 += shfl_xor(s0, 2)
+                s1 += shfl_xor(s1, 2)
+                al0 = math.exp(m0 - n0) if m0 != NEG_INF else float32(0.0)
+                al1 = math.exp(m1 - n1) if m1 != NEG_INF else float32(0.0)
+                l0 = l0 * al0 + s0
+                l1 = l1 * al1 + s1
+                m0 = n0
+                m1 = n1
+                # O = alpha O + P V; P's A fragment: (r0, tq), (r1, tq), (r0, tq + 4), (r1, tq + 4) = p0, p2, p1, p3
+                for J in range(NJ):
+                    for e in range(4):
+                        j = 4 * (4 * J + e)
+                        o[j] *= al0
+                        o[j + 1] *= al0
+                        o[j + 2] *= al1
+                        o[j + 3] *= al1
+                        mma3_tf32(p0, p2, p1, p3, vb[4 * J + e], vb[4 * (NJ + J) + e], o, j)
+                if sb + 1 < sb1:                             # vb is free: the next step's values
+                    ld_value_step9(vc, t0 + ATT9_KS + tq, T, ldv, vbase, vb, NJ)
+            if sb0 < sb1:                                    # the share's partial, in the v1-v7 layout
+                for hr in range(2):
+                    r = gq + 8 * hr
+                    if r < QR:
+                        i = r // rep
+                        h = g * rep + r - i * rep
+                        pbase = ((s * nh + h) * 16 + i) * dv + 8 * tq
+                        for J in range(NJ):                  # n-tile 4J + e, columns 2tq / 2tq + 1: dims
+                            for e in range(4):               # 32J + 8tq + e and + 4
+                                j = 4 * (4 * J + e) + 2 * hr
+                                po[pbase + 32 * J + e] = o[j]
+                                po[pbase + 32 * J + 4 + e] = o[j + 1]
+                        if tq == 0:
+                            b = ((s * nh + h) * 16 + i) * 2
+                            pml[b] = m0 if hr == 0 else m1
+                            pml[b + 1] = l0 if hr == 0 else l1
+            cuda.syncthreads()                               # the query rows are restaged for the next item
+
+    attn_partial_v9.DK, attn_partial_v9.DV, attn_partial_v9.NW, attn_partial_v9.MAXREG = DK, DV, NW, MAXREG
+    return attn_partial_v9
+
+
 COMBINE3_SL = 8        # share lanes of attn_combine_v3 at most: blocks of 32 x SL threads
 COMBINE3_U = 8         # shares a lane has in flight
 COMBINE3_RED = COMBINE3_SL * 128
@@ -1580,6 +1852,100 @@ def attn_combine_v3(po, pml, out, ldo, ooff, meta, n, nh, dv, C, split):
                     o = float32(0.0)
                     for k in range(SL):
                         o += red[k * 128 + e]
+                    out[i * ldo + ooff + h * dv + e0 * 4 + e] = o / den
+            cuda.syncthreads()
+
+
+COMBINE4_SL = 8        # share lanes of attn_combine_v4 at most: blocks of 32 x SL threads (16: 163 registers x 512
+#                        threads do not fit an SM: CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES)
+COMBINE4_U = 17        # shares a lane has in flight: SL x U = 136 >= the backend's <= 132 shares on an H100: one round
+COMBINE4_RED = COMBINE4_SL * 128
+COMBINE4_RML = 2 * COMBINE4_SL
+COMBINE4_XB = 4 * COMBINE4_U
+
+
+@cuda.jit
+def attn_combine_v4(po, pml, out, ldo, ooff, meta, n, nh, dv, C, split):
+    """attn_combine_v3 in one round trip: a lane requests the (m, l) and its 4 output dims of all its shares at once
+    (U of them, every SL-th share) and merges them with an online softmax of its own; the SL lanes of a dim are then
+    merged once through shared memory. v3 walked the shares three times (their maximum, the denominator, the
+    weighted sum: ~5 dependent global round trips and 6 barriers, 5-7 us per MiMo-7B layer for 64-132 shares on
+    the H100, as much as the v9 partial at ctx 512). Blocks of 32 x SL threads (SL <= COMBINE4_SL, 1 in the
+    simulator); dv % 4 == 0. C, split: as attn_combine_v2."""
+    red = cuda.shared.array(COMBINE4_RED, float32)          # [SL, 128 output dims] a share lane's weighted sums
+    rml = cuda.shared.array(COMBINE4_RML, float32)          # [SL] its (m, l)
+    mb = cuda.local.array(COMBINE4_U, float32)
+    lb = cuda.local.array(COMBINE4_U, float32)
+    xb = cuda.local.array(COMBINE4_XB, float32)
+    T = meta[M_START] + n
+    S = attn_chunks(T, C, split)
+    tid = cuda.threadIdx.x
+    nt = cuda.blockDim.x
+    lane = tid % 32
+    sl = tid // 32
+    SL = nt // 32
+    dv4 = dv // 4
+    for item in range(cuda.blockIdx.x, n * nh, cuda.gridDim.x):
+        i = item // nh
+        h = item - i * nh
+        for e0 in range(0, dv4, 32):                         # 128 output dims at a time
+            e4 = e0 + lane
+            mt = NEG_INF
+            lt = a0 = a1 = a2 = a3 = float32(0.0)
+            for s0 in range(sl, S, SL * COMBINE4_U):
+                for u in range(COMBINE4_U):                  # the loads first: all in flight
+                    ss = s0 + u * SL
+                    m = NEG_INF
+                    l = x0 = x1 = x2 = x3 = float32(0.0)
+                    if ss < S:
+                        b = (ss * nh + h) * 16 + i
+                        m = pml[2 * b]
+                        l = pml[2 * b + 1]
+                        if e4 < dv4:
+                            x0, x1, x2, x3 = ld_f32x4(po, b * dv + e4 * 4)
+                    mb[u] = m
+                    lb[u] = l
+                    xb[4 * u] = x0
+                    xb[4 * u + 1] = x1
+                    xb[4 * u + 2] = x2
+                    xb[4 * u + 3] = x3
+                mx = mt
+                for u in range(COMBINE4_U):
+                    mx = max(mx, mb[u])
+                f = math.exp(mt - mx) if mt != NEG_INF else float32(0.0)
+                lt *= f
+                a0 *= f
+                a1 *= f
+                a2 *= f
+                a3 *= f
+                for u in range(COMBINE4_U):
+                    wgt = math.exp(mb[u] - mx) if mb[u] != NEG_INF else float32(0.0)
+                    lt += lb[u] * wgt
+                    a0 += wgt * xb[4 * u]
+                    a1 += wgt * xb[4 * u + 1]
+                    a2 += wgt * xb[4 * u + 2]
+                    a3 += wgt * xb[4 * u + 3]
+                mt = mx
+            b = (sl * 32 + lane) * 4                         # = sl * 128 + the dim within the 128
+            red[b] = a0
+            red[b + 1] = a1
+            red[b + 2] = a2
+            red[b + 3] = a3
+            if lane == 0:
+                rml[2 * sl] = mt
+                rml[2 * sl + 1] = lt
+            cuda.syncthreads()
+            for e in range(tid, 128, nt):
+                if e0 * 4 + e < dv:
+                    M = NEG_INF
+                    for k in range(SL):
+                        M = max(M, rml[2 * k])
+                    o = float32(0.0)
+                    den = float32(0.0)
+                    for k in range(SL):
+                        wgt = math.exp(rml[2 * k] - M) if rml[2 * k] != NEG_INF else float32(0.0)
+                        o += red[k * 128 + e] * wgt
+                        den += rml[2 * k + 1] * wgt
                     out[i * ldo + ooff + h * dv + e0 * 4 + e] = o / den
             cuda.syncthreads()
 

@@ -95,9 +95,10 @@ def test_forward_matches_numpy(oracle_model, variant, request):
                                   dict(attention="v4"), dict(attention="v5"),
                                   dict(attention="v5", attention_v5_rows=16), dict(attention="v6", attention_v6_rows=4),
                                   dict(attention="v6"), dict(attention="v7"),
-                                  dict(attention="v6", attention_v6_rows=4, attention_long="v7", long_context=8)],
+                                  dict(attention="v6", attention_v6_rows=4, attention_long="v7", long_context=8),
+                                  dict(attention="v9")],
                          ids=["v1", "v2", "v3-unfused", "v4-unfused", "v3-fused", "v4", "v5", "v5-rows16", "v6-rows4",
-                              "v6", "v7", "v6-long-v7"])
+                              "v6", "v7", "v6-long-v7", "v9"])
 def test_attention_variants_and_fused_rope(tiny_checkpoint, opts, monkeypatch):
     """The non-default variants (attention v1 / v2 / v3 / v4, untuned GEMM, narrow row kernels, separate RMSNorm,
     rope and cache-write launches) give the NumPy engine's tokens and logits."""
@@ -105,14 +106,15 @@ def test_attention_variants_and_fused_rope(tiny_checkpoint, opts, monkeypatch):
     version = opts.get("attention")
     # v7 stages keys in 32-dim chunks: head dim 32 (4 heads over 2 KV heads: the 5- and 6-token forwards have 16
     # query rows a group and run v7, the 1-token steps v6; with attention_long = "v7" and long_context = 8 the
-    # steps past 8 keys run v7 and the others v6)
-    lanes = {v for v in (version, opts.get("attention_long")) if v in ("v5", "v6", "v7")}  # 32-lane kernels asked for
-    path = tiny_checkpoint("mimo", **SMALL, **(dict(hidden_size=128) if "v7" in lanes else {}))
+    # steps past 8 keys run v7 and the others v6); v9 (tensor-core MMAs) needs dk and dv % 32 == 0 too and takes
+    # every forward of <= 8 tokens (<= 16 rows)
+    lanes = {v for v in (version, opts.get("attention_long")) if v in ("v5", "v6", "v7", "v9")}  # 32-lane kernels
+    path = tiny_checkpoint("mimo", **SMALL, **(dict(hidden_size=128) if lanes & {"v7", "v9"} else {}))
     m = load_model(path)
     if SIM and (opts.get("attention_v5_rows", 0) > 4 or (version == "v6" and opts.get("attention_v6_rows", 16) > 4)):
         pytest.skip("4 to 8 simulated warps of 32 lanes: too slow; tests/test_kernels.py checks v5 / v6 with up to 8 "
                     "rows (16 on the GPU)")
-    if lanes:                                       # the simulator runs v5-v7 only where asked (32 lanes: slow)
+    if lanes:                                       # the simulator runs v5-v9 only where asked (32 lanes: slow)
         monkeypatch.setattr(backend, "SIM_RUNS_V5", True)
         for k in [k for k in backend._KCACHE if k[0] == "attn" and k[1] in lanes]:
             del backend._KCACHE[k]                  # so that the check below sees this test's launches

@@ -280,16 +280,18 @@ ATTN_CASES = [  # n, start, nh, g, dk, dv, C     (MLA: g = 1, V = the first dv c
     (3, 5, 2, 2, 6, 6, 8),            # dk % 4 != 0: scalar key loads
     (2, 150, 4, 2, 16, 16, 32),       # v4: 5 sub-chunks of 32 keys over 3 blocks (shares 1, 2, 2), ragged last
     (2, 40, 4, 2, 32, 16, 8),         # v5: 6 steps of 8 keys over 3 warps (shares 2, 2, 2), ragged last
-    (3, 70, 8, 2, 64, 32, 8),         # v7 only: 16 rows a group (4 padded), 3 tiles of 32 keys over 2 x 2 warps
+    (3, 70, 8, 2, 64, 32, 8),         # v7 / v9 only: 16 rows a group (4 padded), 3 tiles of 32 keys over 2 x 2 warps
+    (1, 20, 2, 2, 96, 64, 8),         # v9 only: 1 row a group, 6 key chunks, 2 value blocks, 3 steps over 2 x 2 warps
 ]
-ATTN_V7_ONLY = {(3, 70, 8, 2, 64, 32, 8)}  # the other versions' simulated blocks of 128 threads take minutes here
+# cases only the warp-per-share kernels run: the other versions' simulated blocks of 128 threads take minutes here
+ATTN_WARP_ONLY = {(3, 70, 8, 2, 64, 32, 8): ("v7", "v9"), (1, 20, 2, 2, 96, 64, 8): ("v9",)}
 if GPU:
     ATTN_CASES += [(n, s, 32, 8, 128, 128, 256) for n in (1, 4, 8) for s in (511, 4000)]
     ATTN_CASES += [(2, 300, 16, 1, 576, 512, 64)]
     ATTN_CASES += [(16, 1000, 16, 8, 128, 128, 256), (4, 700, 32, 8, 64, 64, 256), (3, 2, 8, 4, 256, 256, 128)]
 
 
-@pytest.mark.parametrize("version", ["v1", "v2", "v3", "v4", "v5", "v6", "v7"])
+@pytest.mark.parametrize("version", ["v1", "v2", "v3", "v4", "v5", "v6", "v7", "v9"])
 @pytest.mark.parametrize("n,start,nh,g,dk,dv,C", ATTN_CASES)
 def test_attention(request, n, start, nh, g, dk, dv, C, version):
     """v1 / v2 partials merged by attn_combine; v3 (dk % 4 == 0 only: the backend falls back to v2) and v4
@@ -301,8 +303,14 @@ def test_attention(request, n, start, nh, g, dk, dv, C, version):
     if version in ("v5", "v6") and ((nh // g) * gemm.nmax_for(n) > K.ATT5_MAXQ or dv % 4 or dk % 16):
         pytest.skip(f"{version} holds <= 16 query rows per KV group, splits keys in 16-byte quarters and reads V 16 "
                     "bytes at a time; the backend runs v4 beyond")
-    if version != "v7" and (n, start, nh, g, dk, dv, C) in ATTN_V7_ONLY:
-        pytest.skip("a v7 case (16 rows, runs of 32-key tiles); the other versions are covered by the cases above")
+    if version not in ATTN_WARP_ONLY.get((n, start, nh, g, dk, dv, C), (version,)):
+        pytest.skip("a case of the warp-per-share kernels; the other versions are covered by the cases above")
+    if version == "v9" and ((nh // g) * n > 16 or dk % 32 or dv % 32 or dv > 128):
+        pytest.skip("v9 holds <= 16 query rows per KV group (one MMA tile), reads keys in 32-dim multiples and gives "
+                    "a lane dv / 2 <= 64 accumulators; the backend runs v6 / v5 / v4 beyond")
+    if version == "v9" and SIM and start > 100:
+        pytest.skip("v9 runs 32 simulated lanes and emulated MMAs: too slow over 150 keys (the 73-key case covers "
+                    "runs of steps)")
     if version == "v7" and ((nh // g) * gemm.nmax_for(n) > 16 or dk % 32 or dv > 128 or dv % 4):
         pytest.skip("v7 holds <= 16 query rows per KV group, stages keys in 32-dim chunks and gives a lane 4 of <= 128 "
                     "output dims; the backend runs v6 / v5 / v4 beyond")
@@ -374,6 +382,19 @@ def test_attention(request, n, start, nh, g, dk, dv, C, version):
             dev(q), nh * dk, 0, kd, g * dk, vd, ldv, po, pml, meta, n, nh, nh // g, dk, dv, scale, split)
         K.attn_combine_v3[n * nh, 32 * (K.COMBINE3_SL if GPU else 1)](po, pml, out, nh * dv + 4, 4, meta, n, nh, dv,
                                                                      K.ATT7_KT, split)
+    elif version == "v9":
+        # v9: a warp per share of 8-key steps (tensor-core MMAs over all the group's rows); the simulator: 2 warps
+        # x 2 blocks per group (shares of 2-3 steps for 73 keys, of 0-1 for 21: one warp idles), as v7
+        nw = 4 if GPU else 2
+        bpg = max(1, min(S // nw, 17)) if GPU else 2
+        split = nw * bpg
+        if split > S:                                    # v9 writes min(split, ceil(T / 8)) shares
+            po, pml = dev(np.zeros(split * nh * 16 * dv, np.float32)), dev(np.zeros(split * nh * 16 * 2, np.float32))
+        kern = K.make_attention_v9(dk, dv, nw)
+        kern[g * bpg, 32 * nw, 0, K.attn_v9_smem(dk)](
+            dev(q), nh * dk, 0, kd, g * dk, vd, ldv, po, pml, meta, n, nh, nh // g, dk, dv, scale, split)
+        K.attn_combine_v3[n * nh, 32 * (K.COMBINE3_SL if GPU else 1)](po, pml, out, nh * dv + 4, 4, meta, n, nh, dv,
+                                                                     K.ATT9_KS, split)
     else:
         make = {"v1": K.make_attention, "v2": K.make_attention_v2, "v3": K.make_attention_v3}[version]
         make(NQ)[nh * S, nt, 0, (NQ * dk + NQ * C) * 4](
@@ -386,6 +407,35 @@ def test_attention(request, n, start, nh, g, dk, dv, C, version):
     vv = (kc[:T, :dv] if mla else vc[:T]).reshape(T, g, dv)
     want = ref.attention(q.reshape(n, nh, dk), kk, vv, scale, start)
     assert rel_err(host(out, (n, nh * dv + 4))[:, 4:], want) < 1e-5
+
+
+@pytest.mark.parametrize("S,split,C,n,dv", [(40, 40, 8, 3, 64), (5, 7, 32, 1, 32)] + ([(300, 300, 8, 4, 256)] if GPU else []))
+def test_attn_combine_v4(request, S, split, C, n, dv):
+    """attn_combine_v4 (one round of loads, an online softmax per lane) merges shares like attn_combine_v3 and the
+    NumPy formula: out = sum_s exp(m_s - M) o_s / sum_s exp(m_s - M) l_s; shares whose rows saw no key (m = -inf,
+    l = 0, o = 0) weigh nothing. The simulator: one share lane (U = 9 shares a round: 5 rounds of 40); the GPU: 16
+    lanes, 2 rounds of 300, 2 blocks of 128 dims."""
+    rng = rng_for(request)
+    nh = 3
+    T = S * C - 3 if split >= S else S * C            # ceil(T / C) = S shares (or split < ceil(T / C))
+    start = T - n
+    m = (rng.standard_normal((S, nh, 16)) * 3).astype(np.float32)
+    m[rng.random((S, nh, 16)) < 0.2] = -np.inf
+    m[0] = rng.standard_normal((nh, 16)).astype(np.float32)         # every row saw a key somewhere
+    l = np.where(np.isinf(m), 0, rng.random((S, nh, 16)) * 5 + 0.5).astype(np.float32)
+    o = np.where(np.isinf(m)[..., None], 0, rng.standard_normal((S, nh, 16, dv))).astype(np.float32)
+    pml = np.stack([m, l], -1)
+    w = np.exp(m.astype(np.float64) - m.max(0))                      # [S, nh, 16]
+    want = ((w[..., None] * o).sum(0) / (w * l).sum(0)[..., None])[:, :n].transpose(1, 0, 2).reshape(n, nh * dv)
+    meta = meta_for(start, np.arange(start, T))
+    outs = []
+    for comb, sl in ((K.attn_combine_v4, K.COMBINE4_SL), (K.attn_combine_v3, K.COMBINE3_SL)):
+        out = dev(np.full((n, nh * dv + 4), np.nan, np.float32))
+        comb[n * nh, 32 * (sl if GPU else 1)](dev(o.ravel()), dev(pml.ravel()), out, nh * dv + 4, 4, meta, n, nh, dv,
+                                              C, split)
+        outs.append(host(out, (n, nh * dv + 4))[:, 4:])
+    assert rel_err(outs[0], want) < 1e-5
+    assert rel_err(outs[0], outs[1]) < 1e-5
 
 
 def test_mla_absorb_and_up(request):
