@@ -5,7 +5,9 @@ Every number is the median over graph replays of `copies` back-to-back launches 
 several weight copies (more than 4x the L2 in total, so the weights come from HBM), divided by
 the number of launches. GB/s = weight bytes / time (x and y are < 1% of the traffic).
 
-    python benchmarks/bench_gemv.py [--json out.json] [--quick]
+    python benchmarks/bench_gemv.py [--json out.json] [--quick] [--ns 1,2,4,8,16] [--no-v1]
+
+For 5..8 tokens the tensor-core kernel v3 (gemm.make_gemm_v3) is timed and checked too (variant "v3").
 """
 
 from __future__ import annotations
@@ -79,8 +81,11 @@ def time_torch(fns, reps=15):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", default=None)
-    ap.add_argument("--quick", action="store_true", help="default variant only")
+    ap.add_argument("--quick", action="store_true", help="default variant only (and v3)")
+    ap.add_argument("--ns", default=",".join(map(str, NS)), help="token counts")
+    ap.add_argument("--no-v1", action="store_true", help="skip the naive v1 point")
     a = ap.parse_args()
+    ns = [int(v) for v in a.ns.split(",")]
     import torch
 
     t_start = time.time()
@@ -97,7 +102,7 @@ def main():
         wt = [torch.randn(N, K, device="cuda", dtype=torch.bfloat16) / math.sqrt(K) for _ in range(copies)]
         wd = [cuda.as_cuda_array(w.view(torch.int16)).view(np.uint16).reshape(N * K) for w in wt]
         torch.cuda.synchronize()
-        for n in NS:
+        for n in ns:
             NM = gemm.nmax_for(n)
             xt = torch.randn(NM, K, device="cuda", dtype=torch.float32)
             x = cuda.as_cuda_array(xt).reshape(NM * K)
@@ -117,22 +122,40 @@ def main():
             yt = torch.as_tensor(y, device="cuda").view(NM, N)[:n]
             want = xt[:n] @ wt[-1].float().t()
             err = float((yt - want).abs().max() / want.abs().max())
+            err3 = None
+            if gemm.gemm_v3_ok("bf16", n, K, K):
+                k3 = gemm.get_gemm_v3()
+                b3 = gemm.gemm_v3_blocks(N)
+                launches = [(lambda w=w: k3[b3, 32 * gemm.GEMM3_KW, stream](x, K, w, y, y, N, y, y, n, K, N, 0, 0, y,
+                                                                            0.0)) for w in wd]
+                ms, mode = time_numba(stream, launches)
+                res["v3"] = (ms, mode)
+                yt = torch.as_tensor(y, device="cuda").view(NM, N)[:n]
+                err3 = float((yt - want).abs().max() / want.abs().max())
             xb = xt[:n].to(torch.bfloat16)
             tms = time_torch([(lambda w=w: torch.matmul(xb, w.t())) for w in wt])
             best_k = min(res, key=lambda q: res[q][0])
             r = dict(N=N, K=K, n=n, MB=wbytes / 1e6, default_us=res["default"][0] * 1e3,
                      default_GBps=wbytes / res["default"][0] / 1e6, best=best_k, best_us=res[best_k][0] * 1e3,
                      best_GBps=wbytes / res[best_k][0] / 1e6, cublas_us=tms * 1e3, cublas_GBps=wbytes / tms / 1e6,
-                     rel_err=err, mode=res["default"][1], variants={q: v[0] * 1e3 for q, v in res.items()})
+                     rel_err=err, rel_err_v3=err3, mode=res["default"][1],
+                     variants={q: v[0] * 1e3 for q, v in res.items()})
             r["default_pct_copy"] = 100 * r["default_GBps"] / ceil
             r["best_pct_copy"] = 100 * r["best_GBps"] / ceil
             r["default_vs_cublas"] = r["default_GBps"] / r["cublas_GBps"]
             rows.append(r)
             print(f"  W {N}x{K} n={n:2d}: default {r['default_us']:7.1f} us {r['default_GBps']:6.0f} GB/s "
                   f"({r['default_pct_copy']:3.0f}% copy) best {best_k} {r['best_GBps']:6.0f} GB/s | cuBLAS "
-                  f"{r['cublas_us']:7.1f} us {r['cublas_GBps']:6.0f} GB/s | err {err:.1e}", flush=True)
+                  f"{r['cublas_us']:7.1f} us {r['cublas_GBps']:6.0f} GB/s | err {err:.1e}"
+                  + (f" | v3 {wbytes / res['v3'][0] / 1e6:6.0f} GB/s ({100 * wbytes / res['v3'][0] / 1e6 / ceil:3.0f}%) "
+                     f"err {err3:.1e}" if err3 is not None else ""), flush=True)
         del wt, wd
         torch.cuda.empty_cache()
+    v1 = {}
+    if a.no_v1:
+        ns_v1 = ()
+    else:
+        ns_v1 = (1, 4)
     # v1 (naive, one thread per output): one point, for the NOTES
     N, K = 4096, 4096
     w = torch.randn(N, K, device="cuda", dtype=torch.bfloat16)
@@ -143,20 +166,23 @@ def main():
     x = cuda.as_cuda_array(xt1).reshape(4 * K)
     y = cuda.device_array(N * 4, np.float32)
     k1 = gemm.make_gemm_v1("bf16")
-    v1 = {}
-    for n in (1, 4):
+    for n in ns_v1:
         ms, _ = time_numba(stream, [lambda: k1[(N // 128, n), 128, stream](x, wd, y, y, n, K, N)], reps=5)
         v1[n] = dict(us=ms * 1e3, GBps=N * K * 2 / ms / 1e6)
-    print(f"  v1 naive 4096x4096: n=1 {v1[1]['GBps']:.0f} GB/s, n=4 {v1[4]['GBps']:.0f} GB/s")
+    if v1:
+        print(f"  v1 naive 4096x4096: n=1 {v1[1]['GBps']:.0f} GB/s, n=4 {v1[4]['GBps']:.0f} GB/s")
 
     print(f"\n## Skinny GEMM, bf16 weights, {device_name()}, copy ceiling {ceil:.0f} GB/s "
           f"(memcpy D2D, read+write), {time.strftime('%Y-%m-%d')}")
-    print("| W [N x K] | MB | n | v2 default us | GB/s | % copy | best variant | GB/s | % copy | cuBLAS us | GB/s | v2/cuBLAS |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| W [N x K] | MB | n | v2 default us | GB/s | % copy | best variant | GB/s | % copy | cuBLAS us | GB/s | "
+          "v2/cuBLAS | v3 GB/s (% copy) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['N']}x{r['K']} | {r['MB']:.0f} | {r['n']} | {r['default_us']:.1f} | {r['default_GBps']:.0f} | "
               f"{r['default_pct_copy']:.0f}% | {r['best']} | {r['best_GBps']:.0f} | {r['best_pct_copy']:.0f}% | "
-              f"{r['cublas_us']:.1f} | {r['cublas_GBps']:.0f} | {r['default_vs_cublas']:.2f}x |")
+              f"{r['cublas_us']:.1f} | {r['cublas_GBps']:.0f} | {r['default_vs_cublas']:.2f}x | "
+              + (f"{r['MB'] * 1e3 / r['variants']['v3']:.0f} ({100 * r['MB'] * 1e3 / r['variants']['v3'] / ceil:.0f}%) |"
+                 if "v3" in r["variants"] else "- |"))
     print(f"(seconds: {time.time() - t_start:.0f})")
     if a.json:
         json.dump(dict(device=device_name(), copy=cp, rows=rows, v1=v1), open(a.json, "w"), indent=1)

@@ -276,7 +276,10 @@ CONFIGS = {  # name -> CudaModel options (NOTES.md has each one's numbers)
              "rope_per_head": True},
     "v11": {"attention": "v9", "attention_long": None, "combine": "v4",            # v10, one attention version at
             "gemm_tuning": "TUNED_H100", "row_threads": 1024, "fuse_norm": True,  # every length, shares merged by
-            "fuse_rope_cache": True, "rope_per_head": True},                      # attn_combine_v4 (default, 11-26)
+            "fuse_rope_cache": True, "rope_per_head": True},                      # attn_combine_v4
+    "v12": {"attention": "v9", "attention_long": None, "combine": "v4", "gemm_v3": True,  # v11 + the GEMMs of
+            "gemm_tuning": "TUNED_H100", "row_threads": 1024, "fuse_norm": True,         # 5..8 tokens on the
+            "fuse_rope_cache": True, "rope_per_head": True},                             # tensor cores (gemm_v3)
 }
 
 
@@ -309,6 +312,7 @@ def main():
         opts = dict(CONFIGS[name])
         opts.setdefault("attention_long", None)     # configs before v9 ran one attention version at every length
         opts.setdefault("combine", "v3")            # and before v11 merged the shares with attn_combine_v3
+        opts.setdefault("gemm_v3", False)           # and before v12 ran every GEMM on gemm_v2
         auto = opts.get("gemm_tuning") == "auto"
         if isinstance(opts.get("gemm_tuning"), str):
             opts["gemm_tuning"] = gemm.TUNED_H100 if auto else getattr(gemm, opts["gemm_tuning"])

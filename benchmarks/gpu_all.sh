@@ -43,7 +43,7 @@ print('numpy', numpy.__version__, 'numba', numba.__version__, 'numba-cuda', vers
 
 if has gemv; then
   echo "== [$(el)s] skinny GEMM (+ copy bandwidth)"
-  timeout "$(cap 100)" python3 benchmarks/bench_gemv.py --json "$W/gemv.json" > "$W/gemv.log" 2>&1
+  timeout "$(cap ${GEMV_S:-100})" python3 benchmarks/bench_gemv.py --json "$W/gemv.json" ${GEMV_ARGS:-} > "$W/gemv.log" 2>&1
   tail -n 3 "$W/gemv.log"
 fi
 

@@ -38,8 +38,8 @@ from mtp_ref.errors import MtpRefError
 from mtp_ref.families import FamilySpec
 
 from . import kernels as K
-from .gemm import (MODE_RESID, MODE_SCALE, MODE_STORE, MODE_SWIGLU, get_gemm_v2, get_moe_gemm, gemm_v2_blocks,
-                   launch_shape, nmax_for, TUNED_H100)
+from .gemm import (GEMM3_KW, MODE_RESID, MODE_SCALE, MODE_STORE, MODE_SWIGLU, get_gemm_v2, get_gemm_v3, get_moe_gemm,
+                   gemm_v2_blocks, gemm_v3_blocks, gemm_v3_ok, launch_shape, nmax_for, TUNED_H100)
 from .graphs import CudaGraph
 from .intrinsics import SIM
 
@@ -278,7 +278,7 @@ class CudaModel:
                  fuse_norm: bool = True, attention_v5_rows: int | None = None, attention_v6_rows: int | None = None,
                  rope_per_head: bool = True, attention_v7_rows: int | None = None,
                  attention_long: str | None = "default", long_context: int | None = None,
-                 combine: str = "v4", _source=None, _config=None,
+                 combine: str = "v4", gemm_v3: bool = True, _source=None, _config=None,
                  _spec=None, _path=None, _tokenizer=None):
         """attention: "v1", "v2" (unrolled loads, 64-key chunks), "v3" (a warp per key, 32-key chunks,
         parallel chunk merge), "v4" (one block per KV group and run of keys, all the group's query rows at once;
@@ -294,6 +294,8 @@ class CudaModel:
         (default ATT_LONG = None: attention at every length; "v7": v7 for every group of <= 16 rows over
         ATT_LONG_CONTEXT keys): the graphs are captured per (token count, short / long), so each kernel runs where
         it is faster. combine: the merge of v6 / v7 / v9's shares, "v4" (default: one round of loads) or "v3".
+        gemm_v3: bf16 GEMMs of 5..8 tokens run gemm.make_gemm_v3 (tensor-core MMAs) where it applies (K % 128 ==
+        0), gemm_v2 otherwise.
         gemm_tuning: {NMAX or (N, K, NMAX): (R, U[, WARPS])}
         overrides of the skinny-GEMM launch shape (default gemm.TUNED_H100: R = 8, U = 2 for 5..8 tokens; {} for
         none; autotune.tune_gemms measures one for a model). row_threads: threads per block of the one-row-per-block
@@ -336,6 +338,7 @@ class CudaModel:
         if combine not in ("v3", "v4"):
             raise ValueError(f"combine must be 'v3' or 'v4', not {combine!r}")
         self.combine = combine
+        self.gemm_v3 = bool(gemm_v3)
         self.attention = attention
         self.att_long = attention_long
         self.long_context = ATT_LONG_CONTEXT if long_context is None else int(long_context)
@@ -686,6 +689,13 @@ class CudaModel:
     def _gemm(self, lin: Lin, x, ldx, y, ldy, n, mode=MODE_STORE, res=None, norm=None):
         """y (+)= x @ W^T; norm = an RMSNorm weight: x is the un-normed row, normed inside the GEMM."""
         nm = nmax_for(n)
+        if self.gemm_v3 and self.lanes == 32 and gemm_v3_ok(lin.fmt, n, lin.K, ldx):
+            k = get_gemm_v3(norm is not None)
+            k[gemm_v3_blocks(lin.N, mode), 32 * GEMM3_KW, self.stream](
+                x, ldx, lin.w, y, y, ldy, lin.bias if lin.bias is not None else y, res if res is not None else y,
+                n, lin.K, lin.N, mode, 1 if lin.bias is not None else 0, norm if norm is not None else y,
+                float(self.config.rms_norm_eps))
+            return
         R, U, Wp = self.rows_per_warp, None, self.warps
         if lin.fmt == "bf16":
             R, U, Wp = launch_shape(self.gemm_tuning, lin.N, lin.K, nm, R, Wp)

@@ -324,9 +324,39 @@ else:
 # accumulates in float64 and rounds once.
 TF32_MASK = 0xFFFFE000
 
+# mma_bf16(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3) -> (d0, d1, d2, d3): one warp-wide
+# `mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32`, D [16, 8] = A [16, 16] B [16, 8] + C. The a / b registers
+# are uint32 words of two bf16 (the lower k in the low half): lane = 4 g + t holds
+#   a0 = A[g, 2t : 2t + 2], a1 = A[g + 8, 2t : 2t + 2], a2 = A[g, 2t + 8 : 2t + 10], a3 = A[g + 8, 2t + 8 : 2t + 10];
+#   b0 = B[2t : 2t + 2, g], b1 = B[2t + 8 : 2t + 10, g];  c / d as mma_tf32
+# (PTX ISA, "Matrix fragments for mma.m16n8k16", .bf16). bf16 products are exact in float32.
 if SIM:
     def _tf32(v):
         return float(bits_f32(f32_bits(v) & TF32_MASK))
+
+    def _bf16_pair(wd):
+        wd = int(wd) & 0xFFFFFFFF
+        return float(bits_f32((wd & 0xFFFF) << 16)), float(bits_f32(wd & 0xFFFF0000))
+
+    @cuda.jit(device=True)
+    def mma_bf16(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3):
+        w, lane = _warp()
+        if w.size != 32:
+            raise RuntimeError("mma_bf16 needs a full warp of 32 lanes")
+        w.vals[lane] = ([_bf16_pair(a) for a in (a0, a1, a2, a3)], [_bf16_pair(b) for b in (b0, b1)])
+        w.barrier.wait()
+        g, t = lane // 4, lane % 4
+        d = []
+        for row, col, c in ((g, 2 * t, c0), (g, 2 * t + 1, c1), (g + 8, 2 * t, c2), (g + 8, 2 * t + 1, c3)):
+            acc = float(c)
+            for k in range(16):                      # A[row, k]: lane 4 (row % 8) + (k % 8) // 2, register
+                kk = k % 8                           # (row >= 8) + 2 (k >= 8), half k % 2; B[k, col]: lane
+                a = w.vals[4 * (row % 8) + kk // 2][0][(1 if row >= 8 else 0) + (2 if k >= 8 else 0)][k % 2]
+                b = w.vals[4 * col + kk // 2][1][1 if k >= 8 else 0][k % 2]     # 4 col + (k % 8) // 2
+                acc += a * b
+            d.append(np.float32(acc))
+        w.barrier.wait()
+        return d[0], d[1], d[2], d[3]
 
     @cuda.jit(device=True)
     def mma_tf32(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3):
@@ -365,6 +395,28 @@ else:
             # side effects: a warp-collective instruction must not be moved into a branch or dropped
             call = builder.call(ir.InlineAsm(fnty, asm, "=f,=f,=f,=f,r,r,r,r,r,r,f,f,f,f",
                                              side_effect=True), ops)
+            vals = [builder.extract_value(call, k) for k in range(4)]
+            return context.make_tuple(builder, sig.return_type, vals)
+
+        return sig, codegen
+
+    @intrinsic
+    def mma_bf16(typingctx, a0, a1, a2, a3, b0, b1, c0, c1, c2, c3):
+        args = (a0, a1, a2, a3, b0, b1, c0, c1, c2, c3)
+        if not (all(isinstance(x, types.Integer) for x in args[:6])
+                and all(isinstance(x, types.Float) for x in args[6:])):
+            return None
+        sig = types.UniTuple(types.float32, 4)(*args)
+
+        def codegen(context, builder, sig, args):
+            i32, f32 = ir.IntType(32), ir.FloatType()
+            ops = ([context.cast(builder, x, t, types.uint32) for x, t in zip(args[:6], sig.args[:6])]
+                   + [context.cast(builder, x, t, types.float32) for x, t in zip(args[6:], sig.args[6:])])
+            fnty = ir.FunctionType(ir.LiteralStructType([f32] * 4), [i32] * 6 + [f32] * 4)
+            asm = ("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {$0, $1, $2, $3}, {$4, $5, $6, $7}, "
+                   "{$8, $9}, {$10, $11, $12, $13};")
+            call = builder.call(ir.InlineAsm(fnty, asm, "=f,=f,=f,=f,r,r,r,r,r,r,f,f,f,f",
+                                             side_effect=True), ops)     # warp-collective, as mma_tf32
             vals = [builder.extract_value(call, k) for k in range(4)]
             return context.make_tuple(builder, sig.return_type, vals)
 

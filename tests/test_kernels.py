@@ -97,6 +97,11 @@ def run_gemm(rng, fmt, n, N, Kd, mode, lanes, R=4, warps=4, U=None, version=2):
     if version == 1:
         k = gemm.make_gemm_v1(fmt)
         k[(math.ceil(N / 64), n), 64](dev(x), dev(w), dev(ws) if ws is not None else y, y, n, Kd, N)
+    elif version == 3:
+        k = gemm.make_gemm_v3(False, U, warps)
+        k[gemm.gemm_v3_blocks(N, kmode), 32 * warps](
+            dev(x), Kd, dev(w), y, y, N, dev(bias) if bias is not None else y, y, n, Kd, N, kmode,
+            1 if bias is not None else 0, y, 0.0)
     else:
         gemm.launch_gemm(0, fmt, dev(x), Kd, dev(w), dev(ws) if ws is not None else None, y, N, n, Kd, N, kmode,
                          bias=dev(bias) if bias is not None else None, res=y if kmode == gemm.MODE_RESID else None,
@@ -163,6 +168,48 @@ def test_gemm_v2_variants(request, R, U):
     shapes = [(3, 4096, 4096), (8, 1000, 4104), (1, 4096, 14336)] if GPU else [(3, 36, 520)]
     for n, N, Kd in shapes:
         assert run_gemm(rng, "bf16", n, N, Kd, "swiglu", 32 if GPU else 1, R=R, U=U) < 2e-5
+
+
+GEMM3_CASES = [  # n, N, K, mode, warps (split-K), U (32-column blocks in flight)
+    (5, 20, 128, "store", 1, 2),           # 2 blocks of 16 rows (the second ragged); 4 column blocks, 2 in flight
+    (8, 2 * 11, 128, "swiglu_bias", 2, 1),  # 8 gate + 8 up rows a block, 11 pairs: a ragged second block
+    (6, 17, 192, "resid", 2, 2),           # 3 column blocks over 2 warps: rounds where a warp has none
+]
+if GPU:
+    GEMM3_CASES += [(n, N, Kd, m, 4, 4) for n in (5, 8) for (N, Kd, m) in
+                    ((4096, 4096, "store"), (2 * 1376, 4096, "swiglu"), (4096, 11008, "resid"), (1536, 4096, "bias"),
+                     (151680, 4096, "store"))]
+
+
+@pytest.mark.parametrize("n,N,Kd,mode,warps,U", GEMM3_CASES)
+def test_gemm_v3(request, n, N, Kd, mode, warps, U):
+    """Tensor-core GEMM (m16n8k16 bf16 MMAs, x split in 3 bf16 parts): float32-accurate like v2, every epilogue."""
+    assert gemm.gemm_v3_ok("bf16", n, Kd, Kd, warps)
+    assert run_gemm(rng_for(request), "bf16", n, N, Kd, mode, 32, warps=warps, U=U, version=3) < 2e-5
+
+
+NORM3_CASES = [(5, 16, 128, "store", 1), (7, 2 * 8, 256, "swiglu", 2)]
+if GPU:
+    NORM3_CASES += [(n, N, Kd, m, 4) for n in (5, 8) for (N, Kd, m) in ((6144, 4096, "store"),
+                                                                        (2 * 11008, 4096, "swiglu"))]
+
+
+@pytest.mark.parametrize("n,N,Kd,mode,warps", NORM3_CASES)
+def test_gemm_v3_fused_rmsnorm(request, n, N, Kd, mode, warps):
+    rng = rng_for(request)
+    w, _, wv = make_weight(rng, "bf16", N, Kd)
+    x = (rng.standard_normal((8, Kd)) * rng.uniform(0.5, 8.0, (8, 1))).astype(np.float32)
+    g = rng.uniform(0.2, 2.0, Kd).astype(np.float32)
+    kmode = {"store": gemm.MODE_STORE, "swiglu": gemm.MODE_SWIGLU}[mode]
+    y = dev(np.full((8, N), np.nan, np.float32))
+    gemm.make_gemm_v3(True, 2, warps)[gemm.gemm_v3_blocks(N, kmode), 32 * warps](
+        dev(x), Kd, dev(w), y, y, N, y, y, n, Kd, N, kmode, 0, dev(g), 1e-6)
+    out = host(y, (8, N))[:n]
+    want = ref.linear(ref.rmsnorm(x[:n], g, 1e-6), wv)
+    if kmode == gemm.MODE_SWIGLU:
+        want, out = ref.ops.silu(want[:, : N // 2]) * want[:, N // 2:], out[:, : N // 2]
+    assert not np.isnan(out).any(), "output element not written"
+    assert rel_err(out, want) < 2e-5
 
 
 @pytest.mark.parametrize("fmt", ["bf16", "fp8"])
