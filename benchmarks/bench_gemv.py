@@ -115,7 +115,8 @@ def main():
                     continue                        # too many accumulators / too much shared memory
                 k = gemm.get_gemm_v2("bf16", NM, R, Wp, U)
                 blocks = gemm.gemm_v2_blocks(N, gemm.MODE_STORE, R, Wp)
-                launches = [(lambda w=w: k[blocks, 32 * Wp, stream](x, K, w, y, y, N, y, y, n, K, N, 0, 0)) for w in wd]
+                launches = [(lambda w=w: k[blocks, 32 * Wp, stream](x, K, w, y, y, N, y, y, n, K, N, 0, 0, y, 0.0))
+                            for w in wd]
                 ms, mode = time_numba(stream, launches)
                 res["default" if v is None else f"R{R}U{U}W{Wp}"] = (ms, mode)
             # correctness spot check of the default kernel against torch on the last weight copy

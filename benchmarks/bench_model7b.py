@@ -276,10 +276,10 @@ CONFIGS = {  # name -> CudaModel options (NOTES.md has each one's numbers)
              "rope_per_head": True},
     "v11": {"attention": "v9", "attention_long": None, "combine": "v4",            # v10, one attention version at
             "gemm_tuning": "TUNED_H100", "row_threads": 1024, "fuse_norm": True,  # every length, shares merged by
-            "fuse_rope_cache": True, "rope_per_head": True},                      # attn_combine_v4
+            "fuse_rope_cache": True, "rope_per_head": True},                      # attn_combine_v4 (default)
     "v12": {"attention": "v9", "attention_long": None, "combine": "v4", "gemm_v3": True,  # v11 + the GEMMs of
             "gemm_tuning": "TUNED_H100", "row_threads": 1024, "fuse_norm": True,         # 5..8 tokens on the
-            "fuse_rope_cache": True, "rope_per_head": True},                             # tensor cores (gemm_v3)
+            "fuse_rope_cache": True, "rope_per_head": True},                             # tensor cores (slower)
 }
 
 

@@ -278,7 +278,7 @@ class CudaModel:
                  fuse_norm: bool = True, attention_v5_rows: int | None = None, attention_v6_rows: int | None = None,
                  rope_per_head: bool = True, attention_v7_rows: int | None = None,
                  attention_long: str | None = "default", long_context: int | None = None,
-                 combine: str = "v4", gemm_v3: bool = True, _source=None, _config=None,
+                 combine: str = "v4", gemm_v3: bool = False, _source=None, _config=None,
                  _spec=None, _path=None, _tokenizer=None):
         """attention: "v1", "v2" (unrolled loads, 64-key chunks), "v3" (a warp per key, 32-key chunks,
         parallel chunk merge), "v4" (one block per KV group and run of keys, all the group's query rows at once;
@@ -295,7 +295,7 @@ class CudaModel:
         ATT_LONG_CONTEXT keys): the graphs are captured per (token count, short / long), so each kernel runs where
         it is faster. combine: the merge of v6 / v7 / v9's shares, "v4" (default: one round of loads) or "v3".
         gemm_v3: bf16 GEMMs of 5..8 tokens run gemm.make_gemm_v3 (tensor-core MMAs) where it applies (K % 128 ==
-        0), gemm_v2 otherwise.
+        0), gemm_v2 otherwise; off by default: correct on the H100 but slower there than v2 with R = 8 (NOTES.md).
         gemm_tuning: {NMAX or (N, K, NMAX): (R, U[, WARPS])}
         overrides of the skinny-GEMM launch shape (default gemm.TUNED_H100: R = 8, U = 2 for 5..8 tokens; {} for
         none; autotune.tune_gemms measures one for a model). row_threads: threads per block of the one-row-per-block

@@ -276,3 +276,18 @@ def test_qwen_moe_forward_rollback_matches_numpy(qwen_ckpt, variant):
     g1, l1 = m.mtp_forward(0, [4, 5, 6], prev, mn, np.array([1, 2, 3]))
     g2, l2 = cm.mtp_forward(0, [4, 5, 6], prev, mc, np.array([1, 2, 3]))
     assert rel(g2, g1) < 1e-4 and rel(l2, l1) < 1e-4
+
+
+def test_gemm_v3_option(tiny_checkpoint):
+    """CudaModel(gemm_v3=True): the bf16 GEMMs of 5..8-token forwards with K % 128 == 0 run gemm v3 (tensor-core
+    MMAs; 32-lane GEMMs, also simulated) and the logits stay the NumPy engine's; shorter forwards keep gemm v2."""
+    from kernels_cuda import gemm
+    m = load_model(tiny_checkpoint("mimo", **SMALL, hidden_size=128))
+    for k in [k for k in gemm._CACHE if k[0] == "v3"]:
+        del gemm._CACHE[k]                          # so that the check below sees this test's launches
+    cm = CudaModel(m, max_context=64, gemm_lanes=32, gemm_v3=True)
+    ids = [3, 17, 42, 5, 9, 11]
+    _, l1 = m.forward(ids, m.new_cache())
+    _, l2 = cm.forward(ids, cm.new_cache())
+    assert rel(l2, l1) < 1e-4
+    assert any(k[0] == "v3" for k in gemm._CACHE)
