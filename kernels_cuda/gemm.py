@@ -155,6 +155,24 @@ def make_gemm_v1(fmt: str):
     return gemm_v1
 
 
+@cuda.jit(device=True, inline=True)
+def store_output(y, ldy, bias, res, i, p0, r, v, u, N, mode, has_bias):
+    """The epilogue's store of output (token i, row p0 + r) = v: + bias, + the residual (MODE_RESID); MODE_SWIGLU:
+    y[i, p0 + r] = silu(v + gate bias) * (u + up bias), u the row's up half. The caller checks the row's range."""
+    if mode == MODE_SWIGLU:
+        if has_bias:
+            v += bias[p0 + r]
+            u += bias[(N >> 1) + p0 + r]
+        y[i * ldy + p0 + r] = silu(v) * u
+    else:
+        row = p0 + r
+        if has_bias:
+            v += bias[row]
+        if mode == MODE_RESID:
+            v += res[i * ldy + row]
+        y[i * ldy + row] = v
+
+
 # ----------------------------------------------------------------------------- v2: vectorised
 @factory
 def make_gemm_v2(fmt: str, NMAX: int, R: int = 4, WARPS: int = 4, U: int = 1, LANES: int = 32, NORM: bool = False):
@@ -268,18 +286,9 @@ def make_gemm_v2(fmt: str, NMAX: int, R: int = 4, WARPS: int = 4, U: int = 1, LA
                         u += red[wid, l, a + HALF * NMAX]
                     if NORM:
                         u = u / den
-                    if has_bias:
-                        v += bias[p0 + r]
-                        u += bias[(N >> 1) + p0 + r]
-                    y[i * ldy + p0 + r] = silu(v) * u
-            else:
-                row = p0 + r
-                if row < N:
-                    if has_bias:
-                        v += bias[row]
-                    if mode == MODE_RESID:
-                        v += res[i * ldy + row]
-                    y[i * ldy + row] = v
+                    store_output(y, ldy, bias, res, i, p0, r, v, u, N, mode, has_bias)
+            elif p0 + r < N:
+                store_output(y, ldy, bias, res, i, p0, r, v, float32(0.0), N, mode, has_bias)
 
     gemm_v2.R, gemm_v2.WARPS, gemm_v2.NMAX, gemm_v2.U, gemm_v2.LANES, gemm_v2.NORM = R, WARPS, NMAX, U, LANES, NORM
     return gemm_v2
@@ -444,18 +453,9 @@ def make_gemm_v3(NORM: bool = False, U: int = GEMM3_U, KW: int = GEMM3_KW):
                         u += red[ww, e + 64]
                     if NORM:
                         u = u / den
-                    if has_bias:
-                        v += bias[p0 + row]
-                        u += bias[(N >> 1) + p0 + row]
-                    y[i * ldy + p0 + row] = silu(v) * u
-            else:
-                rr = p0 + row
-                if rr < N:
-                    if has_bias:
-                        v += bias[rr]
-                    if mode == MODE_RESID:
-                        v += res[i * ldy + rr]
-                    y[i * ldy + rr] = v
+                    store_output(y, ldy, bias, res, i, p0, row, v, u, N, mode, has_bias)
+            elif p0 + row < N:
+                store_output(y, ldy, bias, res, i, p0, row, v, float32(0.0), N, mode, has_bias)
 
     gemm_v3.NORM, gemm_v3.U, gemm_v3.KW = NORM, U, KW
     return gemm_v3
