@@ -332,92 +332,71 @@ TF32_MASK = 0xFFFFE000
 # (PTX ISA, "Matrix fragments for mma.m16n8k16", .bf16). bf16 products are exact in float32.
 if SIM:
     def _tf32(v):
-        return float(bits_f32(f32_bits(v) & TF32_MASK))
+        return (float(bits_f32(f32_bits(v) & TF32_MASK)),)
 
     def _bf16_pair(wd):
         wd = int(wd) & 0xFFFFFFFF
         return float(bits_f32((wd & 0xFFFF) << 16)), float(bits_f32(wd & 0xFFFF0000))
 
-    @cuda.jit(device=True)
-    def mma_bf16(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3):
+    def _mma_sim(name, unpack, H, a, b, c):
+        """The warp-wide m16n8k(8 H) MMA of the calling lane's fragments: each lane posts its a / b registers
+        unpacked into H values each (unpack), then computes its D: A[row, k] sits in lane 4 (row % 8) + (k % 4H) // H,
+        register (row >= 8) + 2 (k >= 4H), value k % H; B[k, col] in lane 4 col + (k % 4H) // H, register (k >= 4H)."""
         w, lane = _warp()
         if w.size != 32:
-            raise RuntimeError("mma_bf16 needs a full warp of 32 lanes")
-        w.vals[lane] = ([_bf16_pair(a) for a in (a0, a1, a2, a3)], [_bf16_pair(b) for b in (b0, b1)])
+            raise RuntimeError(f"{name} needs a full warp of 32 lanes")
+        w.vals[lane] = ([unpack(x) for x in a], [unpack(x) for x in b])
         w.barrier.wait()
         g, t = lane // 4, lane % 4
         d = []
-        for row, col, c in ((g, 2 * t, c0), (g, 2 * t + 1, c1), (g + 8, 2 * t, c2), (g + 8, 2 * t + 1, c3)):
-            acc = float(c)
-            for k in range(16):                      # A[row, k]: lane 4 (row % 8) + (k % 8) // 2, register
-                kk = k % 8                           # (row >= 8) + 2 (k >= 8), half k % 2; B[k, col]: lane
-                a = w.vals[4 * (row % 8) + kk // 2][0][(1 if row >= 8 else 0) + (2 if k >= 8 else 0)][k % 2]
-                b = w.vals[4 * col + kk // 2][1][1 if k >= 8 else 0][k % 2]     # 4 col + (k % 8) // 2
-                acc += a * b
+        for row, col, cc in ((g, 2 * t, c[0]), (g, 2 * t + 1, c[1]), (g + 8, 2 * t, c[2]), (g + 8, 2 * t + 1, c[3])):
+            acc = float(cc)
+            for k in range(8 * H):
+                kk = (k % (4 * H)) // H
+                acc += (w.vals[4 * (row % 8) + kk][0][(1 if row >= 8 else 0) + (2 if k >= 4 * H else 0)][k % H]
+                        * w.vals[4 * col + kk][1][1 if k >= 4 * H else 0][k % H])
             d.append(np.float32(acc))
         w.barrier.wait()
         return d[0], d[1], d[2], d[3]
 
     @cuda.jit(device=True)
     def mma_tf32(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3):
-        w, lane = _warp()
-        if w.size != 32:
-            raise RuntimeError("mma_tf32 needs a full warp of 32 lanes")
-        w.vals[lane] = ((_tf32(a0), _tf32(a1), _tf32(a2), _tf32(a3)), (_tf32(b0), _tf32(b1)))
-        w.barrier.wait()
-        g, t = lane // 4, lane % 4
-        d = []
-        for row, col, c in ((g, 2 * t, c0), (g, 2 * t + 1, c1), (g + 8, 2 * t, c2), (g + 8, 2 * t + 1, c3)):
-            acc = float(c)
-            for k in range(8):
-                a = w.vals[4 * (row % 8) + k % 4][0][(1 if row >= 8 else 0) + (2 if k >= 4 else 0)]
-                b = w.vals[4 * col + k % 4][1][1 if k >= 4 else 0]
-                acc += a * b
-            d.append(np.float32(acc))
-        w.barrier.wait()
-        return d[0], d[1], d[2], d[3]
+        return _mma_sim("mma_tf32", _tf32, 1, (a0, a1, a2, a3), (b0, b1), (c0, c1, c2, c3))
+
+    @cuda.jit(device=True)
+    def mma_bf16(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3):
+        return _mma_sim("mma_bf16", _bf16_pair, 2, (a0, a1, a2, a3), (b0, b1), (c0, c1, c2, c3))
 
 else:
-    @intrinsic
-    def mma_tf32(typingctx, a0, a1, a2, a3, b0, b1, c0, c1, c2, c3):
-        args = (a0, a1, a2, a3, b0, b1, c0, c1, c2, c3)
-        if not all(isinstance(x, types.Float) for x in args):
-            return None
-        sig = types.UniTuple(types.float32, 4)(*args)
+    def _mma(shape_types, ab_type):
+        """The intrinsic of one `mma.sync.aligned.<shape_types>` (float32 accumulators): a / b operands of ab_type
+        (float32 values bitcast to their bits, or uint32 words) in "r" registers, c / d in "f" registers."""
+        kind = types.Float if ab_type == types.float32 else types.Integer
+        asm = (f"mma.sync.aligned.{shape_types} {{$0, $1, $2, $3}}, {{$4, $5, $6, $7}}, {{$8, $9}}, "
+               "{$10, $11, $12, $13};")
 
-        def codegen(context, builder, sig, args):
-            f = [context.cast(builder, x, t, types.float32) for x, t in zip(args, sig.args)]
-            i32, f32 = ir.IntType(32), ir.FloatType()
-            ops = [builder.bitcast(x, i32) for x in f[:6]] + f[6:]
-            fnty = ir.FunctionType(ir.LiteralStructType([f32] * 4), [i32] * 6 + [f32] * 4)
-            asm = ("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {$0, $1, $2, $3}, {$4, $5, $6, $7}, "
-                   "{$8, $9}, {$10, $11, $12, $13};")
-            # side effects: a warp-collective instruction must not be moved into a branch or dropped
-            call = builder.call(ir.InlineAsm(fnty, asm, "=f,=f,=f,=f,r,r,r,r,r,r,f,f,f,f",
-                                             side_effect=True), ops)
-            vals = [builder.extract_value(call, k) for k in range(4)]
-            return context.make_tuple(builder, sig.return_type, vals)
+        @intrinsic
+        def impl(typingctx, a0, a1, a2, a3, b0, b1, c0, c1, c2, c3):
+            args = (a0, a1, a2, a3, b0, b1, c0, c1, c2, c3)
+            if not (all(isinstance(x, kind) for x in args[:6]) and all(isinstance(x, types.Float) for x in args[6:])):
+                return None
+            sig = types.UniTuple(types.float32, 4)(*args)
 
-        return sig, codegen
+            def codegen(context, builder, sig, args):
+                i32, f32 = ir.IntType(32), ir.FloatType()
+                ab = [context.cast(builder, x, t, ab_type) for x, t in zip(args[:6], sig.args[:6])]
+                if ab_type == types.float32:
+                    ab = [builder.bitcast(x, i32) for x in ab]
+                ops = ab + [context.cast(builder, x, t, types.float32) for x, t in zip(args[6:], sig.args[6:])]
+                fnty = ir.FunctionType(ir.LiteralStructType([f32] * 4), [i32] * 6 + [f32] * 4)
+                # side effects: a warp-collective instruction must not be moved into a branch or dropped
+                call = builder.call(ir.InlineAsm(fnty, asm, "=f,=f,=f,=f,r,r,r,r,r,r,f,f,f,f", side_effect=True), ops)
+                vals = [builder.extract_value(call, k) for k in range(4)]
+                return context.make_tuple(builder, sig.return_type, vals)
 
-    @intrinsic
-    def mma_bf16(typingctx, a0, a1, a2, a3, b0, b1, c0, c1, c2, c3):
-        args = (a0, a1, a2, a3, b0, b1, c0, c1, c2, c3)
-        if not (all(isinstance(x, types.Integer) for x in args[:6])
-                and all(isinstance(x, types.Float) for x in args[6:])):
-            return None
-        sig = types.UniTuple(types.float32, 4)(*args)
+            return sig, codegen
 
-        def codegen(context, builder, sig, args):
-            i32, f32 = ir.IntType(32), ir.FloatType()
-            ops = ([context.cast(builder, x, t, types.uint32) for x, t in zip(args[:6], sig.args[:6])]
-                   + [context.cast(builder, x, t, types.float32) for x, t in zip(args[6:], sig.args[6:])])
-            fnty = ir.FunctionType(ir.LiteralStructType([f32] * 4), [i32] * 6 + [f32] * 4)
-            asm = ("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {$0, $1, $2, $3}, {$4, $5, $6, $7}, "
-                   "{$8, $9}, {$10, $11, $12, $13};")
-            call = builder.call(ir.InlineAsm(fnty, asm, "=f,=f,=f,=f,r,r,r,r,r,r,f,f,f,f",
-                                             side_effect=True), ops)     # warp-collective, as mma_tf32
-            vals = [builder.extract_value(call, k) for k in range(4)]
-            return context.make_tuple(builder, sig.return_type, vals)
+        return impl
 
-        return sig, codegen
+    mma_tf32 = _mma("m16n8k8.row.col.f32.tf32.tf32.f32", types.float32)
+    mma_bf16 = _mma("m16n8k16.row.col.f32.bf16.bf16.f32", types.uint32)
