@@ -27,6 +27,7 @@ from numba import cuda  # noqa: E402
 
 from benchmarks.bench_copy import copy_bandwidth, device_name, events_ms  # noqa: E402
 from kernels_cuda import gemm, kernels as K  # noqa: E402
+from kernels_cuda.dev import attention as LA  # noqa: E402  (the lab versions it times beside the production ones)
 from kernels_cuda.graphs import CudaGraph  # noqa: E402
 from mtp_ref import ops  # noqa: E402
 
@@ -36,9 +37,9 @@ LAYERS = 20
 # what is timed ("both" = partial + merge, "partial", "merge"), v5 / v6's query rows per warp (rw), the merge kernel
 # (combine: attn_combine_v2 / v3 / v4), v9's accumulator sets (asets)
 V4 = dict(version="v4", maxreg=K.ATT4_MAXREG)
-V5 = dict(version="v5", rw=K.ATT5_RW, maxreg=None)            # None: the backend's cap for the number of rows
-V6 = dict(version="v6", rw=K.ATT6_RW, maxreg=None, combine="v3")
-V7 = dict(version="v7", nw=K.ATT7_NW, maxreg=None, combine="v3")
+V5 = dict(version="v5", rw=LA.ATT5_RW, maxreg=None)            # None: the backend's cap for the number of rows
+V6 = dict(version="v6", rw=LA.ATT6_RW, maxreg=None, combine="v3")
+V7 = dict(version="v7", nw=LA.ATT7_NW, maxreg=None, combine="v3")
 V9 = dict(version="v9", nw=K.ATT9_NW, maxreg=None, combine="v4", asets=2)
 VARIANTS = {"v3": dict(version="v3"), "v4 no cap": dict(V4, maxreg=0), "v4": V4,
             "v4 partial": dict(V4, what="partial"), "v4 merge": dict(V4, what="merge"),
@@ -78,13 +79,13 @@ def split_for(v: dict, S: int, sms: int, n: int = 1) -> int:
     """As CudaModel: v4 ~4 blocks per SM, v5 ~ATT5_BLOCKS_PER_SM blocks per SM, over the KV groups; v6
     ATT6_WARPS_PER_SM warps per SM over the groups' blocks of ceil(rows / rw) warps (counted up to ATT6_SPLIT_NW)."""
     if v["version"] in ("v7", "v9"):         # shares = warps a block x blocks per group
-        per_sm = K.ATT7_WARPS_PER_SM if v["version"] == "v7" else K.ATT9_WARPS_PER_SM
+        per_sm = LA.ATT7_WARPS_PER_SM if v["version"] == "v7" else K.ATT9_WARPS_PER_SM
         return v["nw"] * max(1, math.ceil(per_sm * sms * v.get("split", 1) / (NKV * v["nw"])))
     if v["version"] == "v6":
         nw = math.ceil(K.attn_v4_qmax(NH // NKV, gemm.nmax_for(n)) / v["rw"])
-        return max(1, min(S, math.ceil(K.ATT6_WARPS_PER_SM * sms * v.get("split", 1) /
-                                       (NKV * min(nw, K.ATT6_SPLIT_NW)))))
-    per_sm = K.ATT5_BLOCKS_PER_SM if v["version"] == "v5" else 4
+        return max(1, min(S, math.ceil(LA.ATT6_WARPS_PER_SM * sms * v.get("split", 1) /
+                                       (NKV * min(nw, LA.ATT6_SPLIT_NW)))))
+    per_sm = LA.ATT5_BLOCKS_PER_SM if v["version"] == "v5" else 4
     return max(1, min(S, math.ceil(per_sm * sms * v.get("split", 1) / NKV)))
 
 
@@ -104,30 +105,30 @@ def launches_for(stream, v, n, cap, qd, kcs, vcs, po, pml, out, meta, split, nt=
             nt = 32 * v["nw"]
             smem, grid, unit = K.attn_v9_smem(HD), NKV * (split // v["nw"]), K.ATT9_KS
         elif v["version"] == "v7":
-            qmax = K.attn_v7_qmax(rep, nq)
+            qmax = LA.attn_v7_qmax(rep, nq)
             if qmax > 16:
                 raise ValueError("v7 holds <= 16 query rows per KV group")
-            cap = v["maxreg"] if v["maxreg"] is not None else K.ATT7_MAXREG
-            kern = kernel(K.make_attention_v7, qmax, v["nw"], cap)
+            cap = v["maxreg"] if v["maxreg"] is not None else LA.ATT7_MAXREG
+            kern = kernel(LA.make_attention_v7, qmax, v["nw"], cap)
             nt = 32 * v["nw"]
-            smem, grid, unit = K.attn_v7_smem(qmax, HD, v["nw"]), NKV * (split // v["nw"]), K.ATT7_KT
+            smem, grid, unit = LA.attn_v7_smem(qmax, HD, v["nw"]), NKV * (split // v["nw"]), LA.ATT7_KT
         elif v["version"] == "v4":
             kern = kernel(K.make_attention_v4, qmax, math.ceil(HD / nt), nt // 32, v["maxreg"])
             smem, grid, unit = K.attn_v4_smem(qmax, HD), NKV * split, K.ATT4_SUB
         else:
-            if rep * nq > K.ATT5_MAXQ:
-                raise ValueError(f"v5 / v6 hold <= {K.ATT5_MAXQ} query rows per KV group")
+            if rep * nq > LA.ATT5_MAXQ:
+                raise ValueError(f"v5 / v6 hold <= {LA.ATT5_MAXQ} query rows per KV group")
             rw = min(qmax, v["rw"])
             if v["version"] == "v5":
-                cap = v["maxreg"] if v["maxreg"] is not None else (K.ATT5_MAXREG if qmax <= K.ATT5_RW else
-                                                                   K.ATT5_MAXREG_WIDE)
-                kern = kernel(K.make_attention_v5, qmax, rw, math.ceil(HD / 128), cap)
+                cap = v["maxreg"] if v["maxreg"] is not None else (LA.ATT5_MAXREG if qmax <= LA.ATT5_RW else
+                                                                   LA.ATT5_MAXREG_WIDE)
+                kern = kernel(LA.make_attention_v5, qmax, rw, math.ceil(HD / 128), cap)
             else:
-                cap = v["maxreg"] if v["maxreg"] is not None else (K.ATT6_MAXREG if qmax <= rw else
-                                                                   K.ATT6_MAXREG_WIDE)
-                kern = kernel(K.make_attention_v6, qmax, rw, HD // 16, math.ceil(HD / 128), cap)
+                cap = v["maxreg"] if v["maxreg"] is not None else (LA.ATT6_MAXREG if qmax <= rw else
+                                                                   LA.ATT6_MAXREG_WIDE)
+                kern = kernel(LA.make_attention_v6, qmax, rw, HD // 16, math.ceil(HD / 128), cap)
             nt = 32 * kern.NW
-            smem, grid, unit = K.attn_v5_smem(qmax, HD, rw), NKV * split, K.ATT5_SUB
+            smem, grid, unit = LA.attn_v5_smem(qmax, HD, rw), NKV * split, LA.ATT5_SUB
         for kc, vc in zip(kcs, vcs):
             parts.append(lambda kc=kc, vc=vc: kern[grid, nt, stream, smem](
                 qd, NH * HD, 0, kc, NKV * HD, vc, NKV * HD, po, pml, meta, n, NH, rep, HD, HD, scale, split))
@@ -135,7 +136,7 @@ def launches_for(stream, v, n, cap, qd, kcs, vcs, po, pml, out, meta, split, nt=
                 merges.append(lambda: K.attn_combine_v4[n * NH, 32 * K.COMBINE4_SL, stream](
                     po, pml, out, NH * HD, 0, meta, n, NH, HD, unit, split))
             elif v.get("combine", "v2") == "v3":
-                merges.append(lambda: K.attn_combine_v3[n * NH, 32 * K.COMBINE3_SL, stream](
+                merges.append(lambda: LA.attn_combine_v3[n * NH, 32 * LA.COMBINE3_SL, stream](
                     po, pml, out, NH * HD, 0, meta, n, NH, HD, unit, split))
             else:
                 merges.append(lambda: K.attn_combine_v2[n * NH, 128, stream](po, pml, out, NH * HD, 0, meta, n, NH,

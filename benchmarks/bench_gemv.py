@@ -27,6 +27,7 @@ from numba import cuda  # noqa: E402
 
 from benchmarks.bench_copy import copy_bandwidth, device_name, events_ms  # noqa: E402
 from kernels_cuda import gemm  # noqa: E402
+from kernels_cuda.dev import gemm as LG  # noqa: E402  (the lab versions v1 / v3 it times beside v2)
 from kernels_cuda.graphs import CudaGraph  # noqa: E402
 
 SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336), (8192, 8192)]   # (N, K): W is [N, K]
@@ -124,10 +125,10 @@ def main():
             want = xt[:n] @ wt[-1].float().t()
             err = float((yt - want).abs().max() / want.abs().max())
             err3 = None
-            if gemm.gemm_v3_ok("bf16", n, K, K):
-                k3 = gemm.get_gemm_v3()
-                b3 = gemm.gemm_v3_blocks(N)
-                launches = [(lambda w=w: k3[b3, 32 * gemm.GEMM3_KW, stream](x, K, w, y, y, N, y, y, n, K, N, 0, 0, y,
+            if LG.gemm_v3_ok("bf16", n, K, K):
+                k3 = LG.get_gemm_v3()
+                b3 = LG.gemm_v3_blocks(N)
+                launches = [(lambda w=w: k3[b3, 32 * LG.GEMM3_KW, stream](x, K, w, y, y, N, y, y, n, K, N, 0, 0, y,
                                                                             0.0)) for w in wd]
                 ms, mode = time_numba(stream, launches)
                 res["v3"] = (ms, mode)
@@ -166,7 +167,7 @@ def main():
     torch.cuda.synchronize()
     x = cuda.as_cuda_array(xt1).reshape(4 * K)
     y = cuda.device_array(N * 4, np.float32)
-    k1 = gemm.make_gemm_v1("bf16")
+    k1 = LG.make_gemm_v1("bf16")
     for n in ns_v1:
         ms, _ = time_numba(stream, [lambda: k1[(N // 128, n), 128, stream](x, wd, y, y, n, K, N)], reps=5)
         v1[n] = dict(us=ms * 1e3, GBps=N * K * 2 / ms / 1e6)

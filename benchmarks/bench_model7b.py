@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from numba import cuda  # noqa: E402
 
-from benchmarks.bench_copy import copy_bandwidth, device_name, events_ms  # noqa: E402
+from benchmarks.bench_copy import copy_bandwidth, device_name  # noqa: E402
 from mtp_ref.config import config_from_dict  # noqa: E402
 from mtp_ref.families import family_for, mtp_tensors, trunk_tensors  # noqa: E402
 
@@ -77,6 +77,23 @@ def wall_ms(fn, reps=10, warm=2):
     return float(np.median(ts)), float(np.median(cpu))
 
 
+def events_stats(stream, fn, reps=20, warm=3):
+    """Median device ms of fn() between two events, and its spread: half the 10th-90th percentile range."""
+    for _ in range(warm):
+        fn()
+    stream.synchronize()
+    ts = []
+    for _ in range(reps):
+        a, b = cuda.event(), cuda.event()
+        a.record(stream)
+        fn()
+        b.record(stream)
+        b.synchronize()
+        ts.append(cuda.event_elapsed_time(a, b))
+    lo, hi = np.percentile(ts, [10, 90])
+    return float(np.median(ts)), float(hi - lo) / 2
+
+
 def fill_cache(cm, cache, ctx, seed=1):
     """Random K/V rows 0..ctx-1 (what a prefill would leave), without running one."""
     import torch
@@ -111,20 +128,20 @@ def bench_ours(cm, ceil_GBps, out):
             fwd()                                   # eager (compiles on first use of this n)
             t_first = time.time() - t0
             fwd()                                   # captured into a graph
-            g = cache.graphs.get((("trunk",), n, cm._long))    # (kind, n, long context: attention_long)
+            g = cache.graphs.get((("trunk",), n))              # (kind, n)
             wall, cpu = wall_ms(fwd)
             if g is not None:
-                dev_ms = events_ms(cm.stream, g.launch)
+                dev_ms, dev_spread = events_stats(cm.stream, g.launch)
             else:
-                dev_ms = float("nan")
+                dev_ms = dev_spread = float("nan")
             # eager path (one numba launch at a time): wall and CPU time
             ug, cm.use_graphs = cm.use_graphs, False
             e_wall, e_cpu = wall_ms(fwd, reps=3, warm=1)
             cm.use_graphs = ug
-            r = dict(ctx=ctx, n=n, device_ms=dev_ms, forward_wall_ms=wall, forward_cpu_ms=cpu, eager_wall_ms=e_wall,
+            r = dict(ctx=ctx, n=n, device_ms=dev_ms, device_spread_ms=dev_spread, forward_wall_ms=wall, forward_cpu_ms=cpu, eager_wall_ms=e_wall,
                      eager_cpu_ms=e_cpu, first_call_s=t_first, graph=g is not None)
             res[(ctx, n)] = r
-            print(f"  ctx {ctx:5d} n={n}: graph device {dev_ms:6.2f} ms | forward() wall {wall:6.2f} ms cpu {cpu:5.2f} ms"
+            print(f"  ctx {ctx:5d} n={n}: graph device {dev_ms:6.2f} +- {dev_spread:.2f} ms | forward() wall {wall:6.2f} ms cpu {cpu:5.2f} ms"
                   f" | eager wall {e_wall:6.1f} ms cpu {e_cpu:6.1f} ms | first call {t_first:5.1f} s", flush=True)
         del cache
     out["forward"] = [dict(v) for v in res.values()]
@@ -140,14 +157,18 @@ def bench_ours(cm, ceil_GBps, out):
     out["prefill_512_s"] = time.perf_counter() - t0
     for _ in range(3):
         dec.step()
-    steps = 32
+    steps, blocks = 16, 6
     cm.stream.synchronize()
-    t0, c0 = time.perf_counter(), time.process_time()
-    for _ in range(steps):
-        dec.step()
-    dt, dc = time.perf_counter() - t0, time.process_time() - c0
-    out["decode_tok_s"] = steps / dt
-    out["decode_cpu_ms_per_token"] = dc / steps * 1e3
+    rates, dt, dc = [], 0.0, 0.0
+    for _ in range(blocks):         # blocks of 16 steps: the spread is the std of their rates
+        t0, c0 = time.perf_counter(), time.process_time()
+        for _ in range(steps):
+            dec.step()
+        rates.append(steps / (time.perf_counter() - t0))
+        dt, dc = dt + time.perf_counter() - t0, dc + time.process_time() - c0
+    out["decode_tok_s"] = steps * blocks / dt
+    out["decode_tok_s_spread"] = float(np.std(rates))
+    out["decode_cpu_ms_per_token"] = dc / (steps * blocks) * 1e3
     out["decode_pct_roofline"] = 100 * out["decode_tok_s"] / out["roofline_tok_s"]
     out["decode_pct_roofline_device"] = 100 * out["roofline_ms"] / res[(512, 1)]["device_ms"]
     cache = cm.new_cache()
@@ -162,9 +183,57 @@ def bench_ours(cm, ceil_GBps, out):
         tok = int(am[0])
     out["tight_decode_tok_s"] = steps / (time.perf_counter() - t0)
     del cache
-    print(f"  greedy decode at ctx 512: {out['decode_tok_s']:.1f} tok/s ({out['decode_pct_roofline']:.0f}% of roofline "
+    print(f"  greedy decode at ctx 512: {out['decode_tok_s']:.1f} +- {out['decode_tok_s_spread']:.1f} tok/s ({out['decode_pct_roofline']:.0f}% of roofline "
           f"{out['roofline_tok_s']:.1f}); CPU {out['decode_cpu_ms_per_token']:.2f} ms/token; tight loop {out['tight_decode_tok_s']:.1f} tok/s", flush=True)
     return res
+
+
+class ForcedDrafts:
+    """The model, with the MTP logits bent toward a reference continuation at a chosen rate per depth (as
+    tests/test_speculative.py's ForcedDrafts): random weights draft nothing a trunk would accept on its own."""
+
+    def __init__(self, model, reference, hit_rate, salt=0):
+        self._m, self.ref, self.hit_rate, self.salt = model, reference, hit_rate, salt
+
+    def __getattr__(self, name):
+        return getattr(self._m, name)
+
+    def mtp_forward(self, j, ids, prev_h, cache, positions, last_only=False):
+        import zlib
+        g, logits = self._m.mtp_forward(j, ids, prev_h, cache, positions, last_only=last_only)
+        logits = np.array(logits, copy=True)
+        for r, p in enumerate(positions[-len(logits):]):
+            target = int(p) + 1                      # the row at position p predicts token index p + 1
+            u = zlib.crc32(f"{self.salt}-{j}-{target}".encode()) / 2**32
+            if target < len(self.ref) and u < self.hit_rate:
+                logits[r] = -10.0
+                logits[r, self.ref[target]] = 10.0
+        return g, logits
+
+
+def bench_spec(cm, out, k=3, rate=0.8, prompt_len=64, steps=96):
+    """One speculative cycle end to end: MiMo's MTP layer used recursively at depth k, drafts forced to the plain
+    greedy continuation with probability `rate` per depth, against plain greedy decode over the same tokens."""
+    from mtp_ref.speculative import generate
+    rng = np.random.default_rng(2)
+    prompt = [int(t) for t in rng.integers(0, cm.config.vocab_size, prompt_len)]
+    generate(cm, prompt, 8, 0, stop_at_eos=False)                           # warm: compile, capture
+    t0 = time.perf_counter()
+    base = generate(cm, prompt, steps, 0, stop_at_eos=False)
+    t_plain = time.perf_counter() - t0
+    forced = ForcedDrafts(cm, prompt + base.token_ids, rate)
+    generate(forced, prompt, 16, k, mode="recursive", stop_at_eos=False)    # warm the k + 1-token graphs
+    t0 = time.perf_counter()
+    res = generate(forced, prompt, steps, k, mode="recursive", stop_at_eos=False)
+    t_spec = time.perf_counter() - t0
+    assert res.token_ids == base.token_ids, "forced drafts changed the greedy tokens"
+    hist = res.stats["accepted_length_histogram"]
+    out["spec"] = dict(k=k, rate=rate, prompt_len=prompt_len, steps=steps, plain_s=t_plain, spec_s=t_spec,
+                       hist=hist, tokens_per_cycle=steps / max(1, sum(hist)),
+                       plain_tok_s=steps / t_plain, spec_tok_s=steps / t_spec, speedup=t_plain / t_spec)
+    print(f"  speculative, recursive MTP k={k}, forced acceptance {rate} per depth, {steps} tokens after a "
+          f"{prompt_len}-token prompt: {steps / t_spec:.1f} tok/s against plain {steps / t_plain:.1f} "
+          f"({t_plain / t_spec:.2f}x); accepted-length histogram {hist}", flush=True)
 
 
 def bench_hf(cfg, weights, out):
@@ -234,53 +303,10 @@ def bench_hf(cfg, weights, out):
     torch.cuda.empty_cache()
 
 
-CONFIGS = {  # name -> CudaModel options (NOTES.md has each one's numbers)
-    "v1": {"attention": "v1", "gemm_tuning": {}, "row_threads": 128,             # the first H100 run
-           "fuse_norm": False, "fuse_rope_cache": False},
-    "v2": {"attention": "v2", "gemm_tuning": "TUNED_H100", "row_threads": 128,   # unrolled attention, tuned GEMM
-           "fuse_norm": False, "fuse_rope_cache": False},
-    "v3": {"attention": "v3", "gemm_tuning": "TUNED_H100", "row_threads": 1024,  # warp-per-key attention, wide rows
-           "fuse_norm": False, "fuse_rope_cache": False},
-    "v4": {"attention": "v3", "gemm_tuning": "TUNED_H100", "row_threads": 1024,  # v3 + rope/cache-write fused
-           "fuse_norm": False, "fuse_rope_cache": True, "rope_per_head": False},
-    "v5": {"attention": "v4", "gemm_tuning": "TUNED_H100", "row_threads": 1024,  # GQA-group attention, RMSNorm in
-           "fuse_norm": True, "fuse_rope_cache": True, "rope_per_head": False},  # the GEMMs
-    "v5t": {"attention": "v4", "gemm_tuning": "auto", "row_threads": 1024,       # v5 + launch shapes measured per
-            "fuse_norm": True, "fuse_rope_cache": True, "rope_per_head": False},  # weight shape (autotune.py)
-    "v6r4": {"attention": "v5", "attention_v5_rows": 4, "gemm_tuning": "TUNED_H100",  # v5 + attention v5 (a warp
-             "row_threads": 1024, "fuse_norm": True, "fuse_rope_cache": True,       # per 8-key share), 1-token
-             "rope_per_head": False},                                               # steps
-    "v6": {"attention": "v5", "attention_v5_rows": 8, "gemm_tuning": "TUNED_H100",  # ... and 2-token steps
-           "row_threads": 1024, "fuse_norm": True, "fuse_rope_cache": True,        # (CudaModel's default, 11-26
-           "rope_per_head": False},                                                # morning)
-    "v6r16": {"attention": "v5", "attention_v5_rows": 16, "gemm_tuning": "TUNED_H100",  # ... and 3-4 tokens
-              "row_threads": 1024, "fuse_norm": True, "fuse_rope_cache": True, "rope_per_head": False},
-    "v7r": {"attention": "v6", "gemm_tuning": "TUNED_H100", "row_threads": 1024,  # v6 + attention v6 (v5 pipelined)
-            "fuse_norm": True, "fuse_rope_cache": True, "rope_per_head": False},  # for <= 16 rows
-    "v7": {"attention": "v6", "gemm_tuning": "TUNED_H100", "row_threads": 1024,   # ... + rope / cache writes a
-           "fuse_norm": True, "fuse_rope_cache": True, "rope_per_head": True},    # block per head (default, 11-26)
-    "v7r8": {"attention": "v6", "attention_v6_rows": 8, "gemm_tuning": "TUNED_H100",  # v7, 3-4-token steps on v4
-             "row_threads": 1024, "fuse_norm": True, "fuse_rope_cache": True, "rope_per_head": True},
-    "v8": {"attention": "v7", "gemm_tuning": "TUNED_H100", "row_threads": 1024,   # v7 + attention v7 (register
-           "fuse_norm": True, "fuse_rope_cache": True, "rope_per_head": True},    # tiles) for 8-16 rows a group
-    "v8r4": {"attention": "v7", "attention_v7_rows": 4, "gemm_tuning": "TUNED_H100",  # ... also for 1-token steps
-             "row_threads": 1024, "fuse_norm": True, "fuse_rope_cache": True, "rope_per_head": True},
-    "v9": {"attention": "v6", "attention_long": "v7", "gemm_tuning": "TUNED_H100",  # v7 + attention v7 for
-           "row_threads": 1024, "fuse_norm": True, "fuse_rope_cache": True,       # caches of > 1536 keys
-           "rope_per_head": True},                                                # (the default, 11-26 evening)
-    "v10": {"attention": "v9", "attention_long": "v9", "gemm_tuning": "TUNED_H100",  # v9 with attention v9
-            "row_threads": 1024, "fuse_norm": True, "fuse_rope_cache": True,        # (tensor-core MMAs) for
-            "rope_per_head": True},                                                 # every <= 16-row group
-    "v10l": {"attention": "v6", "attention_long": "v9", "gemm_tuning": "TUNED_H100",  # v9 with attention v9
-             "row_threads": 1024, "fuse_norm": True, "fuse_rope_cache": True,       # for caches of > 1536 keys
-             "rope_per_head": True},
-    "v11": {"attention": "v9", "attention_long": None, "combine": "v4",            # v10, one attention version at
-            "gemm_tuning": "TUNED_H100", "row_threads": 1024, "fuse_norm": True,  # every length, shares merged by
-            "fuse_rope_cache": True, "rope_per_head": True},                      # attn_combine_v4 (default)
-    "v12": {"attention": "v9", "attention_long": None, "combine": "v4", "gemm_v3": True,  # v11 + the GEMMs of
-            "gemm_tuning": "TUNED_H100", "row_threads": 1024, "fuse_norm": True,         # 5..8 tokens on the
-            "fuse_rope_cache": True, "rope_per_head": True},                             # tensor cores (slower)
-}
+# name -> CudaModel options. Only "default" now: the kernel versions the configs v1..v12 of 2026-11-25/26 chose
+# between are in kernels_cuda/dev/ (docs/history/2026-11-26-benchmarks-diary.md has their tables).
+CONFIGS = {"default": {},
+           "auto": {"gemm_tuning": "auto"}}     # launch shapes measured per weight shape on this card (autotune.py)
 
 
 def main():
@@ -288,7 +314,8 @@ def main():
     ap.add_argument("--json", default=None)
     ap.add_argument("--layers", type=int, default=36)
     ap.add_argument("--no-hf", action="store_true")
-    ap.add_argument("--configs", default="v6,v7", help="comma-separated names of CONFIGS to measure")
+    ap.add_argument("--spec", action="store_true", help="also one speculative cycle end to end (bench_spec)")
+    ap.add_argument("--configs", default="default", help="comma-separated names of CONFIGS to measure")
     a = ap.parse_args()
     import gc
 
@@ -310,9 +337,6 @@ def main():
     dev_w = {k: (v.view(torch.int16) if v.dtype == torch.bfloat16 else v) for k, v in W.items()}
     for name in a.configs.split(","):
         opts = dict(CONFIGS[name])
-        opts.setdefault("attention_long", None)     # configs before v9 ran one attention version at every length
-        opts.setdefault("combine", "v3")            # and before v11 merged the shares with attn_combine_v3
-        opts.setdefault("gemm_v3", False)           # and before v12 ran every GEMM on gemm_v2
         auto = opts.get("gemm_tuning") == "auto"
         if isinstance(opts.get("gemm_tuning"), str):
             opts["gemm_tuning"] = gemm.TUNED_H100 if auto else getattr(gemm, opts["gemm_tuning"])
@@ -333,6 +357,8 @@ def main():
               f"{cm.trunk_bytes / 1e9:.2f} GB, copy {ceil:.0f} GB/s", flush=True)
         bench_ours(cm, ceil, oc)
         report(oc, cm, ceil, name, out)
+        if a.spec:
+            bench_spec(cm, oc)
         if a.json:
             json.dump(out, open(a.json, "w"), indent=1, default=str)
         del cm

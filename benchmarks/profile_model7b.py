@@ -145,7 +145,7 @@ def summarize(a):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--config", default="v2")
+    ap.add_argument("--config", default="default")
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--full-layers", type=int, default=36)
     ap.add_argument("--context", type=int, default=512)

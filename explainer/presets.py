@@ -17,36 +17,47 @@ class Hardware:
     tflops: float            # peak dense 16-bit matrix throughput, TFLOP/s
     source: str              # where the numbers come from
     derivation: str = ""     # arithmetic applied to the source numbers, if any
+    memory_gb: float = 0.0   # device memory, GB (1e9 bytes); unified memory: the largest configuration sold
+    memory_source: str = ""  # where memory_gb comes from
 
 
 HARDWARE: list[Hardware] = [
     Hardware("NVIDIA H100 SXM", 3350, 989,
              "NVIDIA H100 Tensor Core GPU datasheet (SXM5): 3.35 TB/s HBM3; BF16 Tensor Core 1,979 TFLOP/s with sparsity",
-             "dense = 1,979 / 2"),
+             "dense = 1,979 / 2",
+             80, "NVIDIA H100 Tensor Core GPU datasheet (H100 SXM): GPU memory 80 GB"),
     Hardware("NVIDIA H200 SXM", 4800, 989,
              "NVIDIA H200 Tensor Core GPU datasheet (SXM): 4.8 TB/s HBM3e; BF16 Tensor Core 1,979 TFLOP/s with sparsity",
-             "dense = 1,979 / 2"),
+             "dense = 1,979 / 2",
+             141, "NVIDIA H200 Tensor Core GPU datasheet (H200 SXM): GPU memory 141 GB"),
     Hardware("NVIDIA RTX 3090", 936, 71,
              "NVIDIA Ampere GA102 GPU architecture whitepaper: 936 GB/s GDDR6X; FP16 Tensor 71 TFLOP/s dense with FP32 accumulate",
-             "FP32 accumulate, as BF16 GEMMs use"),
+             "FP32 accumulate, as BF16 GEMMs use",
+             24, "NVIDIA Ampere GA102 GPU architecture whitepaper (GeForce RTX 3090): 24 GB GDDR6X"),
     Hardware("NVIDIA RTX 4090", 1008, 165.2,
              "NVIDIA Ada GPU architecture whitepaper: 1,008 GB/s GDDR6X; FP16 Tensor 165.2 TFLOP/s dense with FP32 accumulate",
-             "FP32 accumulate, as BF16 GEMMs use"),
+             "FP32 accumulate, as BF16 GEMMs use",
+             24, "NVIDIA Ada GPU architecture whitepaper (GeForce RTX 4090): 24 GB GDDR6X"),
     Hardware("NVIDIA RTX 5090", 1792, 209.5,
              "NVIDIA RTX Blackwell GPU architecture whitepaper: 1,792 GB/s GDDR7; FP16 Tensor 209.5 TFLOP/s dense with FP32 accumulate",
-             "FP32 accumulate, as BF16 GEMMs use"),
+             "FP32 accumulate, as BF16 GEMMs use",
+             32, "NVIDIA RTX Blackwell GPU architecture whitepaper (GeForce RTX 5090): 32 GB GDDR7"),
     Hardware("NVIDIA RTX PRO 6000 Blackwell", 1792, 500,
              "NVIDIA RTX PRO 6000 Blackwell Workstation Edition datasheet: 1,792 GB/s GDDR7; 4,000 AI TOPS (FP4, sparse)",
-             "16-bit dense = 4,000 / 2 (sparsity) / 4 (FP4 -> FP16)"),
+             "16-bit dense = 4,000 / 2 (sparsity) / 4 (FP4 -> FP16)",
+             96, "NVIDIA RTX PRO 6000 Blackwell Workstation Edition datasheet: 96 GB GDDR7 with ECC"),
     Hardware("Apple M4 Pro (20-core GPU)", 273, 8.1,
              "Apple newsroom, 30 Oct 2024 (M4 Pro): 273 GB/s unified memory bandwidth. Apple publishes no FLOP/s",
-             "estimate: 20 GPU cores x 128 ALUs x 2 FLOP x 1.58 GHz (third-party clock measurement)"),
+             "estimate: 20 GPU cores x 128 ALUs x 2 FLOP x 1.58 GHz (third-party clock measurement)",
+             64, "Apple newsroom, 30 Oct 2024 (M4 Pro): up to 64 GB unified memory, shared by CPU and GPU"),
     Hardware("Apple M4 Max (40-core GPU)", 546, 16.2,
              "Apple newsroom, 30 Oct 2024 (M4 Max, 16-core CPU / 40-core GPU): 546 GB/s. Apple publishes no FLOP/s",
-             "estimate: 40 GPU cores x 128 ALUs x 2 FLOP x 1.58 GHz (third-party clock measurement)"),
+             "estimate: 40 GPU cores x 128 ALUs x 2 FLOP x 1.58 GHz (third-party clock measurement)",
+             128, "Apple newsroom, 30 Oct 2024 (M4 Max): up to 128 GB unified memory, shared by CPU and GPU"),
     Hardware("AMD Ryzen AI Max+ 395 (Strix Halo)", 256, 59.4,
              "AMD product page: 256-bit LPDDR5X-8000; Radeon 8060S, 40 CUs, up to 2.9 GHz",
-             "256 bit / 8 x 8,000 MT/s = 256 GB/s; 40 CUs x 512 FP16 FLOP/clock (RDNA 3.5 dual-issue) x 2.9 GHz"),
+             "256 bit / 8 x 8,000 MT/s = 256 GB/s; 40 CUs x 512 FP16 FLOP/clock (RDNA 3.5 dual-issue) x 2.9 GHz",
+             128, "AMD Ryzen AI Max+ 395 product page: up to 128 GB LPDDR5X, shared by CPU and GPU"),
 ]
 
 
@@ -67,58 +78,78 @@ PRECISIONS: dict[str, Precision] = {
 KV_BYTES = 2.0  # KV cache entries kept in 16-bit
 
 
-# Released configs: only the fields the cost model reads, with the config.json key names.
+# Released configs: the config.json keys (the text model's, for multimodal releases) that the engine's
+# config_from_dict reads to build a ModelConfig; the cost model counts their tensors with
+# mtp_ref.families, the same lists the checkpoint validator checks. "source", "published" and
+# "note" are not config.json keys. Keys without a listed source keep transformers' defaults there.
 MODELS: dict[str, dict] = {
     "DeepSeek-V3": {
-        "family": "deepseek_v3",
-        "source": "deepseek-ai/DeepSeek-V3 config.json (same values in DeepSeek-R1's); "
-                  "tensor shapes in shared/reference/mtp_families.md 1.1",
+        "source": "deepseek-ai/DeepSeek-V3 config.json (same values in DeepSeek-R1's), as reproduced in full in "
+                  "NVIDIA-NeMo/Megatron-Bridge tests/unit_tests/models/deepseek/test_deepseek_bridges.py; "
+                  "MTP layout: DeepSeek-V3 README_WEIGHTS.md",
         "published": "671B main + 14B MTP; 37B activated (DeepSeek-V3 README)",
+        "model_type": "deepseek_v3",
         "vocab_size": 129280, "hidden_size": 7168, "intermediate_size": 18432, "num_hidden_layers": 61,
-        "first_k_dense_replace": 3, "num_attention_heads": 128, "q_lora_rank": 1536, "kv_lora_rank": 512,
-        "qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "v_head_dim": 128, "n_routed_experts": 256,
-        "num_experts_per_tok": 8, "n_shared_experts": 1, "moe_intermediate_size": 2048,
-        "tie_word_embeddings": False, "num_nextn_predict_layers": 1,
+        "first_k_dense_replace": 3, "moe_layer_freq": 1, "num_attention_heads": 128, "num_key_value_heads": 128,
+        "q_lora_rank": 1536, "kv_lora_rank": 512, "qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "v_head_dim": 128,
+        "n_routed_experts": 256, "num_experts_per_tok": 8, "n_shared_experts": 1, "moe_intermediate_size": 2048,
+        "n_group": 8, "topk_group": 4, "routed_scaling_factor": 2.5, "scoring_func": "sigmoid", "norm_topk_prob": True,
+        "rms_norm_eps": 1e-6, "max_position_embeddings": 163840, "rope_theta": 10000,
+        "rope_scaling": {"type": "yarn", "factor": 40, "original_max_position_embeddings": 4096,
+                         "beta_fast": 32, "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0},
+        "attention_bias": False, "tie_word_embeddings": False, "num_nextn_predict_layers": 1,
     },
     "GLM-4.5-Air": {
-        "family": "glm4_moe",
         "source": "zai-org/GLM-4.5-Air config.json, as reproduced in THUDM/slime scripts/models/glm4.5-106B-A12B.sh "
-                  "and NVIDIA Megatron-Bridge GLM 4.5 docs",
+                  "and NVIDIA-NeMo/Megatron-Bridge tests/unit_tests/models/glm/test_glm45_bridge.py (use_qk_norm "
+                  "false for Air); model_type and the MTP layer (index 46): GLM-4.5 model card / transformers glm4_moe",
         "published": "106B total, 12B active (GLM-4.5 README)",
+        "model_type": "glm4_moe",
         "vocab_size": 151552, "hidden_size": 4096, "intermediate_size": 10944, "num_hidden_layers": 46,
         "first_k_dense_replace": 1, "num_attention_heads": 96, "num_key_value_heads": 8, "head_dim": 128,
-        "attention_bias": True, "n_routed_experts": 128, "num_experts_per_tok": 8, "n_shared_experts": 1,
-        "moe_intermediate_size": 1408, "tie_word_embeddings": False, "num_nextn_predict_layers": 1,
+        "attention_bias": True, "use_qk_norm": False, "partial_rotary_factor": 0.5, "rope_theta": 1000000.0,
+        "max_position_embeddings": 131072, "n_routed_experts": 128, "num_experts_per_tok": 8, "n_shared_experts": 1,
+        "moe_intermediate_size": 1408, "routed_scaling_factor": 2.5, "tie_word_embeddings": False,
+        "num_nextn_predict_layers": 1,
     },
     "MiMo-7B": {
-        "family": "mimo",
         "source": "XiaomiMiMo/MiMo-7B-Base config.json, as reproduced in NVIDIA-NeMo/Megatron-Bridge "
-                  "tests/unit_tests/models/mimo/test_mimo_bridge.py",
+                  "tests/unit_tests/models/mimo/test_mimo_bridge.py (head_dim = hidden / heads: the file has no key)",
         "published": "7B (MiMo README)",
+        "model_type": "mimo",
         "vocab_size": 151680, "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 36,
         "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128, "attention_bias": True,
+        "rms_norm_eps": 1e-5, "rope_theta": 640000.0, "max_position_embeddings": 32768,
         "tie_word_embeddings": False, "num_nextn_predict_layers": 1,
     },
     "Qwen3.6-27B": {
-        "family": "qwen3_5",
         "source": "Qwen/Qwen3.6-27B config.json text_config (model_type qwen3_5_text), full copy in a public "
-                  "model report; module shapes from transformers Qwen3_5Model",
+                  "model report; layer_types: 3 linear_attention + 1 full_attention, repeated (full_attention_interval 4); "
+                  "module shapes from transformers Qwen3_5Model",
         "published": "27B (model name)",
+        "model_type": "qwen3_5_text",
         "vocab_size": 248320, "hidden_size": 5120, "intermediate_size": 17408, "num_hidden_layers": 64,
-        "full_attention_interval": 4, "num_attention_heads": 24, "num_key_value_heads": 4, "head_dim": 256,
+        "full_attention_interval": 4,
+        "layer_types": ["linear_attention", "linear_attention", "linear_attention", "full_attention"] * 16,
+        "num_attention_heads": 24, "num_key_value_heads": 4, "head_dim": 256,
         "attn_output_gate": True, "linear_num_key_heads": 16, "linear_num_value_heads": 48,
         "linear_key_head_dim": 128, "linear_value_head_dim": 128, "linear_conv_kernel_dim": 4,
-        "tie_word_embeddings": False, "mtp_num_hidden_layers": 1,
+        "partial_rotary_factor": 0.25, "rope_theta": 10000000.0, "max_position_embeddings": 262144,
+        "rms_norm_eps": 1e-6, "tie_word_embeddings": False, "mtp_num_hidden_layers": 1,
     },
     "Gemma 4 31B": {
-        "family": "gemma4",
         "source": "google/gemma-4-31B-it config.json text_config (values as verified in a public architecture "
-                  "note and THUDM/slime scripts/models/gemma4-31B.sh)",
+                  "note and THUDM/slime scripts/models/gemma4-31B.sh; layer_types 5 sliding + 1 full, repeated, "
+                  "as third-party loaders' fixtures of the release list them)",
         "published": "30.7B text backbone (model card)",
+        "note": "drafts with a separate assistant model (gemma4_assistant), not counted here",
+        "model_type": "gemma4_text",
         "vocab_size": 262144, "hidden_size": 5376, "intermediate_size": 21504, "num_hidden_layers": 60,
-        "sliding_window_pattern": 6, "sliding_window": 1024, "num_attention_heads": 32,
-        "num_key_value_heads": 16, "head_dim": 256, "num_global_key_value_heads": 4, "global_head_dim": 512,
-        "attention_k_eq_v": True, "tie_word_embeddings": True,
-        "mtp_note": "drafts with a separate assistant model (gemma4_assistant), not counted here",
+        "sliding_window_pattern": 6, "sliding_window": 1024,
+        "layer_types": (["sliding_attention"] * 5 + ["full_attention"]) * 10,
+        "num_attention_heads": 32, "num_key_value_heads": 16, "head_dim": 256, "num_global_key_value_heads": 4,
+        "global_head_dim": 512, "attention_k_eq_v": True, "num_kv_shared_layers": 0,
+        "hidden_size_per_layer_input": 0, "max_position_embeddings": 262144, "rms_norm_eps": 1e-6,
+        "tie_word_embeddings": True,
     },
 }

@@ -3,18 +3,25 @@
 A forward over m tokens (B sequences x n tokens each) reads every dense weight once, one
 embedding row per token, the routed experts that at least one of the m tokens picked, and each
 sequence's KV cache. Its time on a roofline is max(bytes / bandwidth, FLOPs / peak FLOP/s).
-Counts come from a released config (presets.MODELS) or from the loaded checkpoint's real tensors.
+Parameter counts come from the tensor lists of mtp_ref.families: for a released config (presets.MODELS)
+the shapes they expect, for the loaded checkpoint the shapes its files hold.
 """
 
 from __future__ import annotations
 
+import math
+import statistics
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from mtp_ref.families import mtp_tensors, trunk_tensors
+from mtp_ref import gemma4
+from mtp_ref.config import ModelConfig, config_from_dict
+from mtp_ref.families import FamilySpec, family_for, mtp_tensors, trunk_tensors
+from mtp_ref.ops_sinks import geometry
+from mtp_ref.weights import SCALE_SUFFIX
 
 from .presets import KV_BYTES
 
@@ -32,6 +39,7 @@ class CostModel:
     kv_layers: list = field(default_factory=list)   # per attention layer: (cache elements per position, window | None)
     state_elems: float = 0.0       # recurrent state per sequence (float32), e.g. Gated DeltaNet
     attn_flops: list = field(default_factory=list)  # per attention layer: (FLOPs per query per visible position, window)
+    mtp_kv_layers: list = field(default_factory=list)  # per MTP module: (cache elements per position, window | None)
     const_flops: float = 0.0       # per-token FLOPs that do not scale with context (recurrent updates)
     total_params: float = 0.0      # everything the release stores (trunk + MTP)
     mtp_params: float = 0.0        # stored params of the MTP module(s), incl. embedding/head copies if the file has them
@@ -98,156 +106,164 @@ def mtp_speedup(cm: CostModel, a: float, k: int, batch: int, context: int, bpp: 
     return expected_tokens(a, k) * plain / (verify + k * draft)
 
 
-# ---------------------------------------------------------------------- blocks of released configs
+# ---------------------------------------------------------------------- counts from mtp_ref.families
+# One source of truth: a preset and a loaded checkpoint are both counted from the tensor lists that
+# mtp_ref.families gives for their ModelConfig (the lists the checkpoint validator checks). A preset
+# counts the shapes those lists expect; a loaded checkpoint counts the shapes its files really hold.
 
-def _mlp(H: int, inter: int) -> int:
-    return 3 * H * inter  # gate, up, down
-
-
-def _mla(c: dict) -> tuple[int, int, int]:
-    """(params, cache elements per position, FLOPs per query per position) of DeepSeek MLA."""
-    H, nh = c["hidden_size"], c["num_attention_heads"]
-    dqk, dv = c["qk_nope_head_dim"] + c["qk_rope_head_dim"], c["v_head_dim"]
-    r, rq = c["kv_lora_rank"], c.get("q_lora_rank")
-    p = (rq * H + rq + nh * dqk * rq) if rq else nh * dqk * H
-    p += (r + c["qk_rope_head_dim"]) * H + r + nh * (c["qk_nope_head_dim"] + dv) * r + nh * dv * H
-    return p, r + c["qk_rope_head_dim"], 2 * nh * (dqk + dv)
+def _numel(shape) -> int:
+    return int(np.prod(shape)) if len(shape) else 1
 
 
-def _gqa(H: int, nh: int, nkv: int, hd: int, bias=False, gate=False, k_eq_v=False, qk_norm=False):
-    p = H * nh * hd * (2 if gate else 1) + H * nkv * hd * (1 if k_eq_v else 2) + nh * hd * H
-    p += (nh + 2 * nkv) * hd if bias else 0
-    p += 2 * hd if qk_norm else 0
-    return p, nkv * hd * (1 if k_eq_v else 2), 2 * nh * hd * 2
+def _is_expert(name: str) -> bool:
+    """A routed expert's weight (per-expert or fused): read only when a token picks it."""
+    return ".experts." in name          # mlp.experts.* (and Gemma 4's experts.*), never mlp.shared_expert(s).*
 
 
-def _deltanet(c: dict) -> tuple[int, int, int]:
-    """(params, recurrent state elements, FLOPs per token) of one Gated DeltaNet layer (Qwen3.5/3.6)."""
-    H = c["hidden_size"]
-    nk, nv = c["linear_num_key_heads"], c["linear_num_value_heads"]
-    dk, dv, K = c["linear_key_head_dim"], c["linear_value_head_dim"], c["linear_conv_kernel_dim"]
+def kv_layer(cfg: ModelConfig, spec: FamilySpec, i: int) -> tuple[int, int | None] | None:
+    """(cache elements per position, sliding window | None) of block i (i >= L: an MTP block), or None for a
+    recurrent (Gated DeltaNet) layer, which keeps a fixed state instead."""
+    kind = spec.layer_type(cfg, i)
+    if kind == "linear_attention":
+        return None
+    if spec.attention == "mla":
+        return cfg.kv_lora_rank + cfg.qk_rope_head_dim, None   # the compressed latent + the shared RoPE key
+    if spec.attention == "gqa_hybrid":
+        g = geometry(cfg, kind)                               # sliding and full layers differ in shape
+        return g.kv_heads * (g.head_dim + g.v_head_dim), g.window
+    return 2 * cfg.num_key_value_heads * cfg.head_dim, None   # K and V per KV head
+
+
+def attn_flops_per_position(cfg: ModelConfig, spec: FamilySpec, i: int) -> int:
+    """FLOPs per query per visible position of block i: q.k over the key width, p.v over the value width."""
+    if spec.attention == "mla":
+        return 2 * cfg.num_attention_heads * (cfg.qk_head_dim + cfg.v_head_dim)
+    if spec.attention == "gqa_hybrid":
+        g = geometry(cfg, spec.layer_type(cfg, i))
+        return 2 * g.heads * (g.head_dim + g.v_head_dim)
+    return 2 * cfg.num_attention_heads * cfg.head_dim * 2
+
+
+def deltanet_state(cfg: ModelConfig) -> tuple[int, int]:
+    """(recurrent state elements, FLOPs per token) of one Gated DeltaNet layer: a [dk, dv] state per value head,
+    plus the causal conv's last K - 1 inputs; each token reads and rewrites the state (about 4 FLOPs/element)."""
+    nk, nv, dk, dv = cfg.linear_dims
     conv = 2 * nk * dk + nv * dv
-    p = H * conv + H * nv * dv + 2 * H * nv + conv * K + nv * dv * H + 2 * nv + dv
-    return p, nv * dk * dv + conv * (K - 1), 4 * nv * dk * dv
+    return nv * dk * dv + conv * (cfg.linear_conv_kernel_dim - 1), 4 * nv * dk * dv
+
+
+def _fill_params(cm: CostModel, trunk: dict[str, int], n_experts: int, top_k: int) -> None:
+    """Trunk counts from elements per tensor name: dense (read by every forward, incl. the head), routed experts."""
+    cm.tied = "lm_head.weight" not in trunk
+    embed = trunk.get("model.embed_tokens.weight", cm.vocab * cm.hidden)
+    experts = sum(n for k, n in trunk.items() if _is_expert(k))
+    dense = sum(n for k, n in trunk.items() if not _is_expert(k) and k != "model.embed_tokens.weight")
+    cm.dense_params = float(dense + (embed if cm.tied else 0))       # a tied head reads the whole embedding
+    moe = {k.split(".")[2] for k in trunk if _is_expert(k)}           # model.layers.{i}.(mlp.)experts...
+    if moe:
+        cm.moe_layers, cm.n_experts, cm.top_k = len(moe), n_experts, top_k
+        cm.expert_params = experts / (len(moe) * n_experts)
+
+
+def _fill_family(cm: CostModel, cfg: ModelConfig, spec: FamilySpec, trunk: dict[str, int],
+                 mtp: list[dict[str, int]]) -> None:
+    """Counts of a FamilySpec model from elements per tensor name (trunk, and MTP module j = mtp[j])."""
+    H, V, L = cfg.hidden_size, cfg.vocab_size, cfg.num_hidden_layers
+    _fill_params(cm, trunk, cfg.n_routed_experts, cfg.num_experts_per_tok)
+    kv = [kv_layer(cfg, spec, i) for i in range(L)]
+    cm.kv_layers = [e for e in kv if e is not None]
+    cm.attn_flops = [(attn_flops_per_position(cfg, spec, i), e[1]) for i, e in enumerate(kv) if e is not None]
+    n_rec = sum(e is None for e in kv)
+    if n_rec:
+        state, flops = deltanet_state(cfg)
+        cm.state_elems, cm.const_flops = float(n_rec * state), float(n_rec * flops)
+        cm.notes.append(f"{n_rec} Gated DeltaNet layers keep a fixed recurrent state; "
+                        f"{len(cm.kv_layers)} attention layers keep a KV cache")
+    cm.mtp_kv_layers = [kv_layer(cfg, spec, L + j) for j in range(len(mtp))]
+    union = {k: n for module in mtp for k, n in module.items()}   # Qwen's glue (mtp.fc, ...) is shared by all modules
+    cm.mtp_params = float(sum(union.values()))
+    if mtp:
+        lay, first = spec.mtp, mtp[0]
+        draft = sum(n * (cfg.num_experts_per_tok / cfg.n_routed_experts if _is_expert(k) else 1)
+                    for k, n in first.items() if not k.endswith("embed_tokens.weight"))  # one embedding row only
+        if not (lay.head and lay.module_prefix(cfg, 0) + lay.head in first):
+            draft += V * H                                                         # the trunk's lm_head
+        cm.draft_params = float(draft)
+
+
+def _fill_gemma4(cm: CostModel, g, trunk: dict[str, int]) -> None:
+    """Counts of a Gemma 4 target (mtp_ref.gemma4, an engine module of its own: per-type head dims and KV heads,
+    KV-shared layers). Each non-shared layer caches K and V (on attention_k_eq_v layers V is the normed raw K,
+    still a tensor of its own); KV-shared layers read another layer's cache. Its drafter is a separate model."""
+    _fill_params(cm, trunk, g.num_experts, g.top_k_experts)
+    window = [g.sliding_window if g.is_sliding(i) else None for i in range(g.num_hidden_layers)]
+    cm.kv_layers = [(2 * g.kv_heads_of(i) * g.head_dim_of(i), window[i]) for i in range(g.first_shared)]
+    cm.attn_flops = [(4 * g.num_attention_heads * g.head_dim_of(i), window[i]) for i in range(g.num_hidden_layers)]
+
+
+def preset_config(name: str, c: dict) -> tuple[ModelConfig, FamilySpec]:
+    """The engine's ModelConfig and FamilySpec of a preset, built from its config.json keys as load_config does."""
+    cfg = config_from_dict(c, f"presets.MODELS[{name!r}]")
+    spec = family_for(cfg)
+    cfg.num_mtp_modules = cfg.num_nextn_predict_layers if spec.mtp else 0   # a release holds what it declares
+    return cfg, spec
 
 
 def from_config(name: str, c: dict) -> CostModel:
-    """Cost model of a released config (presets.MODELS)."""
-    fam, H, V, L = c["family"], c["hidden_size"], c["vocab_size"], c["num_hidden_layers"]
-    cm = CostModel(name, H, V, 0.0, source=c["source"], published=c["published"],
-                   tied=bool(c.get("tie_word_embeddings")))
-    dense = V * H + H  # lm_head (the embedding matrix when tied) + final norm
-    block_dense, block_moe = 0.0, 0.0
-    if fam in ("deepseek_v3", "glm4_moe"):
-        if fam == "deepseek_v3":
-            ap, kv, af = _mla(c)
-        else:
-            ap, kv, af = _gqa(H, c["num_attention_heads"], c["num_key_value_heads"], c["head_dim"],
-                              bias=c.get("attention_bias", False))
-        E, I = c["n_routed_experts"], c["moe_intermediate_size"]
-        kd = c["first_k_dense_replace"]
-        block_dense = ap + 2 * H + _mlp(H, c["intermediate_size"])
-        block_moe = ap + 2 * H + E * H + E + c["n_shared_experts"] * _mlp(H, I)   # router, bias, shared expert
-        dense += kd * block_dense + (L - kd) * block_moe
-        cm.moe_layers, cm.n_experts, cm.top_k, cm.expert_params = L - kd, E, c["num_experts_per_tok"], _mlp(H, I)
-        cm.kv_layers = [(kv, None)] * L
-        cm.attn_flops = [(af, None)] * L
-        glue = 2 * H * H + 3 * H                                       # eh_proj, enorm, hnorm, shared_head.norm
-        n_mtp = c.get("num_nextn_predict_layers", 0)
-        cm.mtp_params = n_mtp * (glue + block_moe + E * cm.expert_params + 2 * V * H)  # file holds embed + head copies
-        cm.draft_params = glue + block_moe + cm.top_k * cm.expert_params + V * H if n_mtp else 0.0
-    elif fam == "mimo":
-        ap, kv, af = _gqa(H, c["num_attention_heads"], c["num_key_value_heads"], c["head_dim"], bias=True)
-        block_dense = ap + 2 * H + _mlp(H, c["intermediate_size"])
-        dense += L * block_dense
-        cm.kv_layers, cm.attn_flops = [(kv, None)] * L, [(af, None)] * L
-        glue = 2 * H * H + 3 * H                                       # input_proj, token/hidden/final layernorms
-        cm.mtp_params = c.get("num_nextn_predict_layers", 0) * (glue + block_dense)
-        cm.draft_params = glue + block_dense + V * H                   # shares lm_head
-    elif fam == "qwen3_5":
-        every = c["full_attention_interval"]
-        n_full = L // every
-        ap, kv, af = _gqa(H, c["num_attention_heads"], c["num_key_value_heads"], c["head_dim"],
-                          gate=c.get("attn_output_gate", False), qk_norm=True)
-        lp, state, lf = _deltanet(c)
-        mlp = _mlp(H, c["intermediate_size"])
-        dense += n_full * (ap + 2 * H + mlp) + (L - n_full) * (lp + 2 * H + mlp)
-        cm.kv_layers, cm.attn_flops = [(kv, None)] * n_full, [(af, None)] * n_full
-        cm.state_elems, cm.const_flops = (L - n_full) * state, (L - n_full) * lf
-        glue = 2 * H * H + 3 * H                                       # mtp.fc, pre_fc_norm_embedding/hidden, mtp.norm
-        cm.mtp_params = c.get("mtp_num_hidden_layers", 0) * (glue + ap + 2 * H + mlp)
-        cm.draft_params = glue + ap + 2 * H + mlp + V * H              # full-attention block, shared lm_head
-        cm.notes.append(f"{L - n_full} Gated DeltaNet layers keep a fixed recurrent state; "
-                        f"{n_full} full-attention layers keep a KV cache")
-    elif fam == "gemma4":
-        every = c["sliding_window_pattern"]
-        n_full = L // every
-        sp, skv, sf = _gqa(H, c["num_attention_heads"], c["num_key_value_heads"], c["head_dim"], qk_norm=True)
-        gp, gkv, gf = _gqa(H, c["num_attention_heads"], c["num_global_key_value_heads"], c["global_head_dim"],
-                           k_eq_v=c.get("attention_k_eq_v", False), qk_norm=True)
-        mlp = _mlp(H, c["intermediate_size"])
-        dense += (L - n_full) * (sp + 4 * H + mlp) + n_full * (gp + 4 * H + mlp)   # four norms per Gemma block
-        w = c["sliding_window"]
-        cm.kv_layers = [(skv, w)] * (L - n_full) + [(gkv, None)] * n_full
-        cm.attn_flops = [(sf, w)] * (L - n_full) + [(gf, None)] * n_full
-        cm.notes.append(c["mtp_note"])
+    """Cost model of a released config (presets.MODELS), counted from the tensors the engine expects of it."""
+    cm = CostModel(name, int(c["hidden_size"]), int(c["vocab_size"]), 0.0, source=c.get("source", ""),
+                   published=c.get("published", ""))
+    if c.get("model_type") in gemma4.TARGET_TYPES:
+        g = gemma4.target_text_config(c, f"presets.MODELS[{name!r}]")
+        _fill_gemma4(cm, g, {k: _numel(s) for k, s in gemma4.target_tensors(g).items()})
     else:
-        raise ValueError(fam)
-    cm.dense_params = dense
+        cfg, spec = preset_config(name, c)
+        trunk = {k: _numel(s) for k, s in trunk_tensors(cfg, spec).items()}
+        mtp = [{k: _numel(s) for k, s in mtp_tensors(cfg, spec, j).items()} for j in range(cfg.num_mtp_modules)]
+        _fill_family(cm, cfg, spec, trunk, mtp)
+    if c.get("note"):
+        cm.notes.append(c["note"])
     cm.total_params = cm.trunk_params() + cm.mtp_params
     return cm
 
 
 # ---------------------------------------------------------------------- the loaded checkpoint
 
-def _numel(shape) -> int:
-    return int(np.prod(shape)) if len(shape) else 1
-
-
 def from_checkpoint(model) -> CostModel:
-    """Cost model of the loaded checkpoint, counted from its real tensors."""
-    cfg, spec, ck = model.config, model.spec, model.ckpt
-    H, V = cfg.hidden_size, cfg.vocab_size
-    trunk = trunk_tensors(cfg, spec)
-    dense = expert_total = 0
-    stored = elems = 0
-    for name, shape in trunk.items():
-        n = _numel(shape)
-        stored += ck.stored_nbytes(name)
-        elems += n
-        if ".mlp.experts." in name:
-            expert_total += n
-        elif name != "model.embed_tokens.weight":
-            dense += n
-    moe_layers = sum(1 for i in range(cfg.num_hidden_layers) if spec.moe and cfg.is_moe_layer(i))
-    cm = CostModel("loaded checkpoint", H, V, float(dense), source=str(model.path),
+    """Cost model of the loaded checkpoint, counted from the shapes its files really hold."""
+    cfg, ck = model.config, model.ckpt
+    cm = CostModel("loaded checkpoint", cfg.hidden_size, cfg.vocab_size, 0.0, source=str(model.path),
                    published=f"{cfg.model_type}, {cfg.num_hidden_layers} layers, read from its safetensors")
-    if moe_layers:
-        cm.moe_layers, cm.n_experts, cm.top_k = moe_layers, cfg.n_routed_experts, cfg.num_experts_per_tok
-        cm.expert_params = expert_total / (moe_layers * cfg.n_routed_experts)
-    nh = cfg.num_attention_heads
-    if spec.attention == "mla":
-        kv, af = cfg.kv_lora_rank + cfg.qk_rope_head_dim, 2 * nh * (cfg.qk_head_dim + cfg.v_head_dim)
+    if isinstance(model, gemma4.Gemma4Model):
+        trunk = {k: _numel(ck.shape(k)) for k in gemma4.target_tensors(model.g) if k in ck}
+        _fill_gemma4(cm, model.g, trunk)
     else:
-        kv, af = 2 * cfg.num_key_value_heads * cfg.head_dim, 4 * nh * cfg.head_dim
-    cm.kv_layers = [(kv, None)] * cfg.num_hidden_layers
-    cm.attn_flops = [(af, None)] * cfg.num_hidden_layers
-    cm.stored_bpp = stored / elems
-    mtp_total = draft = 0
-    for j in range(cfg.num_mtp_modules):
-        names = [n for n in mtp_tensors(cfg, spec, j) if n in ck]
-        mtp_total += sum(_numel(ck.shape(n)) for n in names)
-        if j == 0:
-            for n in names:
-                if ".mlp.experts." in n:
-                    draft += _numel(ck.shape(n)) * cfg.num_experts_per_tok / cfg.n_routed_experts
-                elif not n.endswith("embed_tokens.weight"):
-                    draft += _numel(ck.shape(n))
-            if not (spec.mtp.head and spec.mtp.module_prefix(cfg, 0) + spec.mtp.head in ck):
-                draft += V * H  # shares lm_head
-    cm.mtp_params, cm.draft_params = float(mtp_total), float(draft)
-    cm.total_params = float(sum(_numel(ck.shape(n)) for n in ck.names() if not n.endswith("_scale_inv")))
+        spec = model.spec
+        trunk = {k: _numel(ck.shape(k)) for k in trunk_tensors(cfg, spec) if k in ck}
+        mtp = [{k: _numel(ck.shape(k)) for k in mtp_tensors(cfg, spec, j) if k in ck}
+               for j in range(cfg.num_mtp_modules)]
+        _fill_family(cm, cfg, spec, trunk, mtp)
+    cm.stored_bpp = sum(ck.stored_nbytes(k) for k in trunk) / sum(trunk.values())
+    cm.total_params = float(sum(_numel(ck.shape(n)) for n in ck.names() if not n.endswith(SCALE_SUFFIX)))
     return cm
+
+
+# ---------------------------------------------------------------------- memory
+
+def memory_needed(cm: CostModel, bpp: float, context: int, batch: int) -> dict:
+    """Bytes a server holds: every stored param (trunk and MTP) at bpp bytes/param, and the KV cache (plus any
+    recurrent state) of `batch` sequences of `context` positions in the trunk and in each MTP module."""
+    weights = cm.total_params * bpp
+    mtp_kv = sum(e * (context if w is None else min(context, w)) for e, w in cm.mtp_kv_layers) * KV_BYTES
+    kv = cm.kv_bytes(context, batch) + batch * mtp_kv
+    return {"weights": weights, "kv": kv, "total": weights + kv}
+
+
+def devices_needed(total_bytes: float, hw) -> int:
+    """How many of `hw` hold total_bytes, split evenly (no room kept for activations or the runtime)."""
+    if not hw.memory_gb > 0:
+        raise ValueError(f"{hw.name}: memory_gb is not set")
+    return max(1, math.ceil(total_bytes / (hw.memory_gb * 1e9)))
 
 
 def dominant_dtype(model) -> str:
@@ -269,11 +285,12 @@ def copy_bandwidth(nbytes: int = 128 * 2**20, repeats: int = 3) -> float:
     return 2 * nbytes / best
 
 
-def time_forwards(model, prompt_ids: list[int], ns: list[int], repeats: int = 3) -> list[dict]:
-    """Best-of-`repeats` wall time of one trunk forward over n new tokens after the prompt, for each n.
+def time_forwards_repeated(model, prompt_ids: list[int], ns: list[int], repeats: int = 5) -> list[dict]:
+    """Wall time of one trunk forward over n new tokens after the prompt, `repeats` times per n, interleaved.
 
-    The cache is rolled back after each forward, so every measurement starts from the same prompt.
-    `bytes_read` is the engine's meter: stored weight bytes the forward touched.
+    Returns per n the median, min and max seconds and every sample, so a page can show a median with its
+    spread instead of one noisy run. The cache is rolled back after each forward, so every measurement starts
+    from the same prompt. `bytes_read` is the engine's meter: stored weight bytes the forward touched.
     """
     cache = model.new_cache()
     model.forward(np.asarray(prompt_ids), cache)
@@ -281,14 +298,21 @@ def time_forwards(model, prompt_ids: list[int], ns: list[int], repeats: int = 3)
     pool = (list(prompt_ids) * (max(ns) // max(len(prompt_ids), 1) + 1))[: max(ns)]
     model.forward(np.asarray(pool), cache)          # warm-up: load the experts the prompt did not use
     cache.truncate(base)
-    best = {n: float("inf") for n in ns}
+    samples = {n: [] for n in ns}
     read = {}
     for _ in range(repeats):                         # interleaved, so a burst of load hits different n
         for n in ns:
             model.reset_meter()
             t = time.perf_counter()
             model.forward(np.asarray(pool[:n]), cache)
-            best[n] = min(best[n], time.perf_counter() - t)
+            samples[n].append(time.perf_counter() - t)
             read[n] = model.bytes_read
             cache.truncate(base)
-    return [{"n": n, "seconds": best[n], "bytes_read": read[n]} for n in ns]
+    return [{"n": n, "median": statistics.median(samples[n]), "min": min(samples[n]), "max": max(samples[n]),
+             "samples": samples[n], "bytes_read": read[n]} for n in ns]
+
+
+def time_forwards(model, prompt_ids: list[int], ns: list[int], repeats: int = 3) -> list[dict]:
+    """Best-of-`repeats` wall time of one trunk forward over n new tokens after the prompt, for each n."""
+    return [{"n": r["n"], "seconds": r["min"], "bytes_read": r["bytes_read"]}
+            for r in time_forwards_repeated(model, prompt_ids, ns, repeats)]

@@ -2,7 +2,7 @@
 
 The best (R rows per warp, U chunks in flight, WARPS per block) of gemm_v2 depends on the weight shape, not only on
 the token count: 4096-row weights (MiMo-7B's o_proj, down_proj) get only 256 blocks of 4 warps x 4 rows on 132 SMs
-(NOTES.md), while 22016-row gate|up stacks stream near copy speed with the default. This times every candidate on
+(docs/history/2026-11-26-kernels-notes.md), while 22016-row gate|up stacks stream near copy speed with the default. This times every candidate on
 the model's own GEMMs, one CUDA graph of the same GEMM over all layers (distinct weights, so they come from HBM as
 in a forward, not from L2), and returns a table keyed (N, K, NMAX) for CudaModel(gemm_tuning=...):
 
@@ -38,7 +38,7 @@ def model_gemms(cm) -> list:
     dense = [L for L in cm.layers if "qkv" in L and "gu" in L]
     if not dense:
         return []
-    fn = cm.fuse_norm
+    fn = True                                        # CudaModel norms these GEMMs' inputs inside them
     jobs = [("q|k|v", [L["qkv"] for L in dense], MODE_STORE, cm.X if fn else cm.XN, H, cm.A, dense[0]["qkv"].N, None,
              [L["in_norm"] for L in dense] if fn else None),
             ("o", [L["o"] for L in dense], MODE_RESID, cm.B, cm.att_width, cm.X, H, cm.X, None),

@@ -20,7 +20,7 @@ the same).
 
 Hybrid Qwen3-Next / Qwen3.5 / Qwen3.6 models: the Gated DeltaNet layers keep their conv window and the
 per-token state snapshots of the last forward on the device (DeviceCache), so rolling back a rejected
-draft is choosing a snapshot (meta[M_SLOT]), not a copy; see NOTES.md.
+draft is choosing a snapshot (meta[M_SLOT]), not a copy; see kernels_cuda/README.md.
 """
 
 from __future__ import annotations
@@ -38,12 +38,16 @@ from mtp_ref.errors import MtpRefError
 from mtp_ref.families import FamilySpec
 
 from . import kernels as K
-from .gemm import (GEMM3_KW, MODE_RESID, MODE_SCALE, MODE_STORE, MODE_SWIGLU, get_gemm_v2, get_gemm_v3, get_moe_gemm,
-                   gemm_v2_blocks, gemm_v3_blocks, gemm_v3_ok, launch_shape, nmax_for, TUNED_H100)
+from .gemm import (MODE_RESID, MODE_SCALE, MODE_STORE, MODE_SWIGLU, get_gemm_v2, get_moe_gemm, gemm_v2_blocks,
+                   nmax_for, TUNED_H100)
 from .graphs import CudaGraph
 from .intrinsics import SIM
+from .pick import pick_attention, pick_gemm
 
 NMAX = 16  # tokens per forward call on the device (longer inputs are chunked)
+# threads per block of the one-row-per-block kernels (RMSNorm, embedding, cache write): 128 left a 4096-wide
+# RMSNorm latency-bound at ~20 us on the H100 (docs/history/2026-11-26-kernels-notes.md)
+ROW_THREADS = 1024
 
 # Under numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1) a CudaModel runs its kernels as Python: fine for
 # tests on tiny checkpoints, far too slow for anything else, and the simulator reports
@@ -199,6 +203,14 @@ def _check_supported(spec: FamilySpec, cfg) -> None:
         missing.append(f"'{spec.expert_layout}' expert tensors")
     if "linear_attention" in (getattr(cfg, "layer_types", None) or []) and spec.linear_attn not in ("split", "qkvz"):
         missing.append(f"'{spec.linear_attn}' Gated DeltaNet projections")
+    if getattr(spec, "indexer", None):
+        missing.append("the DSA lightning indexer (sparse MLA)")
+    if getattr(spec, "attention", "gqa") not in ("mla", "gqa"):
+        missing.append(f"'{spec.attention}' attention (sliding windows, sinks, per-layer-type heads)")
+    if getattr(spec, "qk_norm_scope", "head") != "head":
+        missing.append("q/k RMSNorms over all heads")
+    if getattr(spec, "latent_norm_eps", None) not in (None, cfg.rms_norm_eps):
+        missing.append(f"MLA latent norms with eps {spec.latent_norm_eps} (not rms_norm_eps {cfg.rms_norm_eps})")
     if missing:
         raise MtpRefError(f"the CUDA backend does not implement {', '.join(missing)} ({spec.name}); "
                           f"use --backend numpy")
@@ -273,40 +285,14 @@ class DeviceCache:
 # ----------------------------------------------------------------------------- the model
 class CudaModel:
     def __init__(self, model=None, *, max_context: int = 4096, use_graphs: bool | None = None,
-                 fp8: str = "kernel", gemm_lanes: int | None = None, attention: str = "v9",
-                 gemm_tuning: dict | None = None, row_threads: int = 1024, fuse_rope_cache: bool = True,
-                 fuse_norm: bool = True, attention_v5_rows: int | None = None, attention_v6_rows: int | None = None,
-                 rope_per_head: bool = True, attention_v7_rows: int | None = None,
-                 attention_long: str | None = "default", long_context: int | None = None,
-                 combine: str = "v4", gemm_v3: bool = False, _source=None, _config=None,
-                 _spec=None, _path=None, _tokenizer=None):
-        """attention: "v1", "v2" (unrolled loads, 64-key chunks), "v3" (a warp per key, 32-key chunks,
-        parallel chunk merge), "v4" (one block per KV group and run of keys, all the group's query rows at once;
-        falls back to v3 for more than 32 query rows a group, e.g. MLA), "v5" (a block per share of a group's keys,
-        a warp per 4 query rows, 8 keys a step, for groups of <= attention_v5_rows query rows; v4 above), "v6"
-        (v5 with each step's key and value loads requested a step ahead, a warp per 2 query rows, for groups of <=
-        attention_v6_rows query rows and head dims <= 128; v5's rules above), "v7" (register-tiled flash decoding, a
-        warp per share of 32-key tiles and all of a group's rows, for groups of attention_v7_rows (default ATT7_ROWS
-        = 8) to 16 query rows with dk % 32 == 0 and dv <= 128; v6's rules below and beyond) or "v9" (the default:
-        flash decoding on the tensor cores, a warp per share of 8-key steps, a group's <= 16 query rows as the rows
-        of tf32 MMAs in float32 accuracy, for dk and dv % 32 == 0, dv <= 128; v6's rules beyond); NOTES.md has each
-        one's H100 numbers. attention_long: the version for forwards whose cache holds more than long_context keys
-        (default ATT_LONG = None: attention at every length; "v7": v7 for every group of <= 16 rows over
-        ATT_LONG_CONTEXT keys): the graphs are captured per (token count, short / long), so each kernel runs where
-        it is faster. combine: the merge of v6 / v7 / v9's shares, "v4" (default: one round of loads) or "v3".
-        gemm_v3: bf16 GEMMs of 5..8 tokens run gemm.make_gemm_v3 (tensor-core MMAs) where it applies (K % 128 ==
-        0), gemm_v2 otherwise; off by default: correct on the H100 but slower there than v2 with R = 8 (NOTES.md).
-        gemm_tuning: {NMAX or (N, K, NMAX): (R, U[, WARPS])}
-        overrides of the skinny-GEMM launch shape (default gemm.TUNED_H100: R = 8, U = 2 for 5..8 tokens; {} for
-        none; autotune.tune_gemms measures one for a model). row_threads: threads per block of the one-row-per-block
-        kernels (RMSNorm, embedding, cache write); 128 left a 4096-wide RMSNorm latency-bound at ~20 us (NOTES.md).
-        fuse_rope_cache: GQA layers run rope on q and k and both cache writes as one kernel (rope_qk_cache)
-        instead of four; rope_per_head: that kernel runs a block per (token, head) (rope_qk_cache_v2) instead of
-        per token. fuse_norm: the RMSNorm before a GQA layer's q|k|v projection and before a dense MLP is
-        applied inside that GEMM's x load (gemm.make_gemm_v2 NORM) instead of a launch of its own.
-        attention_v5_rows: with attention="v5", KV groups of at most this many query rows (heads per group x
-        tokens) run v5, larger ones v4 (default ATT5_ROWS = 8: 1- and 2-token steps at 4 heads per KV group; at
-        most kernels.ATT5_MAXQ). attention_v6_rows: the same for attention="v6" (default ATT6_ROWS = 16)."""
+                 fp8: str = "kernel", gemm_lanes: int | None = None, gemm_tuning: dict | None = None, _source=None,
+                 _config=None, _spec=None, _path=None, _tokenizer=None):
+        """max_context: KV-cache rows on the device. use_graphs: capture and replay CUDA graphs (default: on a GPU;
+        False keeps the eager launches, for debugging). fp8: "kernel" (FP8 weights decoded inside the GEMM) or
+        what CheckpointSource takes. gemm_lanes: lanes per warp of the GEMMs (default 32 on a GPU, 1 in the
+        simulator, where 32 are also correct but slow). gemm_tuning: {NMAX or (N, K, NMAX): (R, U[, WARPS])}
+        launch shapes of gemm_v2 (default gemm.TUNED_H100; {} for none; autotune.tune_gemms measures one for a
+        model). Which kernel runs for which shape is kernels_cuda/pick.py's; kernels_cuda/README.md has the table."""
         self.base = model
         self.config = model.config if model is not None else _config
         self.spec: FamilySpec = model.spec if model is not None else _spec
@@ -326,26 +312,7 @@ class CudaModel:
         self.rows_per_warp = 4 if self.lanes > 1 else 32
         self.warps = 1 if SIM else 4
         self.nt = K.NT
-        self.nt_row = 1 if SIM else int(row_threads)
-        self.fuse_rope_cache = bool(fuse_rope_cache)
-        self.rope_per_head = bool(rope_per_head)
-        self.fuse_norm = bool(fuse_norm)
-        versions = ("v1", "v2", "v3", "v4", "v5", "v6", "v7", "v9")
-        attention_long = ATT_LONG if attention_long == "default" else attention_long
-        for name, v in (("attention", attention), ("attention_long", attention_long)):
-            if v not in versions and not (name == "attention_long" and v is None):
-                raise ValueError(f"{name} must be one of {versions}, not {v!r}")
-        if combine not in ("v3", "v4"):
-            raise ValueError(f"combine must be 'v3' or 'v4', not {combine!r}")
-        self.combine = combine
-        self.gemm_v3 = bool(gemm_v3)
-        self.attention = attention
-        self.att_long = attention_long
-        self.long_context = ATT_LONG_CONTEXT if long_context is None else int(long_context)
-        self._long = False                 # the forward being launched / captured reads more than long_context keys
-        self.attn5_rows = min(K.ATT5_MAXQ, ATT5_ROWS if attention_v5_rows is None else int(attention_v5_rows))
-        self.attn6_rows = min(K.ATT5_MAXQ, ATT6_ROWS if attention_v6_rows is None else int(attention_v6_rows))
-        self.attn7_rows = ATT7_ROWS if attention_v7_rows is None else int(attention_v7_rows)
+        self.nt_row = 1 if SIM else ROW_THREADS
         # Gated DeltaNet (what mtp_ref.speculative checks): the recurrent form, with per-token snapshots of up to
         # NMAX tokens per forward kept on the device (longer inputs are fed NMAX at a time)
         self.delta_rule = "recurrent"
@@ -354,6 +321,7 @@ class CudaModel:
         self.stream = cuda.stream()
         self.bytes_read = 0
         self.timing = {"launches": 0, "eager_calls": 0, "graph_calls": 0, "captures": 0}
+        self.attention_launches: dict = {}   # attention version -> launches issued (eager or captured, not replays)
         self._warm: set = set()
         inv, att = rope_inv_freq(cfg)
         self.inv_freq = cuda.to_device(np.ascontiguousarray(inv, np.float64))
@@ -603,31 +571,20 @@ class CudaModel:
         self.am_host = cuda.pinned_array(z, np.int32)
         # attention split-K scratch, sized for the cache capacity
         nh = cfg.num_attention_heads
-        self.attn_C = {nq: K.attn_chunk(nq, self.dk) for nq in (1, 2, 4, 8, 16)}
-        if self.attention != "v1" or self.att_long not in (None, "v1"):
-            cmax = 64 if self.attention == "v2" or self.dk % 4 else 32   # v3 falls back to v2 when dk % 4
-            self.attn_C = {nq: min(cmax, c) for nq, c in self.attn_C.items()}
+        # keys per chunk of v1 / v3 (a block per head and chunk): 32, 64 for v1's scalar loads (dk % 4 != 0)
+        cmax = 64 if self.dk % 4 else 32
+        self.attn_C = {nq: min(cmax, K.attn_chunk(nq, self.dk)) for nq in (1, 2, 4, 8, 16)}
         sms = 2 if SIM else cuda.get_current_device().MULTIPROCESSOR_COUNT
         # v9: blocks per KV group of ATT9_NW warps, a share each (up to split = nw x bpg shares with keys)
         self.attn9_nw = 1 if SIM else K.ATT9_NW
         self.attn9_bpg = 2 if SIM else max(1, math.ceil(K.ATT9_WARPS_PER_SM * sms / (self.groups * self.attn9_nw)))
-        S = max([math.ceil(self.cap / c) for c in self.attn_C.values()] + [math.ceil(self.cap / K.ATT7_KT)]
-                + ([min(math.ceil(self.cap / K.ATT9_KS), self.attn9_nw * self.attn9_bpg)]
-                   if "v9" in (self.attention, self.att_long) else []))
+        S = max([math.ceil(self.cap / c) for c in self.attn_C.values()]
+                + [min(math.ceil(self.cap / K.ATT9_KS), self.attn9_nw * self.attn9_bpg)])
         if S > K.COMBINE_MAX_CHUNKS:
             raise MtpRefError(f"max_context {self.cap} needs {S} attention chunks; the merge kernel takes "
                               f"{K.COMBINE_MAX_CHUNKS}")
         # v4: nkv x split blocks whatever the context (about 4 blocks per SM at any length)
         self.attn_split = max(1, min(S, math.ceil(4 * sms / self.groups)))
-        # v5: a block per share, about ATT5_BLOCKS_PER_SM blocks per SM over all KV groups (a share is >= 8 keys:
-        # at short contexts fewer blocks have work); PO / PML hold S >= cap / 32 shares
-        self.attn5_split = max(1, min(S, 2 if SIM else math.ceil(K.ATT5_BLOCKS_PER_SM * sms / self.groups)))
-        # v6: about ATT6_WARPS_PER_SM warps per SM over blocks of nw warps (attn6_split(nw); kernels.py)
-        self.attn6_split = lambda nw: max(1, min(S, 2 if SIM else math.ceil(
-            K.ATT6_WARPS_PER_SM * sms / (self.groups * min(nw, K.ATT6_SPLIT_NW)))))
-        # v7: blocks per KV group of ATT7_NW warps, a share each (shares <= ceil(cap / 32) <= S have keys)
-        self.attn7_nw = 1 if SIM else K.ATT7_NW
-        self.attn7_bpg = 2 if SIM else max(1, math.ceil(K.ATT7_WARPS_PER_SM * sms / (self.groups * self.attn7_nw)))
         self.PO = dev(S * nh * 16 * self.dv_att)
         self.PML = dev(S * nh * 16 * 2)
         # MoE scratch
@@ -688,17 +645,7 @@ class CudaModel:
 
     def _gemm(self, lin: Lin, x, ldx, y, ldy, n, mode=MODE_STORE, res=None, norm=None):
         """y (+)= x @ W^T; norm = an RMSNorm weight: x is the un-normed row, normed inside the GEMM."""
-        nm = nmax_for(n)
-        if self.gemm_v3 and self.lanes == 32 and gemm_v3_ok(lin.fmt, n, lin.K, ldx):
-            k = get_gemm_v3(norm is not None)
-            k[gemm_v3_blocks(lin.N, mode), 32 * GEMM3_KW, self.stream](
-                x, ldx, lin.w, y, y, ldy, lin.bias if lin.bias is not None else y, res if res is not None else y,
-                n, lin.K, lin.N, mode, 1 if lin.bias is not None else 0, norm if norm is not None else y,
-                float(self.config.rms_norm_eps))
-            return
-        R, U, Wp = self.rows_per_warp, None, self.warps
-        if lin.fmt == "bf16":
-            R, U, Wp = launch_shape(self.gemm_tuning, lin.N, lin.K, nm, R, Wp)
+        nm, R, U, Wp = pick_gemm(lin.fmt, n, lin.N, lin.K, self.gemm_tuning, self.rows_per_warp, self.warps)
         k = get_gemm_v2(lin.fmt, nm, R, Wp, U, self.lanes, norm is not None)
         blocks = gemm_v2_blocks(lin.N, mode, R, Wp)
         k[blocks, self.lanes * Wp, self.stream](
@@ -716,85 +663,39 @@ class CudaModel:
         K.rope[self._grid(n * heads), self.nt, self.stream](buf, ldb, off, hd, half, self.meta, self.inv_freq,
                                                             self.att, self.style, n, heads)
 
-    def _combine(self, out, ldo, ooff, n, nh, dv, C, split):
-        """The merge of the PO / PML partials of v6 / v7 / v9 (split shares of C-key units) into out."""
-        if self.combine == "v4":
-            K.attn_combine_v4[self._grid(n * nh), 32 * (1 if SIM else K.COMBINE4_SL), self.stream](
-                self.PO, self.PML, out, ldo, ooff, self.meta, n, nh, dv, C, split)
-        else:
-            K.attn_combine_v3[self._grid(n * nh), 32 * (1 if SIM else K.COMBINE3_SL), self.stream](
-                self.PO, self.PML, out, ldo, ooff, self.meta, n, nh, dv, C, split)
-
     def _attention(self, q, ldq, qoff, kc, vc, out, ldo, ooff, n, nh, dk, dv, ldk, ldv, rep):
+        """out[n, nh x dv] = softmax(q k^T scale) v over the cache, causal: reference.attention. The partial
+        kernel writes per-share (PO, PML) partials, the merge combines them; pick_attention chooses both."""
+        version, _ = pick_attention(rep, n, dk, dv, ldq, qoff, ldk, ldv)
+        self.attention_launches[version] = self.attention_launches.get(version, 0) + 1
         nq = nmax_for(n)
-        C = self.attn_C[nq]
-        S = math.ceil(self.cap / C)
-        vec = 1 if (dk % 4 == 0 and ldk % 4 == 0) else 0
         st = self.stream
-        att = self.att_long if self._long else self.attention
-        # v5 / v6: 16-byte quarters of the key rows, 16-byte value loads; v6 (a quarter key row in registers) for
-        # dk <= 16 ATT6_MAXDQ and up to attn6_rows rows a group, else v5 for up to attn5_rows rows, else v4 below
-        lanes_ok = (dk % 16 == 0 and ldk % 4 == 0 and ldq % 4 == 0 and qoff % 4 == 0 and dv % 4 == 0 and ldv % 4 == 0
-                    and (SIM_RUNS_V5 or not SIM))
-        if att == "v9" and lanes_ok and dk % 32 == 0 and dv % 32 == 0 and dv <= 128 and rep * n <= 16:
+        args = (q, ldq, qoff, kc, ldk, vc, ldv, self.PO, self.PML, self.meta, n, nh, rep, dk, dv, self.scale)
+        if version == "v9":
             kp = _attn_v9_kernel(dk, dv, self.attn9_nw)
             split = self.attn9_bpg * self.attn9_nw
-            kp[self._grid((nh // rep) * self.attn9_bpg), 32 * kp.NW, st, K.attn_v9_smem(dk)](
-                q, ldq, qoff, kc, ldk, vc, ldv, self.PO, self.PML, self.meta, n, nh, rep, dk, dv, self.scale, split)
-            self._combine(out, ldo, ooff, n, nh, dv, K.ATT9_KS, split)
-            return
-        if (att == "v7" and lanes_ok and dk % K.ATT7_DC == 0 and dv <= 128
-                and (1 if self._long else self.attn7_rows) <= rep * nq <= 16):    # long: every group of <= 16 rows
-            qmax = K.attn_v7_qmax(rep, nq)
-            smem = K.attn_v7_smem(qmax, dk, self.attn7_nw)
-            if smem <= 48 * 1024:
-                kp = _attn_v7_kernel(qmax, self.attn7_nw)
-                split = self.attn7_bpg * self.attn7_nw
-                kp[self._grid((nh // rep) * self.attn7_bpg), 32 * kp.NW, st, smem](
-                    q, ldq, qoff, kc, ldk, vc, ldv, self.PO, self.PML, self.meta, n, nh, rep, dk, dv, self.scale, split)
-                self._combine(out, ldo, ooff, n, nh, dv, K.ATT7_KT, split)
-                return
-        v6 = att in ("v6", "v7", "v9") and lanes_ok and dk <= 16 * K.ATT6_MAXDQ and rep * nq <= self.attn6_rows
-        if v6 or (att in ("v5", "v6", "v7", "v9") and lanes_ok and dk <= 512 and rep * nq <= self.attn5_rows):
+            kp[self._grid((nh // rep) * self.attn9_bpg), 32 * kp.NW, st, K.attn_v9_smem(dk)](*args, split)
+            K.attn_combine_v4[self._grid(n * nh), 32 * (1 if SIM else K.COMBINE4_SL), st](
+                self.PO, self.PML, out, ldo, ooff, self.meta, n, nh, dv, K.ATT9_KS, split)
+        elif version == "v4":
             qmax = K.attn_v4_qmax(rep, nq)
-            rw = min(qmax, K.ATT6_RW if v6 else K.ATT5_RW)
-            smem = K.attn_v5_smem(qmax, dk, rw)
-            if smem <= 48 * 1024:
-                if v6:
-                    kp = _attn_v6_kernel(qmax, rw, dk // 16, math.ceil(dv / 128))
-                    split = self.attn6_split(kp.NW)
-                else:
-                    kp = _attn_v5_kernel(qmax, rw, math.ceil(dv / 128))
-                    split = self.attn5_split
-                kp[self._grid((nh // rep) * split), 32 * kp.NW, st, smem](           # 32 lanes, also simulated
-                    q, ldq, qoff, kc, ldk, vc, ldv, self.PO, self.PML, self.meta, n, nh, rep, dk, dv, self.scale, split)
-                if v6:
-                    self._combine(out, ldo, ooff, n, nh, dv, K.ATT5_SUB, split)
-                else:
-                    K.attn_combine_v2[self._grid(n * nh), self.nt, st](self.PO, self.PML, out, ldo, ooff, self.meta,
-                                                                       n, nh, dv, K.ATT5_SUB, split)
-                return
-        if att in ("v4", "v5", "v6", "v7", "v9") and vec and ldq % 4 == 0 and qoff % 4 == 0 and rep * nq <= 32:
-            qmax = K.attn_v4_qmax(rep, nq)
-            smem = K.attn_v4_smem(qmax, dk)
-            if smem <= 48 * 1024:
-                kp = _attn_v4_kernel(qmax, math.ceil(dv / self.nt), max(1, self.nt // 32))
-                split = self.attn_split
-                kp[self._grid((nh // rep) * split), self.nt, st, smem](
-                    q, ldq, qoff, kc, ldk, vc, ldv, self.PO, self.PML, self.meta, n, nh, rep, dk, dv, self.scale, split)
-                K.attn_combine_v2[self._grid(n * nh), self.nt, st](self.PO, self.PML, out, ldo, ooff, self.meta, n, nh,
-                                                                   dv, K.ATT4_SUB, split)
-                return
-        version = att if att in ("v1", "v2") else "v3"
-        version = "v2" if version == "v3" and not vec else version        # v3 needs 16-byte key loads
-        kp = _attn_kernel(nq, version)
-        kp[self._grid(nh * S), self.nt, st, (nq * dk + nq * C) * 4](
-            q, ldq, qoff, kc, ldk, vc, ldv, self.PO, self.PML, self.meta, n, nh, rep, dk, dv, self.scale, C, S, vec)
-        if version == "v3":
-            K.attn_combine_v2[self._grid(n * nh), self.nt, st](self.PO, self.PML, out, ldo, ooff, self.meta, n, nh, dv,
-                                                               C, 0)
-        else:
-            K.attn_combine[self._grid(n * nh), self.nt, st](self.PO, self.PML, out, ldo, ooff, self.meta, n, nh, dv, C)
+            kp = _attn_v4_kernel(qmax, math.ceil(dv / self.nt), max(1, self.nt // 32))
+            split = self.attn_split
+            kp[self._grid((nh // rep) * split), self.nt, st, K.attn_v4_smem(qmax, dk)](*args, split)
+            K.attn_combine_v2[self._grid(n * nh), self.nt, st](self.PO, self.PML, out, ldo, ooff, self.meta, n, nh,
+                                                               dv, K.ATT4_SUB, split)
+        else:                                                   # v3 / v1: a block per (head, chunk of C keys)
+            C = self.attn_C[nq]
+            S = math.ceil(self.cap / C)
+            vec = 1 if version == "v3" else 0
+            kp = _attn_kernel(nq, version)
+            kp[self._grid(nh * S), self.nt, st, (nq * dk + nq * C) * 4](*args, C, S, vec)
+            if version == "v3":
+                K.attn_combine_v2[self._grid(n * nh), self.nt, st](self.PO, self.PML, out, ldo, ooff, self.meta, n,
+                                                                   nh, dv, C, 0)
+            else:
+                K.attn_combine[self._grid(n * nh), self.nt, st](self.PO, self.PML, out, ldo, ooff, self.meta, n, nh,
+                                                                dv, C)
 
     def _linear_attn(self, L: dict, lc, n: int):
         """Gated DeltaNet over n new tokens (Model.linear_attention), continuing snapshot meta[M_SLOT] of the layer's
@@ -826,7 +727,7 @@ class CudaModel:
         H = cfg.hidden_size
         X, XN = self.X, self.XN
         gqa = not self.mla and cfg.layer_type(layer) != "linear_attention"
-        fuse_in = self.fuse_norm and gqa                            # the q|k|v GEMM norms its own input
+        fuse_in = gqa                                              # the q|k|v GEMM norms its own input
         if not fuse_in:
             self._rmsnorm(X, H, 0, 1, H, L["in_norm"], XN, H, 0, n)
         kc, vc = kv[-2:]
@@ -869,15 +770,10 @@ class CudaModel:
                 self._rmsnorm(QKV, W, 0, nh, hd, L["q_norm"], QKV, W, 0, n)
                 self._rmsnorm(QKV, W, ko, nkv, hd, L["k_norm"], QKV, W, ko, n)
             half = cfg.rotary_dim // 2
-            if self.fuse_rope_cache and half <= K.ROPE_MAX_HALF:
-                if self.rope_per_head:
-                    K.rope_qk_cache_v2[self._grid(n * (nh + nkv)), 1 if SIM else 64, st](
-                        QKV, W, 0, nh, ko, nkv, ko + nkv * hd, hd, half, self.meta, self.inv_freq, self.att,
-                        self.style, kc, vc, nkv * hd, n)
-                else:
-                    K.rope_qk_cache[self._grid(n), self.nt_row, st](QKV, W, 0, nh, ko, nkv, ko + nkv * hd, hd, half,
-                                                                   self.meta, self.inv_freq, self.att, self.style,
-                                                                   kc, vc, nkv * hd, n)
+            if half <= K.ROPE_MAX_HALF:                              # rope on q and k + both cache writes
+                K.rope_qk_cache_v2[self._grid(n * (nh + nkv)), 1 if SIM else 64, st](
+                    QKV, W, 0, nh, ko, nkv, ko + nkv * hd, hd, half, self.meta, self.inv_freq, self.att,
+                    self.style, kc, vc, nkv * hd, n)
             else:
                 self._rope(QKV, W, 0, nh, hd, n)
                 self._rope(QKV, W, ko, nkv, hd, n)
@@ -894,11 +790,7 @@ class CudaModel:
             self._moe(L, n)
         else:
             I = L["gu"].N // 2
-            if self.fuse_norm:
-                self._gemm(L["gu"], X, H, self.INTER, I, n, MODE_SWIGLU, norm=L["post_norm"])
-            else:
-                self._rmsnorm(X, H, 0, 1, H, L["post_norm"], XN, H, 0, n)
-                self._gemm(L["gu"], XN, H, self.INTER, I, n, MODE_SWIGLU)
+            self._gemm(L["gu"], X, H, self.INTER, I, n, MODE_SWIGLU, norm=L["post_norm"])   # RMSNorm in the GEMM
             self._gemm(L["down"], self.INTER, I, X, H, n, MODE_RESID, X)
 
     def _moe(self, L: dict, n: int):
@@ -972,7 +864,7 @@ class CudaModel:
             launches()
             self.timing["eager_calls"] += 1
             return
-        gk = (key, n, self._long)
+        gk = (key, n)
         g = cache.graphs.get(gk)
         if g is None:
             if gk not in self._warm:
@@ -996,8 +888,6 @@ class CudaModel:
 
     def _set_meta(self, start: int, positions, ids, slot: int = 0):
         n = len(ids)
-        # a kernel choice per length, fixed while a graph is captured: the graph key carries it (_run)
-        self._long = self.att_long is not None and start + n > self.long_context
         m = self.meta_host
         m[K.M_START], m[K.M_N], m[K.M_SLOT] = start, n, slot
         m[K.M_POS: K.M_POS + n] = positions
@@ -1141,63 +1031,12 @@ def _attn_v4_kernel(qmax, emax, nw):
     return _cached(("attn", "v4", qmax, emax, nw), lambda: K.make_attention_v4(qmax, emax, nw, K.ATT4_MAXREG))
 
 
-# attention="v5" runs attn_partial_v5 for KV groups of at most ATT5_ROWS query rows (heads per group x tokens; MiMo-7B:
-# 1- and 2-token steps: decode, MTP drafting, verify of 1 draft) and v4 above. bench_attention on the H100
-# (2026-11-26, NOTES.md), us per MiMo-7B layer, v5 / v4: 4 rows 22.0 / 29.4 (ctx 512), 53.1 / 62.7 (ctx 4096); 8 rows
-# 29.2 / 36.7, 68.0 / 81.3; 16 rows 33.1 / 53.8 but 118.6 / 104.2 at ctx 4096. A graph is captured per token count, not
-# per context, so one kernel must serve every context: v5 where it won at both (7B forward of 4 tokens with v5: 7.28
-# instead of 7.92 ms at ctx 512, 10.54 instead of 9.78 at ctx 4096).
-ATT5_ROWS = 8
-# the simulator runs v5 / v6's 32 lanes as 32 Python threads (~20x slower than the 1-thread blocks of the other
-# kernels): there CudaModel runs v4 instead unless a test sets this (tests/test_kernels.py checks v5 / v6 against NumPy)
-SIM_RUNS_V5 = False
-
-
-def _attn_v5_kernel(qmax, rw, ep):
-    cap = K.ATT5_MAXREG if qmax <= K.ATT5_RW else K.ATT5_MAXREG_WIDE
-    return _cached(("attn", "v5", qmax, rw, ep), lambda: K.make_attention_v5(qmax, rw, ep, cap))
-
-
-# attention="v6" runs attn_partial_v6 (+ the merge) for KV groups of at most ATT6_ROWS query rows with head dims
-# <= 128, v5 / v4 otherwise. bench_attention on the H100 (2026-11-26 calls k, l, NOTES.md), us per MiMo-7B layer at
-# 4 / 8 / 16 rows, v6 against the best earlier version: ctx 512 14.4 / 17.4 / 26.8 (v5 21.8 / 28.4 / 32.9); ctx 4096
-# 36.0 / 57.5 / 105.1 (v5 53.7 / 68.0, v4 104.8 at 16 rows)
-ATT6_ROWS = 16
-
-
-def _attn_v6_kernel(qmax, rw, dq, ep):
-    cap = K.ATT6_MAXREG if qmax <= rw else K.ATT6_MAXREG_WIDE
-    return _cached(("attn", "v6", qmax, rw, dq, ep), lambda: K.make_attention_v6(qmax, rw, dq, ep, cap))
-
-
-# attention="v7" runs attn_partial_v7 (+ the merge) for KV groups of ATT7_ROWS to 16 query rows (dk % 32 == 0,
-# dv <= 128), v6's rules otherwise
-ATT7_ROWS = 8
-# CudaModel's attention for caches of more than ATT_LONG_CONTEXT keys (attention_long): v7 for every group of <= 16
-# rows. bench_attention on the H100 (2026-11-26, NOTES.md), us per MiMo-7B layer at 4 / 8 / 16 rows, v7 against v6:
-# ctx 4096 25.7 / 32.6 / 60.2 against 31.8 / 49.2 / 86.3, ctx 2048 19.4 / 21.9 / 39.0 against 21.7 / 30.1 / 51.1, but
-# ctx 1024 17.3 / 21.0 / 35.8 against 16.9 / 20.4 / 33.7 and ctx 512 16.1 / 20.3 / 35.1 against 13.7 / 15.3 / 24.9:
-# the crossover lies between 1024 and 2048 keys
-# Since attention v9 (tensor cores) the default runs one version at every length (ATT_LONG = None); CudaModel(
-# attention_long="v7") keeps the v6 / v7 pair (bench_model7b config v9).
-ATT_LONG = None
-ATT_LONG_CONTEXT = 1536
-
-
-def _attn_v7_kernel(qmax, nw):
-    return _cached(("attn", "v7", qmax, nw), lambda: K.make_attention_v7(qmax, nw, K.ATT7_MAXREG))
-
-
-# attention="v9" (the default) runs attn_partial_v9 (tensor-core MMAs, + attn_combine_v4) for KV groups of <= 16 query
-# rows with dk % 32 == 0 and dv % 32 == 0, dv <= 128; v6's rules otherwise. bench_attention on the H100 (2026-11-26
-# call 1 of the afternoon, NOTES.md), us per MiMo-7B layer with attn_combine_v3 at 4 / 8 / 16 rows: ctx 512 13.4 /
-# 14.3 / 15.3 (v6 13.7 / 16.1 / 24.9), ctx 4096 28.7 / 30.1 / 34.8 (v7 25.3 / 32.4 / 59.5)
 def _attn_v9_kernel(dk, dv, nw):
     return _cached(("attn", "v9", dk, dv, nw), lambda: K.make_attention_v9(dk, dv, nw, K.ATT9_MAXREG))
 
 
 def _attn_kernel(nq, version="v1"):
-    make = {"v1": K.make_attention, "v2": K.make_attention_v2, "v3": K.make_attention_v3}[version]
+    make = {"v1": K.make_attention, "v3": K.make_attention_v3}[version]
     return _cached(("attn", version, nq), lambda: make(nq))
 
 

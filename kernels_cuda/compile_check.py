@@ -48,7 +48,6 @@ def record(out: str, ckpts: list[str]) -> None:
     from .backend import CudaModel
 
     backend.ALLOW_SIMULATOR = True
-    backend.SIM_RUNS_V5 = True                          # record attention v5 / v6 launches too (slow in the simulator)
 
     seen = {}
     orig = sk.FakeCUDAKernel.__getitem__
@@ -68,11 +67,9 @@ def record(out: str, ckpts: list[str]) -> None:
     for path in ckpts:
         m = load_model(path)
         for lanes in (1,):
-            for opts in (dict(attention="v1"), dict(attention="v2"), dict(attention="v3", fuse_norm=False,
-                                                                          fuse_rope_cache=False), {}):
-                cm = CudaModel(m, max_context=64, gemm_lanes=lanes, **opts)
-                k = min(2, m.config.num_mtp_modules)
-                generate(cm, [3, 5, 7, 11, 13], 3, k)
+            cm = CudaModel(m, max_context=64, gemm_lanes=lanes)   # the kernels pick.py chooses for its shapes
+            k = min(2, m.config.num_mtp_modules)
+            generate(cm, [3, 5, 7, 11, 13], 3, k)
             c = cm.new_cache()
             cm.forward(np.arange(20) % m.config.vocab_size, c)      # a 16-token chunk + a ragged one
             cm.forward_greedy([1, 2, 3], c)

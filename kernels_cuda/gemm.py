@@ -6,8 +6,8 @@ Reference: ``reference.linear`` (NumPy ``x @ w.T``). Weight formats on the devic
   "fp8" : uint8 [N, K] e4m3 bits + float32 scale_inv [ceil(N/128), ceil(K/128)]
           (DeepSeek-V3 block format, dequantised in the kernel: 1 byte per weight read)
 
-Versions (see NOTES.md for each one's prediction and outcome):
-  gemm_v1   one thread per output element, scalar loads: the obvious first kernel.
+The production kernel (the naive gemm_v1 and the tensor-core gemm_v3 are in dev/gemm.py, the lab;
+docs/history/ has each version's prediction and outcome):
   gemm_v2   one warp per R rows, 16-byte weight loads (8 bf16 per lane per load), fp32
             accumulators for all NMAX tokens in registers, x read through L1 as float4,
             the next 256-column chunk's weights loaded before the current one is used,
@@ -30,9 +30,9 @@ from __future__ import annotations
 
 import math
 
-from numba import cuda, float32, int32, uint32
+from numba import cuda, float32, int32
 
-from .intrinsics import SIM, f32_bits, factory, bits_f32, ld_f32x4, ld_u32x2, ld_u32x4, mma_bf16, shfl_xor, syncwarp
+from .intrinsics import factory, bits_f32, ld_f32x4, ld_u32x2, ld_u32x4, syncwarp
 
 MODE_STORE, MODE_RESID, MODE_SWIGLU = 0, 1, 2
 NMAX_BUCKETS = (1, 2, 4, 8, 16)
@@ -133,26 +133,6 @@ LOADERS = {"bf16": (load8_bf16, load1_bf16), "f32": (load8_f32, load1_f32), "fp8
 @cuda.jit(device=True, inline=True)
 def silu(v):
     return v / (float32(1.0) + math.exp(-v))
-
-
-# ----------------------------------------------------------------------------- v1: naive
-@factory
-def make_gemm_v1(fmt: str):
-    _, load1 = LOADERS[fmt]
-
-    @cuda.jit
-    def gemm_v1(x, w, ws, y, n, K, N):
-        """y[i, r] = sum_k x[i, k] W[r, k]; one thread per output, reads W n times."""
-        r = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
-        i = cuda.blockIdx.y
-        if r >= N or i >= n:
-            return
-        s = float32(0.0)
-        for k in range(K):
-            s += x[i * K + k] * load1(w, ws, r, k, K)
-        y[i * N + r] = s
-
-    return gemm_v1
 
 
 @cuda.jit(device=True, inline=True)
@@ -294,197 +274,14 @@ def make_gemm_v2(fmt: str, NMAX: int, R: int = 4, WARPS: int = 4, U: int = 1, LA
     return gemm_v2
 
 
-# ----------------------------------------------------------------------------- v3: tensor cores
-GEMM3_KW = 4           # warps of a v3 block: the same 16 weight rows, each a quarter of K (split-K)
-GEMM3_U = 4            # 32-column blocks a lane has in flight
-GEMM3_NMAX = 8         # tokens: the 8 columns of an m16n8k16 MMA
-GEMM3_KWMAX = 8        # the most warps a block (shared memory for the split-K sums)
-
-
-@cuda.jit(device=True, inline=True)
-def bf16x3(v):
-    """v = hi + mid + lo, each a bf16 (returned as its 16 bits): hi = v truncated to bf16, mid = the remainder
-    truncated, lo = what is left truncated; v - (hi + mid + lo) ~ 2^-24 |v| (float32 accuracy: a bf16 MMA reads
-    its operands exactly)."""
-    h = f32_bits(v) >> 16
-    r = v - bits_f32(h << 16)
-    m = f32_bits(r) >> 16
-    r2 = r - bits_f32(m << 16)
-    return h, m, f32_bits(r2) >> 16
-
-
-@cuda.jit(device=True, inline=True)
-def x_fragments(x, xo, k, gsc, NORM, xb):
-    """v3: the lane's 8 x values at columns k .. k + 7 of its token row (x[xo + k ...], times the norm weight g when
-    NORM) as the B fragments of two k-steps, each split in 3 bf16 parts: xb[6 s + 2 p + h] = the pair word of
-    k-step s (columns k + 4s + 2h, + 1), part p (hi, mid, lo). Returns the sum of squares of the raw values."""
-    x0, x1, x2, x3 = ld_f32x4(x, xo + k)
-    x4, x5, x6, x7 = ld_f32x4(x, xo + k + 4)
-    ss = x0 * x0 + x1 * x1 + x2 * x2 + x3 * x3 + x4 * x4 + x5 * x5 + x6 * x6 + x7 * x7
-    if NORM:
-        g0, g1, g2, g3 = ld_f32x4(gsc, k)
-        g4, g5, g6, g7 = ld_f32x4(gsc, k + 4)
-        x0, x1, x2, x3, x4, x5, x6, x7 = x0 * g0, x1 * g1, x2 * g2, x3 * g3, x4 * g4, x5 * g5, x6 * g6, x7 * g7
-    for s in range(2):
-        for hh in range(2):
-            if s == 0:
-                lo, hi = (x0, x1) if hh == 0 else (x2, x3)
-            else:
-                lo, hi = (x4, x5) if hh == 0 else (x6, x7)
-            a0, a1, a2 = bf16x3(lo)
-            b0, b1, b2 = bf16x3(hi)
-            xb[6 * s + hh] = a0 | (b0 << 16)
-            xb[6 * s + 2 + hh] = a1 | (b1 << 16)
-            xb[6 * s + 4 + hh] = a2 | (b2 << 16)
-    return ss
-
-
-@factory
-def make_gemm_v3(NORM: bool = False, U: int = GEMM3_U, KW: int = GEMM3_KW):
-    """Skinny GEMM on the tensor cores for bf16 weights and n <= 8 tokens: m16n8k16 bf16 MMAs with float32
-    accumulation, A = 16 weight rows, B = x^T (the 8 token columns), every weight byte read once.
-
-    v2 spends one FFMA per (row, column, token) and reads x from L1 for every 8 weights: at n = 8 that load / FMA
-    work, not HBM, set its speed (63-82% of copy). Here a block owns 16 rows (MODE_SWIGLU: 8 gate rows and their 8
-    up rows, so silu(gate) * up is formed in the epilogue) and its KW warps split K, each taking every KW-th block
-    of 32 columns; per block a lane reads 16 bytes of row g and of row g + 8 (the A fragments of two k-steps: the
-    MMA's k index is a free permutation of the columns, as long as x uses the same one) and 8 x values of token g,
-    split into 3 bf16 parts (hi + mid + lo = x to ~2^-24: float32 accuracy, 3 MMAs per k-step; the weights are
-    exact). U blocks of loads are in flight before any is used. The KW partial sums (and NORM's sums of squares)
-    are added through shared memory, then 128 threads run v2's epilogue (bias, residual, SwiGLU, RMSNorm's 1 / rms).
-    Needs bf16 weights, K % (32 KW) == 0, x / ldx 16-byte aligned and 8 readable x rows; blocks of 32 KW threads
-    (also in the simulator: the MMA is emulated across a warp's 32 lanes). Same arguments as gemm_v2.
-    Outcome (H100, 2026-11-26, NOTES.md): correct (GPU kernel tests at MiMo-7B shapes), 80-94 registers, no spills,
-    but in the 7B forward of 5-8 tokens 0.7-0.9 ms slower than gemm_v2 with R = 8, U = 2 (ctx 512 n = 8: 11.33 against
-    10.60 ms), so CudaModel runs it only when asked (gemm_v3=True). Not yet measured alone (bench_gemv's v3 column).
-    """
-    assert KW <= GEMM3_KWMAX
-    KB = 32 * KW                                             # columns per round of the block's warps
-    WB = 8 * U                                               # weight words in flight: U x (row g, row g + 8) x 4
-    XB = 12 * U                                              # x fragment words: U x 2 k-steps x 3 parts x 2
-
-    @cuda.jit(fastmath=False)
-    def gemm_v3(x, ldx, w, ws, y, ldy, bias, res, n, K, N, mode, has_bias, g, eps):
-        tid = cuda.threadIdx.x
-        lane = tid % 32
-        wid = tid // 32
-        gq = lane // 4                                       # MMA group: rows gq, gq + 8; token gq of B
-        tq = lane - 4 * gq
-        if mode == MODE_SWIGLU:
-            P = N >> 1
-            p0 = cuda.blockIdx.x * 8
-            ra = min(p0 + gq, P - 1)                         # gate row; its up row P + ra
-            rb = ra + P
-        else:
-            p0 = cuda.blockIdx.x * 16
-            ra = min(p0 + gq, N - 1)                         # tail rows: read a valid row, never store it
-            rb = min(p0 + gq + 8, N - 1)
-        wa = ra * K
-        wb = rb * K
-        xo = gq * ldx
-        wbuf = cuda.local.array(WB, uint32)
-        xb = cuda.local.array(XB, uint32)
-        acc = cuda.local.array(24, float32)                  # [k-step parity][hi, mid, lo][4]
-        for a in range(24):
-            acc[a] = float32(0.0)
-        ss = float32(0.0)
-        for k0 in range(wid * 32 + 8 * tq, K, U * KB):
-            for u in range(U):                               # all loads first
-                k = k0 + u * KB
-                a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = 0
-                if k < K:
-                    a0, a1, a2, a3 = ld_u32x4(w, wa + k)
-                    b0, b1, b2, b3 = ld_u32x4(w, wb + k)
-                wbuf[8 * u] = a0
-                wbuf[8 * u + 1] = a1
-                wbuf[8 * u + 2] = a2
-                wbuf[8 * u + 3] = a3
-                wbuf[8 * u + 4] = b0
-                wbuf[8 * u + 5] = b1
-                wbuf[8 * u + 6] = b2
-                wbuf[8 * u + 7] = b3
-            for u in range(U):
-                k = k0 + u * KB
-                if k < K:                                    # warp-uniform (K % (32 KW) == 0)
-                    ss += x_fragments(x, xo, k, g, NORM, xb)
-                    for s in range(2):                       # k-step s: columns k + 4s .. + 3 of rows g, g + 8
-                        for p in range(3):
-                            j = 12 * s + 4 * p
-                            d0, d1, d2, d3 = mma_bf16(wbuf[8 * u + 2 * s], wbuf[8 * u + 4 + 2 * s],
-                                                      wbuf[8 * u + 2 * s + 1], wbuf[8 * u + 5 + 2 * s],
-                                                      xb[6 * s + 2 * p], xb[6 * s + 2 * p + 1],
-                                                      acc[j], acc[j + 1], acc[j + 2], acc[j + 3])
-                            acc[j] = d0
-                            acc[j + 1] = d1
-                            acc[j + 2] = d2
-                            acc[j + 3] = d3
-        # ---- split-K: the KW warps' [16 rows, 8 tokens] partials (and sums of squares) through shared memory
-        red = cuda.shared.array((GEMM3_KWMAX, 128), float32)
-        sq = cuda.shared.array((GEMM3_KWMAX, GEMM3_NMAX), float32)
-        for c in range(4):                                   # c: (row gq | gq + 8, token 2tq | 2tq + 1)
-            v = (acc[8 + c] + acc[20 + c]) + (acc[4 + c] + acc[16 + c]) + (acc[c] + acc[12 + c])
-            row = gq + 8 * (c // 2)
-            red[wid, row * 8 + 2 * tq + (c % 2)] = v
-        if NORM:
-            ss += shfl_xor(ss, 1)
-            ss += shfl_xor(ss, 2)
-            if tq == 0:
-                sq[wid, gq] = ss
-        cuda.syncthreads()
-        for e in range(tid, 128, 32 * KW):                   # epilogue: output (row e // 8, token e % 8)
-            row = e // 8
-            i = e - row * 8
-            if i >= n:
-                continue
-            v = float32(0.0)
-            for ww in range(KW):
-                v += red[ww, e]
-            den = float32(1.0)
-            if NORM:
-                t = float32(0.0)
-                for ww in range(KW):
-                    t += sq[ww, i]
-                den = math.sqrt(t / float32(K) + float32(eps))
-                v = v / den
-            if mode == MODE_SWIGLU:
-                if row < 8 and p0 + row < (N >> 1):
-                    u = float32(0.0)
-                    for ww in range(KW):
-                        u += red[ww, e + 64]
-                    if NORM:
-                        u = u / den
-                    store_output(y, ldy, bias, res, i, p0, row, v, u, N, mode, has_bias)
-            elif p0 + row < N:
-                store_output(y, ldy, bias, res, i, p0, row, v, float32(0.0), N, mode, has_bias)
-
-    gemm_v3.NORM, gemm_v3.U, gemm_v3.KW = NORM, U, KW
-    return gemm_v3
-
-
-def gemm_v3_ok(fmt: str, n: int, K: int, ldx: int, KW: int = GEMM3_KW) -> bool:
-    """Whether v3 takes this GEMM (bf16 weights, 5..8 tokens, K a multiple of 32 KW, 16-byte x rows)."""
-    return fmt == "bf16" and 4 < n <= GEMM3_NMAX and K % (32 * KW) == 0 and ldx % 4 == 0
-
-
-def gemm_v3_blocks(N: int, mode: int = MODE_STORE) -> int:
-    return (N // 2 + 7) // 8 if mode == MODE_SWIGLU else (N + 15) // 16
-
-
-def get_gemm_v3(NORM: bool = False, U: int = GEMM3_U, KW: int = GEMM3_KW):
-    key = ("v3", bool(NORM), U, KW)
-    if key not in _CACHE:
-        _CACHE[key] = make_gemm_v3(bool(NORM), U, KW)
-    return _CACHE[key]
-
-
 # Launch shapes (R rows per warp, U chunks in flight[, WARPS per block]) that beat the default in
-# bench_gemv on the H100 (2026-11-25, NOTES.md): n = 5..8 tokens with R = 8, U = 2 (62% -> 77% of copy
+# bench_gemv on the H100 (2026-11-25, docs/history/2026-11-26-kernels-notes.md): n = 5..8 tokens with R = 8, U = 2 (62% -> 77% of copy
 # on 14336x4096). Keys: NMAX, or (N, K, NMAX) for one weight shape (looked up first; `autotune.py`
 # measures such a table for a model's own GEMMs).
 TUNED_H100 = {
     8: (8, 2),
     # MiMo-7B / Qwen2-7B-class shapes, measured by autotune.tune_gemms on the H100 (2026-11-25, one CUDA graph of
-    # the same GEMM over 36 layers; NOTES.md): (N, K, NMAX) -> (R, U, WARPS)
+    # the same GEMM over 36 layers; docs/history/2026-11-26-kernels-notes.md): (N, K, NMAX) -> (R, U, WARPS)
     (6144, 4096, 1): (2, 2, 4), (6144, 4096, 2): (2, 1, 4), (6144, 4096, 4): (4, 1, 4), (6144, 4096, 8): (8, 2, 4),
     (4096, 4096, 1): (2, 1, 4), (4096, 4096, 2): (8, 2, 4), (4096, 4096, 4): (2, 2, 4), (4096, 4096, 8): (4, 1, 4),
     (22016, 4096, 1): (4, 2, 8), (22016, 4096, 2): (8, 2, 4), (22016, 4096, 4): (8, 1, 4), (22016, 4096, 8): (8, 2, 4),

@@ -80,6 +80,7 @@ class ModelConfig:
     linear_conv_kernel_dim: int = 0
     # MTP
     num_nextn_predict_layers: int = 0      # what config.json DECLARES (num_nextn_predict_layers)
+    mtp_declared_by: str = "num_nextn_predict_layers"  # the config.json key(s) that declared it, for messages
     num_mtp_modules: int = 0               # what the weights really hold (set by the loader)
     # weights
     quantization_config: dict | None = None
@@ -116,6 +117,10 @@ class ModelConfig:
         return self.layer_types[i] if i < min(len(self.layer_types), self.num_hidden_layers) else "full_attention"
 
 
+def _first(v):
+    return v[0] if isinstance(v, list) else v
+
+
 def _rope_from(raw: dict) -> RopeConfig:
     params = raw.get("rope_parameters")
     if isinstance(params, dict) and params and not any(isinstance(v, dict) for v in params.values()):
@@ -128,8 +133,11 @@ def _rope_from(raw: dict) -> RopeConfig:
     if kind not in ("default", "linear", "yarn", "llama3"):
         raise MtpRefError(f"config.json: rope type '{kind}' is not supported (supported: default, linear, yarn, llama3)")
     partial = d.get("partial_rotary_factor", raw.get("partial_rotary_factor"))
+    if partial is None and raw.get("rotary_dim") and raw.get("head_dim"):  # MiniMax-M2: rotary_dim of head_dim
+        partial = raw["rotary_dim"] / raw["head_dim"]
     r = RopeConfig(
-        theta=float(d.get("rope_theta", raw.get("rope_theta", 10000.0))),
+        # Step-3.5/3.7 give rope_theta per layer (a list; the per-type values are read by ops_sinks.geometry)
+        theta=float(_first(d.get("rope_theta", raw.get("rope_theta", 10000.0)))),
         kind=kind,
         factor=float(d["factor"]) if d.get("factor") is not None else 1.0,
         original_max_position_embeddings=d.get("original_max_position_embeddings"),
@@ -163,7 +171,22 @@ def config_from_dict(raw: dict, source: str = "config.json") -> ModelConfig:
     eos = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
     # num_nextn_predict_layers (DeepSeek, GLM, Qwen3-Next) | num_mtp_layers | mtp_num_hidden_layers (Qwen3.5)
     n_mtp = raw.get("num_nextn_predict_layers", raw.get("num_mtp_layers", raw.get("mtp_num_hidden_layers", 0))) or 0
+    declared_by = next((k for k in ("num_nextn_predict_layers", "num_mtp_layers", "mtp_num_hidden_layers") if k in raw),
+                       "num_nextn_predict_layers")
+    if not n_mtp and raw.get("use_mtp") and raw.get("num_mtp_modules"):  # MiniMax-M2: use_mtp + num_mtp_modules
+        n_mtp, declared_by = raw["num_mtp_modules"], "use_mtp=true, num_mtp_modules"
     layer_types = list(raw.get("layer_types") or [])
+    if not layer_types and raw.get("hybrid_layer_pattern"):  # MiMo-V2: 1 = sliding-window layer, 0 = full
+        layer_types = ["sliding_attention" if f else "full_attention" for f in raw["hybrid_layer_pattern"]]
+    moe_freq = raw.get("moe_layer_freq")
+    mlp_only = [int(i) for i in raw.get("mlp_only_layers") or []]
+    if isinstance(moe_freq, list):  # MiMo-V2: per-layer 0 (dense) / 1 (MoE) instead of a period
+        mlp_only, moe_freq = sorted(set(mlp_only) | {i for i, f in enumerate(moe_freq) if not f}), 1
+    if raw.get("moe_layers_enum") is not None:  # Step-3.5/3.7: the MoE layers' indices ("3,4,...", MTP ones too)
+        enum = raw["moe_layers_enum"]
+        moe_set = {int(i) for i in (enum.split(",") if isinstance(enum, str) else enum) if str(i).strip()}
+        padded = int(raw["num_hidden_layers"]) + int(n_mtp)
+        mlp_only = sorted(set(mlp_only) | (set(range(padded)) - moe_set))
     if not layer_types and raw.get("linear_num_value_heads"):  # hybrid config without the list (Qwen3-Next release)
         every = int(raw.get("full_attention_interval", 4))
         layer_types = ["full_attention" if (i + 1) % every == 0 else "linear_attention"
@@ -175,9 +198,9 @@ def config_from_dict(raw: dict, source: str = "config.json") -> ModelConfig:
         intermediate_size=int(raw.get("intermediate_size", 4 * H)),
         num_hidden_layers=int(raw["num_hidden_layers"]),
         num_attention_heads=nh,
-        num_key_value_heads=int(raw.get("num_key_value_heads") or nh),
+        num_key_value_heads=int(raw.get("num_key_value_heads") or raw.get("num_attention_groups") or nh),  # groups: Step
         head_dim=int(raw.get("head_dim") or H // nh),
-        rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
+        rms_norm_eps=float(raw.get("rms_norm_eps", raw.get("layernorm_epsilon", 1e-6))),  # layernorm_epsilon: MiMo-V2
         max_position_embeddings=int(raw.get("max_position_embeddings", 2048)),
         rope=_rope_from(raw),
         tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
@@ -188,19 +211,24 @@ def config_from_dict(raw: dict, source: str = "config.json") -> ModelConfig:
         qk_nope_head_dim=int(raw.get("qk_nope_head_dim") or 0),
         qk_rope_head_dim=int(raw.get("qk_rope_head_dim") or 0),
         v_head_dim=int(raw.get("v_head_dim") or 0),
-        n_routed_experts=int(raw.get("n_routed_experts") or raw.get("num_experts") or 0),
+        # n_routed_experts | num_experts (Qwen) | num_local_experts (Mixtral, MiniMax-M2)
+        n_routed_experts=int(raw.get("n_routed_experts") or raw.get("num_experts") or raw.get("num_local_experts")
+                             or raw.get("moe_num_experts") or 0),  # moe_num_experts / moe_top_k: Step
         n_shared_experts=int(raw.get("n_shared_experts") or 0),
-        num_experts_per_tok=int(raw.get("num_experts_per_tok") or 0),
-        moe_intermediate_size=int(raw.get("moe_intermediate_size") or 0),
-        shared_expert_intermediate_size=int(raw.get("shared_expert_intermediate_size") or 0),
+        num_experts_per_tok=int(raw.get("num_experts_per_tok") or raw.get("moe_top_k") or 0),
+        # Mixtral-style configs (num_local_experts) size their experts by intermediate_size
+        moe_intermediate_size=int(raw.get("moe_intermediate_size")
+                                  or (raw.get("intermediate_size") if raw.get("num_local_experts") else 0) or 0),
+        shared_expert_intermediate_size=int(raw.get("shared_expert_intermediate_size") or raw.get("share_expert_dim")
+                                            or 0),  # share_expert_dim: Step
         n_group=int(raw.get("n_group") or 1),
         topk_group=int(raw.get("topk_group") or 1),
-        routed_scaling_factor=float(raw.get("routed_scaling_factor") or 1.0),
+        routed_scaling_factor=float(raw.get("routed_scaling_factor") or raw.get("moe_router_scaling_factor") or 1.0),
         norm_topk_prob=bool(raw.get("norm_topk_prob", True)),
         first_k_dense_replace=int(raw.get("first_k_dense_replace") or 0),
-        moe_layer_freq=int(raw.get("moe_layer_freq") or 1),
+        moe_layer_freq=int(moe_freq or 1),
         decoder_sparse_step=int(raw.get("decoder_sparse_step") or 1),
-        mlp_only_layers=[int(i) for i in raw.get("mlp_only_layers") or []],
+        mlp_only_layers=mlp_only,
         scoring_func=raw.get("scoring_func", "sigmoid"),
         layer_types=layer_types,
         linear_num_key_heads=int(raw.get("linear_num_key_heads") or 0),
@@ -209,18 +237,22 @@ def config_from_dict(raw: dict, source: str = "config.json") -> ModelConfig:
         linear_value_head_dim=int(raw.get("linear_value_head_dim") or 0),
         linear_conv_kernel_dim=int(raw.get("linear_conv_kernel_dim") or 0),
         num_nextn_predict_layers=int(n_mtp),
+        mtp_declared_by=declared_by,
         quantization_config=raw.get("quantization_config"),
         torch_dtype=raw.get("torch_dtype", raw.get("dtype")),
         bos_token_id=raw.get("bos_token_id"),
         eos_token_id=eos,
         raw=raw,
     )
+    if any(t != 1 for t in raw.get("attn_type_list") or []):  # MiniMax: 0 = lightning (linear) attention
+        raise MtpRefError(f"{source}: attn_type_list has lightning-attention layers (0), which mtp-ref does not "
+                          f"implement; only softmax-attention layers (1) are supported")
     if cfg.num_attention_heads % cfg.num_key_value_heads:
         raise MtpRefError(f"{source}: num_attention_heads {nh} is not a multiple of num_key_value_heads {cfg.num_key_value_heads}")
-    bad = sorted(set(cfg.layer_types) - {"full_attention", "linear_attention"})
+    bad = sorted(set(cfg.layer_types) - {"full_attention", "linear_attention", "sliding_attention"})
     if bad or (cfg.layer_types and len(cfg.layer_types) < cfg.num_hidden_layers):
         unknown = f", unknown {bad}" if bad else ""
-        raise MtpRefError(f"{source}: layer_types must list 'full_attention' / 'linear_attention' for all "
+        raise MtpRefError(f"{source}: layer_types must list 'full_attention' / 'sliding_attention' / 'linear_attention' for all "
                           f"{cfg.num_hidden_layers} layers (got {len(cfg.layer_types)} entries{unknown})")
     if "linear_attention" in cfg.layer_types:
         nk, nv = cfg.linear_num_key_heads, cfg.linear_num_value_heads

@@ -18,6 +18,10 @@ Conventions, per the sources in ../shared/reference/mtp_families.md:
   (always full attention); concat is [embedding, hidden]; embedding and head are the main model's.
 * Qwen3-Next / Qwen3.5 trunks: zero-centred RMSNorms (x * (1 + w)), gated attention, and Gated
   DeltaNet "linear_attention" layers (config layer_types) whose state is recurrent (cache.RecurrentCache).
+* DeepSeek Sparse Attention (DeepSeek-V3.2, GLM-5; spec.indexer): MLA whose queries attend only the top
+  index_topk keys picked by a lightning indexer (`self_attn.indexer.*`, ops_dsa.py), in the MTP block too.
+* MiniMax-M2: Mixtral-style `block_sparse_moe.experts.{e}.w1/w3/w2` read under the engine's `mlp.*` names
+  (spec.tensor_renames); q/k RMSNorms over all heads (spec.qk_norm_scope); no MTP weights are published.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from dataclasses import dataclass, replace
 
 from .config import ModelConfig
 from .errors import MtpRefError
+from .ops_sinks import attention_tensors as hybrid_attention_tensors
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,10 @@ class MtpLayout:
     head: str | None       # the module's own output head, or None to use lm_head
     embed: str | None      # the module's own embedding copy, or None to use model.embed_tokens
     block: str = ""        # prefix of the module's decoder block inside the module ("layers.{j}." when glue is shared)
+    layer_type: str = "full_attention"  # attention of the module's block ("sliding_attention": MiMo-V2, Step)
+    block_mlp: str = "layer_rule"       # "layer_rule": MoE or dense by the trunk's rule for index L + j; "dense"
+    block_rename: tuple[tuple[str, str], ...] = ()  # (engine name, released name) pairs inside the block
+    head_optional: bool = True  # False: each module MUST carry its own head (Step: a trained head per depth)
 
     def module_prefix(self, cfg: ModelConfig, j: int) -> str:
         return self.prefix.format(L=cfg.num_hidden_layers + j, j=j)
@@ -53,6 +62,19 @@ NEXTN = MtpLayout(prefix="model.layers.{L}.", emb_norm="enorm.weight", hid_norm=
 MIMO = MtpLayout(prefix="model.mtp_layers.{j}.", emb_norm="token_layernorm.weight",
                  hid_norm="hidden_layernorm.weight", proj="input_proj.weight", hidden_first=True,
                  out_norm="final_layernorm.weight", head=None, embed=None)
+# Step-3.5/3.7-Flash: DeepSeek-style modules at model.layers.{L+j}. with their OWN head and norm per depth
+# (`transformer.shared_head.{output,norm}`, renamed on load); the block's attention type and MoE/dense come
+# from the config's padded lists (layer_types entry L+j, moe_layers_enum); sliding when the list is short.
+STEP_MTP = MtpLayout(prefix="model.layers.{L}.", emb_norm="enorm.weight", hid_norm="hnorm.weight",
+                     proj="eh_proj.weight", hidden_first=False, out_norm="shared_head.norm.weight",
+                     head="shared_head.output.weight", embed=None, layer_type="sliding_attention",
+                     head_optional=False)
+# MiMo-V2-Flash: model.mtp.layers.{j}. holds the glue and a dense sliding-window block whose MLP norm is
+# pre_mlp_layernorm; its own final_layernorm feeds the main lm_head (vLLM mimo_v2_mtp.py).
+MIMO_V2 = MtpLayout(prefix="model.mtp.layers.{j}.", emb_norm="enorm.weight", hid_norm="hnorm.weight",
+                    proj="eh_proj.weight", hidden_first=False, out_norm="final_layernorm.weight", head=None,
+                    embed=None, layer_type="sliding_attention", block_mlp="dense",
+                    block_rename=(("post_attention_layernorm.weight", "pre_mlp_layernorm.weight"),))
 QWEN_MTP = MtpLayout(prefix="mtp.", emb_norm="pre_fc_norm_embedding.weight", hid_norm="pre_fc_norm_hidden.weight",
                      proj="fc.weight", hidden_first=False, out_norm="norm.weight", head=None, embed=None,
                      block="layers.{j}.")
@@ -61,7 +83,8 @@ QWEN_MTP = MtpLayout(prefix="mtp.", emb_norm="pre_fc_norm_embedding.weight", hid
 @dataclass(frozen=True)
 class FamilySpec:
     name: str
-    attention: str             # "mla" (DeepSeek Multi-head Latent Attention) or "gqa"
+    attention: str             # "mla" (DeepSeek Multi-head Latent Attention), "gqa", or "gqa_hybrid" (sliding-window
+                               # and full layers with their own geometry and attention sinks: ops_sinks.py)
     rope_style: str            # "interleaved" or "half"
     qkv_bias: str              # "always", "never" or "config" (config.attention_bias)
     qk_norm: str               # "always", "never" or "config" (config.use_qk_norm)
@@ -70,9 +93,13 @@ class FamilySpec:
     hf_class: str              # the transformers class that is this family's oracle
     router: str = "sigmoid_group"  # "sigmoid_group": DeepSeek-V3 sigmoid, bias-corrected, group-limited top-k;
                                    # "softmax": softmax over all experts, top-k, renormalised (Qwen)
-    shared_expert: str = "plain"   # "plain": mlp.shared_experts.* (DeepSeek); "gated": mlp.shared_expert.* times
+    head_gate: bool = False    # self_attn.g_proj [h, H]: head h's output * sigmoid(g_proj x)_h (Step-3.5/3.7)
+    shared_expert: str = "plain"   # "plain": mlp.shared_experts.* (DeepSeek), n_shared_experts * I wide; "sized": the
+                                   # same names, shared_expert_intermediate_size wide (Step share_expert_dim); "gated": mlp.shared_expert.* times
                                    # sigmoid(mlp.shared_expert_gate x) (Qwen)
     expert_layout: str = "per_expert"  # "per_expert": mlp.experts.{e}.{gate,up,down}_proj.weight;
+                                       # "stacked": mlp.experts.{gate,up}_proj [E, I, H] + down_proj [E, H, I]
+                                       # (Step's moe.*_proj.weight, renamed on load);
                                        # "fused": mlp.experts.gate_up_proj [E, 2I, H] + down_proj [E, H, I]
                                        # (Qwen3.5-MoE BF16); load_model takes the layout the checkpoint holds
     norm_offset: float = 0.0   # RMSNorm scale is (norm_offset + w): 1 for zero-centred weights (Qwen3-Next/3.5)
@@ -81,6 +108,26 @@ class FamilySpec:
                                     # grouped per key head) or "split" (Qwen3.5 in_proj_qkv, _z, _b, _a)
     partial_rotary_default: float = 1.0  # partial_rotary_factor when config.json has none (transformers' default)
     trunk_aliases: tuple[str, ...] = ()  # other release prefixes of "model." (multimodal wrappers), renamed on load
+    indexer: str | None = None  # DSA lightning indexer in the MLA blocks (ops_dsa.py), by the RoPE style of its
+                                # keys: "half" (DeepSeek-V3.2) or "interleaved" (GLM-5); None: dense MLA
+    latent_norm_eps: float | None = None  # eps of MLA's q_a / kv_a RMSNorms if not rms_norm_eps: DeepSeek's reference
+                                          # and transformers fix 1e-6 (GLM's rms_norm_eps is 1e-5; vLLM uses that)
+    qk_norm_scope: str = "head"  # "head": q_norm / k_norm [d] per head; "all": one RMSNorm over all heads [h*d]
+                                 # before the split (MiniMax-M2 qk_norm_type "per_layer")
+    tensor_renames: tuple[tuple[str, str], ...] = ()  # (regex on a released name, engine name), applied on load
+                                                       # like transformers' WeightRenaming (MiniMax-M2 w1/w2/w3)
+
+    def layer_type(self, cfg: ModelConfig, i: int) -> str:
+        """Attention kind of block i; i >= L are MTP blocks (their layout says)."""
+        if i >= cfg.num_hidden_layers and self.mtp is not None:
+            padded = cfg.raw.get("layer_types") or []   # Step pads layer_types with the MTP blocks' entries
+            return padded[i] if i < len(padded) else self.mtp.layer_type
+        return cfg.layer_type(i)
+
+    def is_moe(self, cfg: ModelConfig, i: int) -> bool:
+        if i >= cfg.num_hidden_layers and self.mtp is not None and self.mtp.block_mlp == "dense":
+            return False
+        return self.moe and cfg.is_moe_layer(i)
 
     def has_qkv_bias(self, cfg: ModelConfig) -> bool:
         return self.qkv_bias == "always" or (self.qkv_bias == "config" and cfg.attention_bias)
@@ -109,8 +156,35 @@ FAMILIES = {
                               partial_rotary_default=0.25, trunk_aliases=("model.language_model.",)),
 }
 # the text model of the multimodal Qwen3.5/3.6 releases (model_type inside text_config)
+# Step-3.5-Flash (flat config, model_type step3p5) and Step-3.7-Flash (step3p7, the text model in text_config)
+_STEP = FamilySpec(
+    "step3p7", "gqa_hybrid", "half", "config", "always", True, STEP_MTP, "Step3p7ForConditionalGeneration",
+    expert_layout="stacked", norm_offset=1.0, head_gate=True, shared_expert="sized",
+    tensor_renames=((r"\.moe\.gate\.weight$", ".mlp.gate.weight"),
+                    (r"\.moe\.router_bias$", ".mlp.gate.e_score_correction_bias"),
+                    (r"\.moe\.(gate|up|down)_proj\.weight$", r".mlp.experts.\1_proj"),
+                    (r"\.share_expert\.", ".mlp.shared_experts."),
+                    (r"\.transformer\.shared_head\.", ".shared_head.")))
+FAMILIES["step3p7"] = FAMILIES["step3p5"] = _STEP
+FAMILIES["mimo_v2_flash"] = FamilySpec("mimo_v2_flash", "gqa_hybrid", "half", "config", "never", True, MIMO_V2,
+                                       "MiMoV2FlashForCausalLM", partial_rotary_default=0.334)
 FAMILIES["qwen3_5_text"] = FAMILIES["qwen3_5"]
 FAMILIES["qwen3_5_moe_text"] = FAMILIES["qwen3_5_moe"]
+# MLA in the GLM family, and DeepSeek Sparse Attention (MLA + lightning indexer): DeepSeek-V3.2, GLM-5
+FAMILIES["glm4_moe_lite"] = FamilySpec("glm4_moe_lite", "mla", "interleaved", "never", "never", True, NEXTN,
+                                       "Glm4MoeLiteForCausalLM", latent_norm_eps=1e-6)
+FAMILIES["deepseek_v32"] = FamilySpec("deepseek_v32", "mla", "interleaved", "never", "never", True, NEXTN,
+                                      "DeepseekV32ForCausalLM", indexer="half", latent_norm_eps=1e-6)
+FAMILIES["glm_moe_dsa"] = FamilySpec("glm_moe_dsa", "mla", "interleaved", "never", "never", True, NEXTN,
+                                     "GlmMoeDsaForCausalLM", indexer="interleaved", latent_norm_eps=1e-6)
+# MiniMax-M2 / M2.5: the trunk only (its config declares 3 MTP modules, the release holds none; no layout known)
+FAMILIES["minimax_m2"] = FamilySpec(
+    "minimax_m2", "gqa", "half", "never", "config", True, None, "MiniMaxM2ForCausalLM", qk_norm_scope="all",
+    tensor_renames=((r"\.block_sparse_moe\.e_score_correction_bias$", ".mlp.gate.e_score_correction_bias"),
+                    (r"\.block_sparse_moe\.gate\.", ".mlp.gate."),
+                    (r"\.block_sparse_moe\.experts\.(\d+)\.w1\.", r".mlp.experts.\1.gate_proj."),
+                    (r"\.block_sparse_moe\.experts\.(\d+)\.w3\.", r".mlp.experts.\1.up_proj."),
+                    (r"\.block_sparse_moe\.experts\.(\d+)\.w2\.", r".mlp.experts.\1.down_proj.")))
 
 
 def family_for(cfg: ModelConfig) -> FamilySpec:
@@ -122,8 +196,23 @@ def family_for(cfg: ModelConfig) -> FamilySpec:
         raise MtpRefError(f"config.json: scoring_func '{cfg.scoring_func}' is not supported for {spec.name} (only 'sigmoid')")
     if "linear_attention" in cfg.layer_types and spec.linear_attn is None:
         raise MtpRefError(f"config.json: layer_types lists linear_attention layers, which {spec.name} does not have")
+    if "sliding_attention" in cfg.layer_types and spec.attention != "gqa_hybrid":
+        raise MtpRefError(f"config.json: layer_types lists sliding_attention layers, which {spec.name} does not have")
     if spec.attention == "mla" and not (cfg.kv_lora_rank and cfg.qk_rope_head_dim and cfg.v_head_dim):
         raise MtpRefError("config.json: an MLA model needs kv_lora_rank, qk_rope_head_dim, qk_nope_head_dim and v_head_dim")
+    if spec.indexer:
+        from .ops_dsa import dsa_config
+        if not cfg.q_lora_rank:
+            raise MtpRefError(f"config.json: {spec.name}'s DSA indexer reads the q_lora latent; q_lora_rank is missing")
+        dsa_config(cfg)  # validates index_* / indexer_types
+        ri = cfg.raw.get("indexer_rope_interleave")
+        if ri is not None and bool(ri) != (spec.indexer == "interleaved"):
+            raise MtpRefError(f"config.json: indexer_rope_interleave={ri} contradicts {spec.name}'s indexer RoPE "
+                              f"('{spec.indexer}', as transformers implements the family); not supported")
+    ri = cfg.raw.get("rope_interleave")
+    if ri is not None and bool(ri) != (spec.rope_style == "interleaved"):
+        raise MtpRefError(f"config.json: rope_interleave={ri} contradicts {spec.name}'s RoPE ('{spec.rope_style}'); "
+                          f"not supported")
     return spec
 
 
@@ -159,8 +248,13 @@ def block_tensors(cfg: ModelConfig, spec: FamilySpec, layer: int) -> dict[str, t
         t["self_attn.kv_a_layernorm.weight"] = (cfg.kv_lora_rank,)
         t["self_attn.kv_b_proj.weight"] = (nh * (cfg.qk_nope_head_dim + cfg.v_head_dim), cfg.kv_lora_rank)
         t["self_attn.o_proj.weight"] = (H, nh * cfg.v_head_dim)
-    elif cfg.layer_type(layer) == "linear_attention":
+        if spec.indexer:
+            from .ops_dsa import indexer_tensors
+            t.update(indexer_tensors(cfg, layer))
+    elif spec.layer_type(cfg, layer) == "linear_attention":
         t.update(linear_attention_tensors(cfg, spec))
+    elif spec.attention == "gqa_hybrid":
+        t.update(hybrid_attention_tensors(cfg, spec, spec.layer_type(cfg, layer)))
     else:
         hd, nkv = cfg.head_dim, cfg.num_key_value_heads
         t["self_attn.q_proj.weight"] = ((2 if spec.attn_gate else 1) * nh * hd, H)
@@ -172,15 +266,19 @@ def block_tensors(cfg: ModelConfig, spec: FamilySpec, layer: int) -> dict[str, t
             t["self_attn.k_proj.bias"] = (nkv * hd,)
             t["self_attn.v_proj.bias"] = (nkv * hd,)
         if spec.has_qk_norm(cfg):
-            t["self_attn.q_norm.weight"] = (hd,)
-            t["self_attn.k_norm.weight"] = (hd,)
-    if spec.moe and cfg.is_moe_layer(layer):
+            per_head = spec.qk_norm_scope == "head"
+            t["self_attn.q_norm.weight"] = (hd if per_head else nh * hd,)
+            t["self_attn.k_norm.weight"] = (hd if per_head else nkv * hd,)
+    if spec.is_moe(cfg, layer):
         E, I = cfg.n_routed_experts, cfg.moe_intermediate_size
         t["mlp.gate.weight"] = (E, H)
         if spec.router == "sigmoid_group":
             t["mlp.gate.e_score_correction_bias"] = (E,)
         if spec.expert_layout == "fused":
             t["mlp.experts.gate_up_proj"] = (E, 2 * I, H)
+            t["mlp.experts.down_proj"] = (E, H, I)
+        elif spec.expert_layout == "stacked":
+            t["mlp.experts.gate_proj"] = t["mlp.experts.up_proj"] = (E, I, H)
             t["mlp.experts.down_proj"] = (E, H, I)
         else:
             for e in range(E):
@@ -194,8 +292,8 @@ def block_tensors(cfg: ModelConfig, spec: FamilySpec, layer: int) -> dict[str, t
                 t["mlp.shared_expert.up_proj.weight"] = (Is, H)
                 t["mlp.shared_expert.down_proj.weight"] = (H, Is)
                 t["mlp.shared_expert_gate.weight"] = (1, H)
-        elif cfg.n_shared_experts:
-            Is = I * cfg.n_shared_experts
+        elif cfg.n_shared_experts or spec.shared_expert == "sized":
+            Is = cfg.shared_expert_intermediate_size if spec.shared_expert == "sized" else I * cfg.n_shared_experts
             t["mlp.shared_experts.gate_proj.weight"] = (Is, H)
             t["mlp.shared_experts.up_proj.weight"] = (Is, H)
             t["mlp.shared_experts.down_proj.weight"] = (H, Is)
@@ -246,6 +344,26 @@ def mtp_tensors(cfg: ModelConfig, spec: FamilySpec, j: int) -> dict[str, tuple[i
         t[p + lay.embed] = (V, H)
     # the block inside an MTP module follows the layer-index rule of its index L + j (MoE or dense; always
     # full attention: config.layer_type(i >= L))
+    rename = dict(lay.block_rename)
     for k, s in block_tensors(cfg, spec, cfg.num_hidden_layers + j).items():
-        t[b + k] = s
+        t[b + rename.get(k, k)] = s
     return t
+
+
+# Model types with an engine module of their own: configs and blocks that do not fit ModelConfig / FamilySpec
+# (Gemma 4: per-type head geometry, sandwich norms, KV-shared layers, per-layer embeddings; its assistant drafter).
+# load_model hands such a checkpoint to the module's load(path, raw config.json).
+OWN_ENGINES = {"gemma4": "mtp_ref.gemma4", "gemma4_text": "mtp_ref.gemma4", "gemma4_assistant": "mtp_ref.gemma4"}
+
+
+def own_engine(path):
+    """The model loaded by its own engine module if config.json names one of OWN_ENGINES, else None (load_config
+    then reports any problem with the file)."""
+    import importlib
+    import json
+    try:
+        raw = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    mod = OWN_ENGINES.get(raw.get("model_type")) if isinstance(raw, dict) else None
+    return None if mod is None else importlib.import_module(mod).load(path, raw)

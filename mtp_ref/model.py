@@ -11,11 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import ops
+from . import ops, ops_dsa, ops_sinks
 from .cache import KVCache, LayerCache, RecurrentCache
 from .config import ModelConfig, load_config, rope_inv_freq, softmax_scale
 from .errors import MtpRefError
-from .families import FamilySpec, block_tensors, family_for, mtp_tensors, trunk_tensors, with_checkpoint_layout
+from .families import (FamilySpec, block_tensors, family_for, mtp_tensors, own_engine, trunk_tensors,
+                       with_checkpoint_layout)
 from .weights import Checkpoint
 
 BUNDLED = Path(__file__).parent / "checkpoints" / "mtp-tiny"
@@ -24,14 +25,14 @@ BUNDLED = Path(__file__).parent / "checkpoints" / "mtp-tiny"
 class Prefixed:
     """W["x.weight"] -> checkpoint["model.layers.3.x.weight"], recording which tensors a forward reads."""
 
-    def __init__(self, model: "Model", prefix: str):
-        self.model, self.prefix = model, prefix
+    def __init__(self, model: "Model", prefix: str, rename: dict | None = None):
+        self.model, self.prefix, self.rename = model, prefix, rename or {}
 
     def __getitem__(self, name: str) -> np.ndarray:
-        return self.model.weight(self.prefix + name)
+        return self.model.weight(self.prefix + self.rename.get(name, name))
 
     def get(self, name: str) -> np.ndarray | None:
-        full = self.prefix + name
+        full = self.prefix + self.rename.get(name, name)
         return self.model.weight(full) if full in self.model.ckpt else None
 
     def expert(self, name: str, e: int) -> np.ndarray:
@@ -50,6 +51,12 @@ class Model:
         # MLA: "absorbed" folds kv_b into q and the output (what DeepSeek runs for decode; no per-token
         # expansion of the cache); "naive" expands keys/values from the latent, the readable reference.
         self.attn_impl = "absorbed"
+        # DSA (spec.indexer): "sparse" attends only the indexer's top-k rows (ops_dsa.gathered_attention);
+        # "masked" scores every row and masks the rest (the readable twin); "dense" skips the indexer: plain
+        # MLA, what llama.cpp runs for V3.2's MTP layer, equal to the others when index_topk >= the length.
+        self.dsa_impl = "sparse"
+        self.dsa = ops_dsa.dsa_config(cfg) if spec.indexer else None
+        self._dsa_selection = None  # the last full indexer layer's (idx, valid): "shared" layers reuse it
         # Gated DeltaNet: "recurrent" runs the delta rule one token at a time and keeps the state after every
         # token (the snapshots speculative rollback restores); "chunked" is the parallel form prefill uses.
         # "auto": recurrent for up to recurrent_max_tokens new tokens (decode, verify), chunked above.
@@ -62,6 +69,13 @@ class Model:
         # anyway. "auto": dense when n_routed_experts <= 2 * n * top-k (the bundled 4-expert model), else per_expert.
         self.moe_impl = "auto"
         self._stacked: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        # "gqa_hybrid" (MiMo-V2): sliding-window layers see sliding_window_size + swa_extra_keys keys (1:
+        # transformers / SGLang; 0: vLLM). Geometry and RoPE theta per layer type (ops_sinks.geometry).
+        self.swa_extra_keys = 1
+        self._geometry: dict[str, ops_sinks.AttnGeometry] = {}
+        # which output of MTP module j feeds depth j+1: "post_norm" (transformers' MtpModel, the DeepSeek
+        # paper; our convention) or "pre_norm", the block output before the out norm (vLLM, SGLang)
+        self.mtp_chain = "post_norm"
         self.bytes_read = 0       # weight bytes touched since reset_meter() (what decode must stream from memory)
         self._touched: set = set()   # tensor names (and (name, expert) slices) read in this forward
 
@@ -103,12 +117,24 @@ class Model:
         return ops.linear(x, self.weight(name))              # [n, H] -> [n, V]
 
     # ------------------------------------------------------------------ building blocks
-    def rms_norm(self, x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    def rms_norm(self, x: np.ndarray, w: np.ndarray, eps: float | None = None) -> np.ndarray:
         """The family's RMSNorm: x / rms(x) * (norm_offset + w); Qwen3-Next/3.5 store zero-centred w (offset 1)."""
-        return ops.rms_norm(x, w + self.spec.norm_offset if self.spec.norm_offset else w, self.config.rms_norm_eps)
+        return ops.rms_norm(x, w + self.spec.norm_offset if self.spec.norm_offset else w,
+                            self.config.rms_norm_eps if eps is None else eps)
 
     def rope(self, positions: np.ndarray):
+        if self.spec.attention == "gqa_hybrid":  # a theta per layer type: {layer type: table}
+            freqs = {lt: ops_sinks.rope_inv_freq(self.geometry(lt), self.config)
+                     for lt in ("full_attention", "sliding_attention")}          # (inv_freq, factor) per type
+            tabs = {lt: ops.rope_tables(inv, positions, att) for lt, (inv, att) in freqs.items()}
+            return {lt: c for lt, (c, _) in tabs.items()}, {lt: s for lt, (_, s) in tabs.items()}
         return ops.rope_tables(self.inv_freq, positions, self.attention_factor)
+
+    def geometry(self, layer_type: str) -> "ops_sinks.AttnGeometry":
+        key = f"{layer_type}/{self.swa_extra_keys}"
+        if key not in self._geometry:
+            self._geometry[key] = ops_sinks.geometry(self.config, layer_type, self.swa_extra_keys)
+        return self._geometry[key]
 
     def gqa_attention(self, x, W: Prefixed, cache: LayerCache, start: int, cos, sin):
         cfg, spec = self.config, self.spec
@@ -120,7 +146,10 @@ class Model:
             q = q.reshape(n, nh, hd)
         k = ops.linear(x, W["self_attn.k_proj.weight"], W.get("self_attn.k_proj.bias")).reshape(n, nkv, hd)
         v = ops.linear(x, W["self_attn.v_proj.weight"], W.get("self_attn.v_proj.bias")).reshape(n, nkv, hd)
-        if spec.has_qk_norm(cfg):
+        if spec.has_qk_norm(cfg) and spec.qk_norm_scope == "all":  # one norm over all heads (MiniMax-M2)
+            q = self.rms_norm(q.reshape(n, -1), W["self_attn.q_norm.weight"]).reshape(q.shape)  # over h*d
+            k = self.rms_norm(k.reshape(n, -1), W["self_attn.k_norm.weight"]).reshape(k.shape)
+        elif spec.has_qk_norm(cfg):
             q = self.rms_norm(q, W["self_attn.q_norm.weight"])                   # per head, [n, h, d]
             k = self.rms_norm(k, W["self_attn.k_norm.weight"])
         q = ops.apply_rope(q, cos, sin, spec.rope_style)
@@ -171,35 +200,55 @@ class Model:
         return ops.linear(o.reshape(n, nv * dv), W[p + "out_proj.weight"])      # [n, H]
 
     def mla_attention(self, x, W: Prefixed, cache: LayerCache, start: int, cos, sin):
-        """DeepSeek Multi-head Latent Attention. The cache holds c_kv [T, r] and k_pe [T, dr] only."""
+        """DeepSeek Multi-head Latent Attention. The cache holds c_kv [T, r] and k_pe [T, dr] only (plus the DSA
+        indexer's key idx_k [T, d_I] when the family has one, spec.indexer)."""
         cfg = self.config
         n, nh = x.shape[0], cfg.num_attention_heads
         dn, dr, dv, r = cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim, cfg.kv_lora_rank
         if cfg.q_lora_rank:
             cq = self.rms_norm(ops.linear(x, W["self_attn.q_a_proj.weight"]),
-                               W["self_attn.q_a_layernorm.weight"])             # [n, H] -> [n, rq]
+                               W["self_attn.q_a_layernorm.weight"], self.spec.latent_norm_eps)  # [n, H] -> [n, rq]
             q = ops.linear(cq, W["self_attn.q_b_proj.weight"])                   # [n, rq] -> [n, h*(dn+dr)]
         else:
             q = ops.linear(x, W["self_attn.q_proj.weight"])
         q = q.reshape(n, nh, dn + dr)
         q_nope, q_pe = q[..., :dn], ops.apply_rope(q[..., dn:], cos, sin, self.spec.rope_style)  # [n, h, dn], [n, h, dr]
         ckv = ops.linear(x, W["self_attn.kv_a_proj_with_mqa.weight"])            # [n, H] -> [n, r + dr]
-        c = self.rms_norm(ckv[:, :r], W["self_attn.kv_a_layernorm.weight"])      # [n, r]
+        c = self.rms_norm(ckv[:, :r], W["self_attn.kv_a_layernorm.weight"], self.spec.latent_norm_eps)  # [n, r]
         k_pe = ops.apply_rope(ckv[:, None, r:], cos, sin, self.spec.rope_style)[:, 0]          # [n, dr], shared by heads
-        kv = cache.append(c=c, k_pe=k_pe)                                        # [T, r], [T, dr]
+        rows = {"c": c, "k_pe": k_pe}
+        dsa = self.spec.indexer is not None and self.dsa_impl != "dense"
+        if dsa and W.get("self_attn.indexer.wk.weight") is not None:  # a layer with its own indexer
+            p = "self_attn.indexer."
+            qI, rows["idx_k"], wI = ops_dsa.indexer_qk(
+                x, cq, W[p + "wq_b.weight"], W[p + "wk.weight"], W[p + "k_norm.weight"], W[p + "k_norm.bias"],
+                W[p + "weights_proj.weight"], self.dsa, cos, sin, self.spec.indexer)
+        kv = cache.append(**rows)                                                # [T, r], [T, dr] (+ [T, d_I])
+        if dsa and "idx_k" in rows:
+            self._dsa_selection = ops_dsa.select_topk(ops_dsa.index_scores(qI, kv["idx_k"], wI), start,
+                                                      self.dsa.index_topk)      # ([n, K], [n, K])
+        sel = self._dsa_selection if dsa else None  # a "shared" layer keeps the last full layer's choice
+
+        def attend(qf, kf, vf):                                                  # [n, h, d], [T, g, d], [T, g, dv]
+            if sel is None:
+                return ops.causal_attention(qf, kf, vf, self.scale, start)
+            if self.dsa_impl == "masked":
+                return ops_dsa.masked_attention(qf, kf, vf, self.scale, ops_dsa.keep_mask(*sel, kf.shape[0]))
+            return ops_dsa.gathered_attention(qf, kf, vf, self.scale, *sel)
+
         C, KPE = kv["c"], kv["k_pe"]
         w_kvb = W["self_attn.kv_b_proj.weight"]                                  # [h*(dn+dv), r]
         if self.attn_impl == "naive":  # expand every cached latent into per-head keys and values
             kvx = ops.linear(C, w_kvb).reshape(-1, nh, dn + dv)                  # [T, r] -> [T, h, dn+dv]
             k = np.concatenate([kvx[..., :dn], np.broadcast_to(KPE[:, None, :], (C.shape[0], nh, dr))], -1)
             qf = np.concatenate([q_nope, q_pe], -1)                              # [n, h, dn+dr]
-            o = ops.causal_attention(qf, k, np.ascontiguousarray(kvx[..., dn:]), self.scale, start)  # [n, h*dv]
+            o = attend(qf, k, np.ascontiguousarray(kvx[..., dn:]))              # [n, h*dv]
         else:  # absorbed: scores = (q_nope W_UK) . c + q_pe . k_pe ; out = (p C) W_UV; no per-token expansion
             w3 = w_kvb.reshape(nh, dn + dv, r)                                   # [h, dn+dv, r]
             q_lat = (q_nope.transpose(1, 0, 2) @ w3[:, :dn]).transpose(1, 0, 2)  # [n, h, dn] -> [n, h, r]
             qf = np.concatenate([q_lat, q_pe], -1)                               # [n, h, r+dr]
             kf = np.concatenate([C, KPE], -1)[:, None, :]                        # [T, 1, r+dr]
-            o_lat = ops.causal_attention(qf, kf, C[:, None, :], self.scale, start).reshape(n, nh, r)
+            o_lat = attend(qf, kf, C[:, None, :]).reshape(n, nh, r)
             o = (o_lat.transpose(1, 0, 2) @ w3[:, dn:].transpose(0, 2, 1))       # [h, n, r] -> [h, n, dv]
             o = o.transpose(1, 0, 2).reshape(n, nh * dv)                         # [n, h*dv]
         return ops.linear(o, W["self_attn.o_proj.weight"])                       # [n, H]
@@ -233,13 +282,24 @@ class Model:
             w = w / (w.sum(-1, keepdims=True) + 1e-20)
         return idx, w * cfg.routed_scaling_factor
 
-    def expert(self, x, W: Prefixed, e: int):
+    def swiglu_limit(self, layer: int | None, shared: bool) -> float | None:
+        """Step-3.5/3.7 clamp bound of layer `layer` (config swiglu_limits: routed experts; swiglu_limits_shared:
+        shared expert and dense MLP), indexed by the layer's own index (L + j for MTP blocks); 0 / null: none."""
+        lim = self.config.raw.get("swiglu_limits_shared" if shared else "swiglu_limits")
+        if layer is None or not isinstance(lim, list) or layer >= len(lim) or not lim[layer]:
+            return None
+        return float(lim[layer])
+
+    def expert(self, x, W: Prefixed, e: int, limit: float | None = None):
         if self.spec.expert_layout == "fused":  # gate_up_proj [E, 2I, H] (gate rows first), down_proj [E, H, I]
             gu = W.expert("mlp.experts.gate_up_proj", e)
             I = gu.shape[0] // 2
-            return ops.swiglu_mlp(x, gu[:I], gu[I:], W.expert("mlp.experts.down_proj", e))
+            return ops.swiglu_mlp(x, gu[:I], gu[I:], W.expert("mlp.experts.down_proj", e), limit)
+        if self.spec.expert_layout == "stacked":  # gate_proj, up_proj [E, I, H], down_proj [E, H, I] (Step)
+            return ops.swiglu_mlp(x, W.expert("mlp.experts.gate_proj", e), W.expert("mlp.experts.up_proj", e),
+                                  W.expert("mlp.experts.down_proj", e), limit)
         p = f"mlp.experts.{e}."
-        return ops.swiglu_mlp(x, W[p + "gate_proj.weight"], W[p + "up_proj.weight"], W[p + "down_proj.weight"])
+        return ops.swiglu_mlp(x, W[p + "gate_proj.weight"], W[p + "up_proj.weight"], W[p + "down_proj.weight"], limit)
 
     def stacked_experts(self, W: Prefixed) -> tuple[np.ndarray, np.ndarray]:
         """All routed experts of a layer as [E, 2I, H] (gate rows, then up rows) and [E, H, I] (down)."""
@@ -247,6 +307,10 @@ class Model:
             c = self.ckpt
             if self.spec.expert_layout == "fused":
                 gu, dn = c.get(W.prefix + "mlp.experts.gate_up_proj"), c.get(W.prefix + "mlp.experts.down_proj")
+            elif self.spec.expert_layout == "stacked":
+                gu = np.concatenate([c.get(W.prefix + "mlp.experts.gate_proj"), c.get(W.prefix + "mlp.experts.up_proj")],
+                                    axis=1)                                      # [E, 2I, H]
+                dn = c.get(W.prefix + "mlp.experts.down_proj")
             else:
                 E, p = self.config.n_routed_experts, W.prefix + "mlp.experts."
                 gu = np.stack([np.concatenate([c.get(f"{p}{e}.gate_proj.weight"), c.get(f"{p}{e}.up_proj.weight")])
@@ -255,7 +319,7 @@ class Model:
             self._stacked[W.prefix] = (gu, dn)
         return self._stacked[W.prefix]
 
-    def experts_dense(self, x, W: Prefixed, idx, w):
+    def experts_dense(self, x, W: Prefixed, idx, w, limit: float | None = None):
         """Sum over k of w[:, k] * expert_{idx[:, k]}(x), computed as every expert on every row."""
         gu, dn = self.stacked_experts(W)
         E, I2, H = gu.shape
@@ -263,52 +327,60 @@ class Model:
             if self.spec.expert_layout == "fused":
                 self.expert_weight(W.prefix + "mlp.experts.gate_up_proj", int(e))
                 self.expert_weight(W.prefix + "mlp.experts.down_proj", int(e))
+            elif self.spec.expert_layout == "stacked":
+                for name in ("gate_proj", "up_proj", "down_proj"):
+                    self.expert_weight(W.prefix + "mlp.experts." + name, int(e))
             else:
                 for name in ("gate_proj", "up_proj", "down_proj"):
                     self.weight(f"{W.prefix}mlp.experts.{int(e)}.{name}.weight")
         n = x.shape[0]
         h = ops.linear(x, gu.reshape(E * I2, H)).reshape(n, E, I2)              # [n, H] -> [n, E, 2I]
-        a = ops.silu(h[..., : I2 // 2]) * h[..., I2 // 2:]                      # [n, E, I]
+        a = ops.swiglu_clamped(h[..., : I2 // 2], h[..., I2 // 2:], limit)      # [n, E, I]
         out = np.matmul(a.transpose(1, 0, 2), dn.transpose(0, 2, 1))             # [E, n, I] @ [E, I, H] -> [E, n, H]
         dense_w = np.zeros((n, E), x.dtype)                                      # [n, E], 0 for unselected experts
         np.put_along_axis(dense_w, idx, w.astype(x.dtype), axis=-1)
         return np.einsum("ne,enh->nh", dense_w, out)                            # [n, H]
 
-    def moe(self, x, W: Prefixed):
+    def moe(self, x, W: Prefixed, layer: int | None = None):
         idx, w = self.route(x, W)                                                # [n, k], [n, k]
         cfg = self.config
+        limit = self.swiglu_limit(layer, shared=False)
         dense = self.moe_impl == "dense" or (
             self.moe_impl == "auto" and cfg.n_routed_experts <= 2 * x.shape[0] * cfg.num_experts_per_tok)
         if dense:
-            y = self.experts_dense(x, W, idx, w)
+            y = self.experts_dense(x, W, idx, w, limit)
         else:
             y = np.zeros_like(x)
             for e in np.unique(idx):                                             # each selected expert read once
                 rows, slot = np.nonzero(idx == e)                                # a token picks e at most once
-                y[rows] += self.expert(x[rows], W, int(e)) * w[rows, slot][:, None]
+                y[rows] += self.expert(x[rows], W, int(e), limit) * w[rows, slot][:, None]
         if self.spec.shared_expert == "gated":
             if self.config.shared_expert_intermediate_size:
                 s = ops.swiglu_mlp(x, W["mlp.shared_expert.gate_proj.weight"], W["mlp.shared_expert.up_proj.weight"],
                                    W["mlp.shared_expert.down_proj.weight"])
                 y = y + ops.sigmoid(ops.linear(x, W["mlp.shared_expert_gate.weight"])) * s   # [n, 1] * [n, H]
-        elif self.config.n_shared_experts:
+        elif self.config.n_shared_experts or self.spec.shared_expert == "sized":
             y = y + ops.swiglu_mlp(x, W["mlp.shared_experts.gate_proj.weight"], W["mlp.shared_experts.up_proj.weight"],
-                                   W["mlp.shared_experts.down_proj.weight"])
+                                   W["mlp.shared_experts.down_proj.weight"], self.swiglu_limit(layer, shared=True))
         return y
 
     def block(self, x, W: Prefixed, layer: int, cache, start: int, cos, sin):
         """Pre-norm decoder block: x + mixer(norm(x)), then + mlp(norm(.)). The mixer is attention, or
         Gated DeltaNet for the "linear_attention" layers of hybrid models (cache is then a RecurrentCache)."""
         xn = self.rms_norm(x, W["input_layernorm.weight"])
-        if self.config.layer_type(layer) == "linear_attention":
+        lt = self.spec.layer_type(self.config, layer)
+        if lt == "linear_attention":
             h = x + self.linear_attention(xn, W, cache)
+        elif self.spec.attention == "gqa_hybrid":
+            h = x + ops_sinks.hybrid_attention(self, xn, W, cache, start, cos[lt], sin[lt], self.geometry(lt))
         else:
             attn = self.mla_attention if self.spec.attention == "mla" else self.gqa_attention
             h = x + attn(xn, W, cache, start, cos, sin)
         hn = self.rms_norm(h, W["post_attention_layernorm.weight"])
-        if self.spec.moe and self.config.is_moe_layer(layer):
-            return h + self.moe(hn, W)
-        return h + ops.swiglu_mlp(hn, W["mlp.gate_proj.weight"], W["mlp.up_proj.weight"], W["mlp.down_proj.weight"])
+        if self.spec.is_moe(self.config, layer):
+            return h + self.moe(hn, W, layer)
+        return h + ops.swiglu_mlp(hn, W["mlp.gate_proj.weight"], W["mlp.up_proj.weight"], W["mlp.down_proj.weight"],
+                                  self.swiglu_limit(layer, shared=True))
 
     # ------------------------------------------------------------------ forwards
     def forward(self, ids, cache: KVCache, collect: dict | None = None):
@@ -347,7 +419,8 @@ class Model:
         x = proj(concat[emb_norm(E ids), hid_norm(prev_h)])   (order per family)
         g = out_norm(block(x));  logits = head(g)
         (Qwen3-Next/3.5: the glue norms and proj are shared by all modules; block j is `mtp.layers.{j}.`)
-        Returns (g [n, H] post-norm, which feeds depth j+1, and logits [n, V], or [1, V] for the last
+        Returns (g [n, H] post-norm, which feeds depth j+1 (block(x) before out_norm instead when
+        mtp_chain == "pre_norm"), and logits [n, V], or [1, V] for the last
         row only with last_only: drafting needs just that row, and the head is the largest matrix).
         """
         cfg, lay = self.config, self.spec.mtp
@@ -364,11 +437,12 @@ class Model:
         x = ops.linear(cat, W[lay.proj])                                          # [n, 2H] -> [n, H]
         cos, sin = self.rope(positions)
         # the mask indexes cache rows (row r sits at rotary position positions[r - cache.length])
-        x = self.block(x, Prefixed(self, lay.block_prefix(cfg, j)), cfg.num_hidden_layers + j, cache, cache.length,
-                       cos, sin)
+        x = self.block(x, Prefixed(self, lay.block_prefix(cfg, j), dict(lay.block_rename)), cfg.num_hidden_layers + j,
+                       cache, cache.length, cos, sin)
         g = self.rms_norm(x, W[lay.out_norm])                                     # [n, H]
         own_head = lay.head and (p + lay.head) in self.ckpt
-        return g, self.head(g[-1:] if last_only else g, p + lay.head if own_head else None)
+        carry = g if self.mtp_chain == "post_norm" else x                         # what depth j+1 takes
+        return carry, self.head(g[-1:] if last_only else g, p + lay.head if own_head else None)
 
     def new_cache(self, keep_snapshots: bool = True) -> KVCache:
         """A cache per trunk layer; the Gated DeltaNet layers get a RecurrentCache. keep_snapshots: keep the
@@ -411,7 +485,8 @@ def count_mtp_modules(cfg: ModelConfig, spec: FamilySpec, ckpt: Checkpoint) -> i
     n = 0
     while True:
         want = mtp_tensors(cfg, spec, n)
-        optional = {spec.mtp.module_prefix(cfg, n) + s for s in (spec.mtp.head, spec.mtp.embed) if s}
+        optional = {spec.mtp.module_prefix(cfg, n) + s for s in (spec.mtp.head if spec.mtp.head_optional else None,
+                                                                  spec.mtp.embed) if s}
         # what only module n has: all of it (nextn, mimo), or its block when the glue is shared (Qwen `mtp.`)
         own = [k for k in want if n == 0 or k.startswith(spec.mtp.block_prefix(cfg, n))]
         present = [k for k in own if k in ckpt]
@@ -441,6 +516,9 @@ def _limit_blas_threads(cfg: ModelConfig) -> None:
 def load_model(path: str | Path | None = None) -> Model:
     """Open a Hugging Face checkpoint directory (None: the bundled tiny MTP model)."""
     path = Path(path) if path is not None else BUNDLED
+    own = own_engine(path)
+    if own is not None:  # a family with an engine module of its own (families.OWN_ENGINES)
+        return own
     cfg = load_config(path)
     spec = family_for(cfg)
     q = cfg.quantization_config or {}
@@ -449,7 +527,8 @@ def load_model(path: str | Path | None = None) -> Model:
                           f"is not supported (only the DeepSeek-style block 'fp8')")
     if cfg.rope.partial_rotary_factor is None:
         cfg.rope.partial_rotary_factor = spec.partial_rotary_default
-    ckpt = Checkpoint(path, tuple(q.get("weight_block_size", (128, 128))), aliases=spec.trunk_aliases)
+    ckpt = Checkpoint(path, tuple(q.get("weight_block_size", (128, 128))), aliases=spec.trunk_aliases,
+                      renames=spec.tensor_renames)
     _limit_blas_threads(cfg)
     spec = with_checkpoint_layout(spec, cfg, ckpt.infos)
     check_tensors(ckpt, trunk_tensors(cfg, spec), "trunk")

@@ -43,8 +43,17 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     return e / np.sum(e, axis=axis, keepdims=True)
 
 
-def swiglu_mlp(x: np.ndarray, wg: np.ndarray, wu: np.ndarray, wd: np.ndarray) -> np.ndarray:
-    return linear(silu(linear(x, wg)) * linear(x, wu), wd)  # [n, H] -> [n, I] -> [n, H]
+def swiglu_mlp(x: np.ndarray, wg: np.ndarray, wu: np.ndarray, wd: np.ndarray, limit: float | None = None) -> np.ndarray:
+    if limit is None:
+        return linear(silu(linear(x, wg)) * linear(x, wu), wd)  # [n, H] -> [n, I] -> [n, H]
+    return linear(swiglu_clamped(linear(x, wg), linear(x, wu), limit), wd)
+
+
+def swiglu_clamped(gate: np.ndarray, up: np.ndarray, limit: float | None) -> np.ndarray:
+    """silu(gate) capped at +limit times up clipped to [-limit, limit] (Step-3.5/3.7 `swiglu_limits`)."""
+    if limit is None:
+        return silu(gate) * up
+    return np.minimum(silu(gate), limit) * np.clip(up, -limit, limit)
 
 
 def rope_tables(inv_freq: np.ndarray, positions: np.ndarray, attention_factor: float = 1.0):

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
+
+from .errors import MtpRefError
 
 
 @dataclass(frozen=True)
@@ -12,6 +16,17 @@ class SamplingParams:
     temperature: float = 0.0   # 0 = greedy (argmax)
     top_k: int = 0             # 0 = off
     top_p: float = 1.0         # 1 = off
+
+    def __post_init__(self):
+        # a NaN temperature or an empty top-p nucleus does not fail later: it turns the distribution into NaNs,
+        # and the draws and acceptance rates read from it into confident garbage, so refuse them here
+        t, k, p = self.temperature, self.top_k, self.top_p
+        if isinstance(t, bool) or not isinstance(t, numbers.Real) or not math.isfinite(t) or t < 0:
+            raise MtpRefError(f"temperature (--temperature) must be a finite number >= 0 (0 = greedy), got {t!r}")
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 0:
+            raise MtpRefError(f"top_k (--top-k) must be an integer >= 0 (0 = off), got {k!r}")
+        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 < p <= 1.0:
+            raise MtpRefError(f"top_p (--top-p) must be in (0, 1] (1 = off), got {p!r}")
 
     @property
     def greedy(self) -> bool:

@@ -9,6 +9,8 @@ State between cycles:
 chain mode:     module j drafts depth j+1 (the released multi-module layout, k <= modules).
 recursive mode: module 0 drafts every depth, feeding its own post-norm output back as the
                 hidden of the next row (what engines do with DeepSeek-V3's single module).
+The drafting itself is behind a drafter (drafters.py): the checkpoint's MTP modules as above (MtpDrafter,
+the default) or a separate model that reads the main cache and keeps none (Gemma 4's assistant).
 
 Verification of k drafts is ONE trunk forward over [pending, d1 .. dk]. Greedy: accept while
 d_j equals the target argmax; the first mismatch is replaced by the argmax, or a bonus token
@@ -30,6 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .cache import LayerCache
+from .drafters import MtpDrafter
 from .errors import MtpRefError
 from .model import Model
 from .sampling import SamplingParams, probs_from_logits, sample, top_probs
@@ -93,7 +96,9 @@ class Stats:
 
 class SpeculativeDecoder:
     def __init__(self, model: Model, draft_depth: int = 0, mode: str = "chain",
-                 sampling: SamplingParams = SamplingParams(), seed: int = 0, rollback: str = "snapshot"):
+                 sampling: SamplingParams = SamplingParams(), seed: int = 0, rollback: str = "snapshot",
+                 drafter=None):
+        """drafter: what drafts (drafters.py); None: the checkpoint's own MTP modules (drafters.MtpDrafter)."""
         cfg = model.config
         if mode not in ("chain", "recursive"):
             raise MtpRefError(f"--mode must be 'chain' or 'recursive', not '{mode}'")
@@ -106,19 +111,21 @@ class SpeculativeDecoder:
                               f"snapshots; use a smaller --draft or --rollback redecode")
         if draft_depth < 0:
             raise MtpRefError("--draft must be >= 0")
-        if draft_depth > 0 and cfg.num_mtp_modules == 0:
+        if draft_depth > 0 and cfg.num_mtp_modules == 0 and drafter is None:
             declared = cfg.num_nextn_predict_layers
-            why = (f"config.json declares num_nextn_predict_layers={declared} but the weights hold no MTP module "
+            why = (f"config.json declares {cfg.mtp_declared_by}={declared} but the weights hold no MTP module "
                    f"(a conversion or quantisation dropped them)" if declared else
                    f"the '{cfg.model_type}' checkpoint has no MTP modules")
-            raise MtpRefError(f"{model.path}: cannot draft: {why}; use --draft 0 or a checkpoint with MTP weights")
-        if mode == "chain" and draft_depth > cfg.num_mtp_modules:
+            raise MtpRefError(f"{model.path}: cannot draft: {why}; use --draft 0, a checkpoint with MTP weights, "
+                              f"or a separate drafter (--drafter DIR, e.g. a Gemma 4 assistant)")
+        if mode == "chain" and draft_depth > cfg.num_mtp_modules and drafter is None:
             raise MtpRefError(f"chain mode drafts depth j with module j, and this checkpoint has "
                               f"{cfg.num_mtp_modules} MTP module(s): use --draft <= {cfg.num_mtp_modules} "
                               f"or --mode recursive")
         self.model, self.k, self.mode, self.sp, self.rollback_mode = model, draft_depth, mode, sampling, rollback
         self.rng = np.random.default_rng(seed)
-        n_mod = 0 if draft_depth == 0 else (draft_depth if mode == "chain" else 1)
+        n_mod = 0 if draft_depth == 0 or drafter is not None else (draft_depth if mode == "chain" else 1)
+        self.drafter = MtpDrafter() if drafter is None else drafter
         self.cache = model.new_cache() if rollback == "snapshot" else model.new_cache(keep_snapshots=False)
         self._saved = None                                     # pre-verify checkpoint (rollback="redecode")
         self.mtp_caches = [model.new_mtp_cache() for _ in range(n_mod)]
@@ -180,27 +187,17 @@ class SpeculativeDecoder:
         self._h.append(h=h)
         self.tokens, self.prompt_len = list(prompt), len(prompt)
         self.pending, _ = self._choose(logits[-1])
-        # rows that use prompt tokens only: module j, rows 0 .. N-2-j
-        ext = self.tokens
-        for j in range(len(self.mtp_caches)):
-            self._mtp_rows(j, len(prompt) - 1 - j, ext)
+        self.drafter.prefill(self)
         self.stats.prefill_seconds = time.perf_counter() - t0
         self.model.reset_meter()
         return self.pending
 
     def draft(self) -> tuple[list[int], list[np.ndarray | None], list[DraftInfo]]:
         """k draft tokens with their draft distributions q (None when greedy)."""
-        N, ext = len(self.tokens), self.tokens + [self.pending]
+        ext = self.tokens + [self.pending]
         drafts, qs, infos = [], [], []
         for j in range(self.k):
-            if self.mode == "chain" or j == 0:
-                logits = self._mtp_rows(j, N, ext)[-1]
-            else:  # recursive: one provisional row at N-1+j fed with the previous step's output
-                c = self.mtp_caches[0]
-                g, lg = self.model.mtp_forward(0, [ext[N + j]], self.mtp_out(0)[-1:], c, np.array([N + j]),
-                                               last_only=True)
-                self._out[0].append(g=g)
-                logits = lg[-1]
+            logits = self.drafter.logits(self, j, ext)
             self.stats.mtp_forwards += 1
             d, q = self._choose(logits)
             if q is not None:
@@ -247,7 +244,7 @@ class SpeculativeDecoder:
         return len(drafts), drafts + [bonus], us, pds, None
 
     def rollback(self, N: int, a: int, h_new: np.ndarray, drafts: list[int] = ()) -> None:
-        """Keep pending + a accepted drafts in the main cache; cut rows that saw a rejected draft."""
+        """Keep pending + a accepted drafts in the main cache; cut drafter rows that saw a rejected draft."""
         if self.rollback_mode == "redecode" and a + 1 < len(h_new):
             # the reference: back to the state before verify, then decode the kept tokens again
             self.cache.restore(self._saved)
@@ -256,14 +253,7 @@ class SpeculativeDecoder:
         else:
             self.cache.truncate(N + 1 + a)
         self._h.append(h=h_new[: a + 1])
-        for j, c in enumerate(self.mtp_caches):
-            if self.mode == "chain":
-                # module j row i used tokens up to t[i+j+1] and drafts of depth < j: still valid when i+j+1 <= N+a
-                keep = min(c.length, N + a - j, N)
-            else:
-                keep = min(c.length, N)  # provisional recursive rows were fed MTP outputs, not trunk hiddens
-            c.truncate(max(keep, 0))
-            self._out[j].truncate(min(self._out[j].length, c.length))
+        self.drafter.rollback(self, N, a)
 
     def step(self) -> StepRecord:
         """One cycle (or one plain decode step when k = 0); commits >= 1 token."""
@@ -311,8 +301,9 @@ class GenerationResult:
 
 def generate(model: Model, prompt_ids: list[int], max_new_tokens: int = 32, draft_depth: int = 0,
              mode: str = "chain", temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
-             stop_at_eos: bool = True, rollback: str = "snapshot") -> GenerationResult:
-    """Generate up to max_new_tokens tokens after prompt_ids (stops early at an eos token)."""
+             stop_at_eos: bool = True, rollback: str = "snapshot", drafter=None) -> GenerationResult:
+    """Generate up to max_new_tokens tokens after prompt_ids (stops early at an eos token). drafter: see
+    SpeculativeDecoder (None: the checkpoint's MTP modules)."""
     if max_new_tokens < 1:
         raise MtpRefError("--max-new-tokens must be >= 1")
     cfg = model.config
@@ -323,7 +314,8 @@ def generate(model: Model, prompt_ids: list[int], max_new_tokens: int = 32, draf
     if total > cfg.max_position_embeddings:
         raise MtpRefError(f"prompt ({len(prompt_ids)}) + max_new_tokens ({max_new_tokens}) + draft ({draft_depth}) "
                           f"= {total} tokens exceeds max_position_embeddings {cfg.max_position_embeddings}")
-    dec = SpeculativeDecoder(model, draft_depth, mode, SamplingParams(temperature, top_k, top_p), seed, rollback)
+    dec = SpeculativeDecoder(model, draft_depth, mode, SamplingParams(temperature, top_k, top_p), seed, rollback,
+                             drafter)
     t0 = time.perf_counter()
     dec.prefill(list(prompt_ids))
     eos = set(cfg.eos_token_id) if stop_at_eos else set()

@@ -10,6 +10,11 @@ Keys (see docs/trace-format.md):
   mtp.{d}.positions   [T-1-d]      rotary position of row i: i+d+1
   mtp.{d}.hidden      [T-1-d, H]   post-norm output of module d (fed to depth d+1)
   mtp.{d}.logits      [T-1-d, V]   logits of module d (predicts input_ids[i+d+2])
+With a separate drafter (--drafter, drafters.drafter_trace), one greedy round of K steps after the prompt:
+  drafter.input_ids   [K]          step j's input token: the target's greedy t_T, then each step's greedy draft
+  drafter.positions   [K]          the query position of each step (T for every step of a Gemma 4 assistant)
+  drafter.hidden      [K, H]       the hidden carried to the next step (the assistant's post_projection output)
+  drafter.logits      [K, V]       the drafter's logits (centroid head: unselected tokens hold the fill value)
 """
 
 from __future__ import annotations
@@ -48,8 +53,10 @@ def build_trace(model: Model, ids: list[int], intermediates: bool = True) -> dic
     return {k: (v if v.dtype == np.int64 else v.astype(np.float32)) for k, v in out.items()}
 
 
-def write_trace(model: Model, ids: list[int], path: Path) -> dict[str, np.ndarray]:
+def write_trace(model: Model, ids: list[int], path: Path, extra: dict | None = None) -> dict[str, np.ndarray]:
+    """extra: more keys (a separate drafter's round, drafters.drafter_trace)."""
     tr = build_trace(model, ids)
+    tr.update(extra or {})
     cfg = model.config
     save_file(tr, Path(path), metadata={"format": "mtp-ref-trace-1", "model_type": cfg.model_type,
                                         "checkpoint": str(model.path.name),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +26,12 @@ SCALE_SUFFIX = "_scale_inv"
 
 
 class Checkpoint:
-    def __init__(self, path: Path, block_size: tuple[int, int] = (128, 128), aliases: tuple[str, ...] = ()):
+    def __init__(self, path: Path, block_size: tuple[int, int] = (128, 128), aliases: tuple[str, ...] = (),
+                 renames: tuple[tuple[str, str], ...] = ()):
         """aliases: release prefixes that stand for "model." (the text model inside a multimodal release,
         "model.language_model."); tensors under them are known by their "model." names, as transformers'
-        PrefixChange conversion loads them."""
+        PrefixChange conversion loads them. renames: (regex, replacement) pairs giving a released name the
+        engine's name (FamilySpec.tensor_renames; an FP8 `_scale_inv` partner follows its weight)."""
         self.path = Path(path)
         self.block_size = tuple(block_size)
         self.infos: dict[str, TensorInfo] = {}
@@ -63,6 +66,10 @@ class Checkpoint:
         for alias in aliases:
             for name in [n for n in self.infos if n.startswith(alias)]:
                 self.infos.setdefault("model." + name[len(alias):], self.infos.pop(name))
+        for pattern, repl in renames:
+            rx = re.compile(pattern)
+            for name in [n for n in self.infos if rx.search(n)]:
+                self.infos.setdefault(rx.sub(repl, name), self.infos.pop(name))
 
     # -- lookup ---------------------------------------------------------------------------
     def __contains__(self, name: str) -> bool:

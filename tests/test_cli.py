@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 
@@ -23,6 +28,8 @@ def test_generate_json(tiny_checkpoint, capsys):
                 "mean_accepted_length", "tokens_per_target_forward", "seconds"):
         assert key in s
     assert len(s["accepted_length_histogram"]) == 3 and len(s["acceptance_per_depth"]) == 2
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert [k for k in s if f"`{k}`" not in readme] == []  # every stats key is documented
     assert s["mtp_forwards"] == 2 * s["target_forwards"]
     assert abs(s["tokens_per_target_forward"] - 9 / s["target_forwards"]) < 1e-9
     # k = 0 gives the same tokens
@@ -91,3 +98,31 @@ def test_weight_bytes_meter(tiny_checkpoint):
         per_n.append(m.bytes_read)
     emb_row = m.ckpt.stored_nbytes("model.embed_tokens.weight") // m.config.vocab_size
     assert per_n[1] - per_n[0] == 3 * emb_row  # only the extra embedding rows differ for a dense model
+
+
+def test_streamlit_settings_offline():
+    """`streamlit run explainer/app.py` from the repository root reads .streamlit/config.toml: no usage
+    statistics, and a fixed address so it does not ask the internet for an external IP."""
+    root = Path(__file__).resolve().parents[1]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    p = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "explainer/app.py", "--server.port", str(port),
+                          "--server.headless", "true"], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True)
+    out = []
+    try:
+        t0 = time.time()
+        while time.time() - t0 < 60:
+            line = p.stdout.readline()
+            if not line:
+                break
+            out.append(line)
+            if "URL:" in line:
+                break
+    finally:
+        p.terminate()
+        p.wait(timeout=30)
+    text = "".join(out)
+    assert f"URL: http://localhost:{port}" in text, text
+    assert "usage statistics" not in text and "external IP" not in text and "External URL" not in text, text

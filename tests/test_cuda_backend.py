@@ -86,54 +86,32 @@ def test_forward_matches_numpy(oracle_model, variant, request):
         assert rel(g2, g1) < 1e-4 and rel(l2, l1) < 1e-4
 
 
-@pytest.mark.parametrize("opts", [dict(attention="v1", gemm_tuning={}, row_threads=128, fuse_norm=False,
-                                       fuse_rope_cache=False),
-                                  dict(attention="v2", row_threads=128, fuse_norm=False, fuse_rope_cache=False),
-                                  dict(attention="v3", fuse_norm=False, fuse_rope_cache=False),
-                                  dict(attention="v4", fuse_norm=False, fuse_rope_cache=False),
-                                  dict(attention="v3", fuse_norm=True, fuse_rope_cache=True),
-                                  dict(attention="v4"), dict(attention="v5"),
-                                  dict(attention="v5", attention_v5_rows=16), dict(attention="v6", attention_v6_rows=4),
-                                  dict(attention="v6"), dict(attention="v7"),
-                                  dict(attention="v6", attention_v6_rows=4, attention_long="v7", long_context=8),
-                                  dict(attention="v9")],
-                         ids=["v1", "v2", "v3-unfused", "v4-unfused", "v3-fused", "v4", "v5", "v5-rows16", "v6-rows4",
-                              "v6", "v7", "v6-long-v7", "v9"])
-def test_attention_variants_and_fused_rope(tiny_checkpoint, opts, monkeypatch):
-    """The non-default variants (attention v1 / v2 / v3 / v4, untuned GEMM, narrow row kernels, separate RMSNorm,
-    rope and cache-write launches) give the NumPy engine's tokens and logits."""
-    from kernels_cuda import backend
-    version = opts.get("attention")
-    # v7 stages keys in 32-dim chunks: head dim 32 (4 heads over 2 KV heads: the 5- and 6-token forwards have 16
-    # query rows a group and run v7, the 1-token steps v6; with attention_long = "v7" and long_context = 8 the
-    # steps past 8 keys run v7 and the others v6); v9 (tensor-core MMAs) needs dk and dv % 32 == 0 too and takes
-    # every forward of <= 8 tokens (<= 16 rows)
-    lanes = {v for v in (version, opts.get("attention_long")) if v in ("v5", "v6", "v7", "v9")}  # 32-lane kernels
-    path = tiny_checkpoint("mimo", **SMALL, **(dict(hidden_size=128) if lanes & {"v7", "v9"} else {}))
-    m = load_model(path)
-    if SIM and (opts.get("attention_v5_rows", 0) > 4 or (version == "v6" and opts.get("attention_v6_rows", 16) > 4)):
-        pytest.skip("4 to 8 simulated warps of 32 lanes: too slow; tests/test_kernels.py checks v5 / v6 with up to 8 "
-                    "rows (16 on the GPU)")
-    if lanes:                                       # the simulator runs v5-v9 only where asked (32 lanes: slow)
-        monkeypatch.setattr(backend, "SIM_RUNS_V5", True)
-        for k in [k for k in backend._KCACHE if k[0] == "attn" and k[1] in lanes]:
-            del backend._KCACHE[k]                  # so that the check below sees this test's launches
-    cm = CudaModel(m, max_context=64, **opts)
-    a, b = generate(m, [3, 17, 42, 5, 9], 4, 1), generate(cm, [3, 17, 42, 5, 9], 4, 1)
-    assert b.token_ids == a.token_ids
-    ids = [3, 17, 42, 5, 9, 11]
-    _, l1 = m.forward(ids, m.new_cache())
-    _, l2 = cm.forward(ids, cm.new_cache())
-    assert rel(l2, l1) < 1e-4
-    for v in lanes:                                 # each ran (not the fallback of some shape)
-        assert any(k[:2] == ("attn", v) for k in backend._KCACHE), v
+@pytest.mark.parametrize("family,overrides,lengths,want", [
+    ("mimo", dict(hidden_size=128), (6, 12), {"v9", "v4"}),     # head dim 32: <= 16 rows a group v9, 24 rows v4
+    ("deepseek_v3", {}, (10,), {"v3"}),                        # absorbed MLA: 40 rows a group
+    ("qwen3", dict(head_dim=6), (3,), {"v1"})])                # head dim 6: no 16-byte loads
+def test_default_attention_paths(tiny_checkpoint, family, overrides, lengths, want):
+    """What pick_attention launches by default, on the shapes that reach each production attention kernel: greedy
+    speculative tokens (MiMo) and the logits of forwards of `lengths` tokens equal the NumPy engine's, and the
+    kernels the test names ran (CudaModel.attention_launches)."""
+    m = load_model(tiny_checkpoint(family, **SMALL, **overrides))
+    cm = CudaModel(m, max_context=64)
+    if family == "mimo":
+        a, b = generate(m, [3, 17, 42, 5, 9], 3, 1), generate(cm, [3, 17, 42, 5, 9], 3, 1)
+        assert b.token_ids == a.token_ids
+    for n in lengths:
+        ids = list(np.arange(n) * 7 % 96)
+        _, l1 = m.forward(ids, m.new_cache())
+        _, l2 = cm.forward(ids, cm.new_cache())
+        assert rel(l2, l1) < 1e-4
+    assert want <= set(cm.attention_launches), cm.attention_launches
 
 
 def test_autotune_table_keys_and_numbers(tiny_checkpoint):
     """autotune.tune_gemms returns one launch shape per (N, K, NMAX) of the model's GEMMs, chosen among the
     candidates, leaves the model's own table as it was, and the table it returns keeps the logits (the launch
     shape changes the order of the sums only). The simulator times host seconds: this checks the plumbing;
-    the H100 numbers are in NOTES.md."""
+    the H100 numbers are in docs/history/2026-11-26-kernels-notes.md."""
     from kernels_cuda.autotune import model_gemms, tune_gemms
     m, cm = both(tiny_checkpoint("mimo", **SMALL))
     keep = dict(cm.gemm_tuning)
@@ -233,6 +211,7 @@ def test_qwen_speculative_greedy_matches_numpy(qwen_ckpt, variant, depth, rollba
     a, b = decs
     assert b.generated == a.generated, (a.generated, b.generated)
     assert sum(a.stats.hist[:depth]) > 0, a.stats.hist      # at least one draft was rejected: a rollback ran
+    assert sum(a.stats.hist[1:]) > 0, a.stats.hist          # and one accepted: the kept rows of a verify were used
     assert b.stats.hist == a.stats.hist and b.stats.redecode_forwards == a.stats.redecode_forwards
     assert b.stats.bytes_read == a.stats.bytes_read
     assert b.cache.length == a.cache.length == len(a.tokens)
@@ -276,18 +255,3 @@ def test_qwen_moe_forward_rollback_matches_numpy(qwen_ckpt, variant):
     g1, l1 = m.mtp_forward(0, [4, 5, 6], prev, mn, np.array([1, 2, 3]))
     g2, l2 = cm.mtp_forward(0, [4, 5, 6], prev, mc, np.array([1, 2, 3]))
     assert rel(g2, g1) < 1e-4 and rel(l2, l1) < 1e-4
-
-
-def test_gemm_v3_option(tiny_checkpoint):
-    """CudaModel(gemm_v3=True): the bf16 GEMMs of 5..8-token forwards with K % 128 == 0 run gemm v3 (tensor-core
-    MMAs; 32-lane GEMMs, also simulated) and the logits stay the NumPy engine's; shorter forwards keep gemm v2."""
-    from kernels_cuda import gemm
-    m = load_model(tiny_checkpoint("mimo", **SMALL, hidden_size=128))
-    for k in [k for k in gemm._CACHE if k[0] == "v3"]:
-        del gemm._CACHE[k]                          # so that the check below sees this test's launches
-    cm = CudaModel(m, max_context=64, gemm_lanes=32, gemm_v3=True)
-    ids = [3, 17, 42, 5, 9, 11]
-    _, l1 = m.forward(ids, m.new_cache())
-    _, l2 = cm.forward(ids, cm.new_cache())
-    assert rel(l2, l1) < 1e-4
-    assert any(k[0] == "v3" for k in gemm._CACHE)

@@ -168,3 +168,86 @@ def test_subprocess_has_no_traceback(tmp_path):
                        capture_output=True, text=True, cwd=ROOT)
     assert p.returncode == 2
     assert "Traceback" not in p.stderr and p.stderr.startswith("error: ") and len(p.stderr.strip().splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------- sampling knobs
+
+BAD_KNOBS = [("--temperature", "nan", dict(temperature=float("nan"))), ("--temperature", "-1", dict(temperature=-1.0)),
+             ("--temperature", "inf", dict(temperature=float("inf"))), ("--top-p", "0", dict(top_p=0.0)),
+             ("--top-p", "-1", dict(top_p=-1.0)), ("--top-p", "2", dict(top_p=2.0)), ("--top-k", "-3", dict(top_k=-3))]
+
+
+@pytest.mark.parametrize("flag,value,kw", BAD_KNOBS)
+def test_bad_sampling_knobs(ckpt, capsys, flag, value, kw):
+    from mtp_ref import load_model
+    from mtp_ref.errors import MtpRefError
+    from mtp_ref.sampling import SamplingParams
+    from mtp_ref.speculative import generate
+    with pytest.raises(MtpRefError, match=flag.lstrip("-").replace("-", "_")):
+        SamplingParams(**kw)
+    with pytest.raises(MtpRefError):
+        generate(load_model(ckpt), [1, 2, 3], 2, **kw)
+    code, out, err = gen(ckpt, capsys, "--draft", "1", flag, value)
+    assert code == 2 and out == "" and err.startswith("error: ") and flag in err and len(err.strip().splitlines()) == 1
+
+
+def test_sampling_knobs_at_their_limits():
+    import numpy as np
+    from mtp_ref.sampling import SamplingParams
+    for sp in (SamplingParams(0.0, 0, 1.0), SamplingParams(np.float32(0.7), np.int64(5), 1e-9), SamplingParams(2, 1, 1)):
+        assert sp.top_p > 0  # constructed without error
+    with pytest.raises(Exception, match="top_k"):
+        SamplingParams(1.0, top_k=2.5)
+
+
+# ----------------------------------------------------------------------------- the CUDA backend without a GPU
+
+def test_backend_cuda_without_gpu(ckpt, capsys, monkeypatch):
+    from numba import cuda
+    monkeypatch.setattr(cuda, "is_available", lambda: False)
+    monkeypatch.setattr(cuda, "cuda_error", lambda: "CUDA driver library cannot be found.", raising=False)
+    code, _, err = gen(ckpt, capsys, "--backend", "cuda")
+    assert code == 2 and err == "error: no NVIDIA GPU found: CUDA driver library cannot be found; use --backend numpy\n"
+
+
+def test_backend_cuda_without_numba(ckpt, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "numba", None)  # `from numba import cuda` now raises ImportError
+    code, _, err = gen(ckpt, capsys, "--backend", "cuda")
+    assert code == 2 and "numba-cuda" in err and "--backend numpy" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(Path("/dev/nvidia0").exists() or shutil.which("nvidia-smi") is not None,
+                    reason="a machine with an NVIDIA GPU runs the CUDA backend")
+def test_backend_cuda_subprocess_no_gpu(tmp_path):
+    """As CI runs it: a real process on a machine without a GPU (and the simulator off)."""
+    import os
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0")
+    p = subprocess.run([sys.executable, "-m", "mtp_ref", "generate", "--backend", "cuda", "--prompt-ids", "1,2",
+                        "--max-new-tokens", "2"], capture_output=True, text=True, cwd=ROOT, env=env)
+    assert p.returncode == 2 and p.stdout == ""
+    assert p.stderr.startswith("error: no NVIDIA GPU found: ") and p.stderr.rstrip().endswith("use --backend numpy")
+    assert len(p.stderr.strip().splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------- output paths and pipes
+
+def test_trace_out_missing_folder(ckpt, tmp_path, capsys):
+    out = tmp_path / "no" / "such" / "trace.safetensors"
+    code, _, err = run_cli(["trace", "--model", str(ckpt), "--prompt-ids", "1,2", "--out", str(out)], capsys)
+    assert code == 2 and str(out.parent) in err and "does not exist" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli(["trace", "--model", str(ckpt), "--prompt-ids", "1,2", "--out", str(tmp_path)], capsys)
+    assert code == 2 and "cannot write" in err  # a folder, not a file
+
+
+def test_broken_pipe_is_quiet():
+    """`inspect --json | head -c 400`: the reader stops early; the writer exits without a traceback."""
+    p = subprocess.run(["bash", "-c", f"set -o pipefail; '{sys.executable}' -m mtp_ref inspect --json | head -c 400"],
+                       capture_output=True, cwd=ROOT)
+    assert p.returncode == 0 and len(p.stdout) == 400 and p.stderr == b""
+    # deterministic form: the pipe's reader is gone before the first write
+    import os
+    r, w = os.pipe()
+    os.close(r)
+    q = subprocess.run([sys.executable, "-m", "mtp_ref", "inspect", "--json"], stdout=w, stderr=subprocess.PIPE, cwd=ROOT)
+    os.close(w)
+    assert q.returncode == 0 and q.stderr == b""

@@ -11,6 +11,7 @@ import os
 
 os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
 
+import hashlib  # noqa: E402
 import math  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -20,7 +21,9 @@ numba_cuda = pytest.importorskip("numba.cuda")
 from numba import cuda  # noqa: E402
 
 from kernels_cuda import gemm, kernels as K, reference as ref  # noqa: E402
+from kernels_cuda.dev import attention as LA, gemm as LG, rope_qk_cache as LR  # noqa: E402  (the lab)
 from kernels_cuda.intrinsics import SIM  # noqa: E402
+from kernels_cuda.pick import pick_attention, pick_gemm  # noqa: E402
 
 if not SIM and not cuda.is_available():
     pytest.skip("numba was imported without the CUDA simulator and no GPU is present",
@@ -33,8 +36,9 @@ NT_SIZES = (1, 32, 64) if SIM else (128, 256)
 
 
 def rng_for(request):
-    # fresh inputs per test, reproducible per test id
-    return np.random.default_rng(abs(hash(request.node.nodeid)) % 2**32)
+    """Fresh inputs per test, the same in every process: seeded from a digest of the test id (hash() is salted
+    per process, so a failing input could not be reproduced)."""
+    return np.random.default_rng(int.from_bytes(hashlib.sha256(request.node.nodeid.encode()).digest()[:8], "little"))
 
 
 def dev(a):
@@ -95,11 +99,11 @@ def run_gemm(rng, fmt, n, N, Kd, mode, lanes, R=4, warps=4, U=None, version=2):
              "swiglu": gemm.MODE_SWIGLU, "swiglu_bias": gemm.MODE_SWIGLU}[mode]
     y = dev(res.copy() if kmode == gemm.MODE_RESID else np.full((NM, N), np.nan, np.float32))
     if version == 1:
-        k = gemm.make_gemm_v1(fmt)
+        k = LG.make_gemm_v1(fmt)
         k[(math.ceil(N / 64), n), 64](dev(x), dev(w), dev(ws) if ws is not None else y, y, n, Kd, N)
     elif version == 3:
-        k = gemm.make_gemm_v3(False, U, warps)
-        k[gemm.gemm_v3_blocks(N, kmode), 32 * warps](
+        k = LG.make_gemm_v3(False, U, warps)
+        k[LG.gemm_v3_blocks(N, kmode), 32 * warps](
             dev(x), Kd, dev(w), y, y, N, dev(bias) if bias is not None else y, y, n, Kd, N, kmode,
             1 if bias is not None else 0, y, 0.0)
     else:
@@ -184,7 +188,7 @@ if GPU:
 @pytest.mark.parametrize("n,N,Kd,mode,warps,U", GEMM3_CASES)
 def test_gemm_v3(request, n, N, Kd, mode, warps, U):
     """Tensor-core GEMM (m16n8k16 bf16 MMAs, x split in 3 bf16 parts): float32-accurate like v2, every epilogue."""
-    assert gemm.gemm_v3_ok("bf16", n, Kd, Kd, warps)
+    assert LG.gemm_v3_ok("bf16", n, Kd, Kd, warps)
     assert run_gemm(rng_for(request), "bf16", n, N, Kd, mode, 32, warps=warps, U=U, version=3) < 2e-5
 
 
@@ -202,7 +206,7 @@ def test_gemm_v3_fused_rmsnorm(request, n, N, Kd, mode, warps):
     g = rng.uniform(0.2, 2.0, Kd).astype(np.float32)
     kmode = {"store": gemm.MODE_STORE, "swiglu": gemm.MODE_SWIGLU}[mode]
     y = dev(np.full((8, N), np.nan, np.float32))
-    gemm.make_gemm_v3(True, 2, warps)[gemm.gemm_v3_blocks(N, kmode), 32 * warps](
+    LG.make_gemm_v3(True, 2, warps)[LG.gemm_v3_blocks(N, kmode), 32 * warps](
         dev(x), Kd, dev(w), y, y, N, y, y, n, Kd, N, kmode, 0, dev(g), 1e-6)
     out = host(y, (8, N))[:n]
     want = ref.linear(ref.rmsnorm(x[:n], g, 1e-6), wv)
@@ -282,7 +286,7 @@ def test_rope_qk_cache(request, style, nt, version):
     kc, vc = dev(np.full((cap, nkh * hd), -3.0, np.float32)), dev(np.full((cap, nkh * hd), -3.0, np.float32))
     b = dev(buf)
     st = K.STYLE_HALF if style == "half" else K.STYLE_INTERLEAVED
-    kern = K.rope_qk_cache_v2 if version == "v2" else K.rope_qk_cache
+    kern = K.rope_qk_cache_v2 if version == "v2" else LR.rope_qk_cache
     kern[n, nt](b, W, qoff, nqh, koff, nkh, voff, hd, rot // 2, meta_for(start, pos), dev(inv), 1.25, st,
                 kc, vc, nkh * hd, n)
     want = buf.copy()
@@ -338,33 +342,42 @@ if GPU:
     ATTN_CASES += [(16, 1000, 16, 8, 128, 128, 256), (4, 700, 32, 8, 64, 64, 256), (3, 2, 8, 4, 256, 256, 128)]
 
 
+# the lab's versions under the simulator: one case each (32 simulated lanes take seconds a case)
+LAB_SIM_CASE = {"v2": (1, 9, 4, 2, 16, 16, 8), "v5": (2, 40, 4, 2, 32, 16, 8), "v6": (2, 40, 4, 2, 32, 16, 8),
+                "v7": (2, 40, 4, 2, 32, 16, 8)}
+
+
 @pytest.mark.parametrize("version", ["v1", "v2", "v3", "v4", "v5", "v6", "v7", "v9"])
 @pytest.mark.parametrize("n,start,nh,g,dk,dv,C", ATTN_CASES)
 def test_attention(request, n, start, nh, g, dk, dv, C, version):
-    """v1 / v2 partials merged by attn_combine; v3 (dk % 4 == 0 only: the backend falls back to v2) and v4
-    (also <= 32 query rows per KV group) by attn_combine_v2."""
+    """Production: v1 / v3 / v4 / v9 (kernels.py, what pick_attention launches) with the merge CudaModel runs after
+    each; the lab's v2 / v5 / v6 / v7 (dev/attention.py) with theirs. Under the simulator a lab version runs one
+    case (LAB_SIM_CASE: its kernel still checked in CI); the GPU runs all of them."""
+    case = (n, start, nh, g, dk, dv, C)
+    if SIM and version in LAB_SIM_CASE and case != LAB_SIM_CASE[version]:
+        pytest.skip(f"lab version {version}: one simulator case ({LAB_SIM_CASE[version]}), every case on the GPU")
     if version in ("v3", "v4", "v5", "v6") and dk % 4:
-        pytest.skip(f"{version} reads keys 16 bytes at a time; the backend runs v2 for dk % 4 != 0")
+        pytest.skip(f"{version} reads keys 16 bytes at a time; pick_attention runs v1 for dk % 4 != 0")
     if version in ("v5", "v6") and SIM and start > 100:
         pytest.skip(f"{version} runs 32 simulated lanes: too slow over 150 keys (the 40-key case covers runs of steps)")
-    if version in ("v5", "v6") and ((nh // g) * gemm.nmax_for(n) > K.ATT5_MAXQ or dv % 4 or dk % 16):
+    if version in ("v5", "v6") and ((nh // g) * gemm.nmax_for(n) > LA.ATT5_MAXQ or dv % 4 or dk % 16):
         pytest.skip(f"{version} holds <= 16 query rows per KV group, splits keys in 16-byte quarters and reads V 16 "
                     "bytes at a time; the backend runs v4 beyond")
     if version not in ATTN_WARP_ONLY.get((n, start, nh, g, dk, dv, C), (version,)):
         pytest.skip("a case of the warp-per-share kernels; the other versions are covered by the cases above")
     if version == "v9" and ((nh // g) * n > 16 or dk % 32 or dv % 32 or dv > 128):
         pytest.skip("v9 holds <= 16 query rows per KV group (one MMA tile), reads keys in 32-dim multiples and gives "
-                    "a lane dv / 2 <= 64 accumulators; the backend runs v6 / v5 / v4 beyond")
+                    "a lane dv / 2 <= 64 accumulators; pick_attention runs v4 / v3 beyond")
     if version == "v9" and SIM and start > 100:
         pytest.skip("v9 runs 32 simulated lanes and emulated MMAs: too slow over 150 keys (the 73-key case covers "
                     "runs of steps)")
     if version == "v7" and ((nh // g) * gemm.nmax_for(n) > 16 or dk % 32 or dv > 128 or dv % 4):
         pytest.skip("v7 holds <= 16 query rows per KV group, stages keys in 32-dim chunks and gives a lane 4 of <= 128 "
-                    "output dims; the backend runs v6 / v5 / v4 beyond")
+                    "output dims; the lab keeps it (pick_attention runs v9)")
     if version == "v7" and SIM and start > 100:
         pytest.skip("v7 runs 32 simulated lanes: too slow over 150 keys (the 73-key case covers runs of tiles)")
     if version == "v6" and dk > 256:
-        pytest.skip("v6 holds a quarter key row in registers: tested to dk = 256 (the backend runs it to 128)")
+        pytest.skip("v6 holds a quarter key row in registers: tested to dk = 256 (a lab version)")
     if version == "v4" and ((nh // g) * gemm.nmax_for(n) > 32 or
                             K.attn_v4_smem(K.attn_v4_qmax(nh // g, gemm.nmax_for(n)), dk) > 48 * 1024):
         pytest.skip("v4 holds <= 32 query rows per KV group in <= 48 KB; the backend runs v3 beyond")
@@ -398,22 +411,22 @@ def test_attention(request, n, start, nh, g, dk, dv, C, version):
         # split = blocks per group: shares of several 8-key steps
         split = min(S, 3 if SIM else 264)
         qmax = K.attn_v4_qmax(nh // g, NQ)
-        rw = K.ATT5_RW if (GPU or n == 3) else qmax  # the simulator: 2 warps in one case (32 lanes each), else 1
-        kern = K.make_attention_v5(qmax, rw, math.ceil(dv / 128))
-        kern[g * split, 32 * kern.NW, 0, K.attn_v5_smem(qmax, dk, rw)](
+        rw = LA.ATT5_RW if (GPU or n == 3) else qmax  # the simulator: 2 warps in one case (32 lanes each), else 1
+        kern = LA.make_attention_v5(qmax, rw, math.ceil(dv / 128))
+        kern[g * split, 32 * kern.NW, 0, LA.attn_v5_smem(qmax, dk, rw)](
             dev(q), nh * dk, 0, kd, g * dk, vd, ldv, po, pml, meta, n, nh, nh // g, dk, dv, scale, split)
-        K.attn_combine_v2[n * nh, nt](po, pml, out, nh * dv + 4, 4, meta, n, nh, dv, K.ATT5_SUB, split)
+        K.attn_combine_v2[n * nh, nt](po, pml, out, nh * dv + 4, 4, meta, n, nh, dv, LA.ATT5_SUB, split)
     elif version == "v6":
         # v6 is v5 pipelined: shares of several steps (its keys / values of step s + 1 requested during step s),
         # merged by attn_combine_v3 (one warp of share lanes in the simulator, 8 on the GPU)
         split = min(S, 3 if SIM else 66)
         qmax = K.attn_v4_qmax(nh // g, NQ)
-        rw = K.ATT5_RW if (GPU or n == 3) else qmax
-        kern = K.make_attention_v6(qmax, rw, dk // 16, math.ceil(dv / 128))
-        kern[g * split, 32 * kern.NW, 0, K.attn_v5_smem(qmax, dk, rw)](
+        rw = LA.ATT5_RW if (GPU or n == 3) else qmax
+        kern = LA.make_attention_v6(qmax, rw, dk // 16, math.ceil(dv / 128))
+        kern[g * split, 32 * kern.NW, 0, LA.attn_v5_smem(qmax, dk, rw)](
             dev(q), nh * dk, 0, kd, g * dk, vd, ldv, po, pml, meta, n, nh, nh // g, dk, dv, scale, split)
-        K.attn_combine_v3[n * nh, 32 * (K.COMBINE3_SL if GPU else 1)](po, pml, out, nh * dv + 4, 4, meta, n, nh, dv,
-                                                                     K.ATT5_SUB, split)
+        LA.attn_combine_v3[n * nh, 32 * (LA.COMBINE3_SL if GPU else 1)](po, pml, out, nh * dv + 4, 4, meta, n, nh, dv,
+                                                                     LA.ATT5_SUB, split)
     elif version == "v7":
         # v7: a warp per share of 32-key tiles, all the group's rows; split = warps x blocks per group, capped by the
         # scratch (S shares). The simulator: 2 warps x 2 blocks for the 16-row case (shares of 1 and 2 tiles, the
@@ -423,12 +436,12 @@ def test_attention(request, n, start, nh, g, dk, dv, C, version):
         split = nw * bpg
         if split > S:                                    # v7 writes min(split, ceil(T / 32)) shares
             po, pml = dev(np.zeros(split * nh * 16 * dv, np.float32)), dev(np.zeros(split * nh * 16 * 2, np.float32))
-        qmax = K.attn_v7_qmax(nh // g, NQ)
-        kern = K.make_attention_v7(qmax, nw)
-        kern[g * bpg, 32 * nw, 0, K.attn_v7_smem(qmax, dk, nw)](
+        qmax = LA.attn_v7_qmax(nh // g, NQ)
+        kern = LA.make_attention_v7(qmax, nw)
+        kern[g * bpg, 32 * nw, 0, LA.attn_v7_smem(qmax, dk, nw)](
             dev(q), nh * dk, 0, kd, g * dk, vd, ldv, po, pml, meta, n, nh, nh // g, dk, dv, scale, split)
-        K.attn_combine_v3[n * nh, 32 * (K.COMBINE3_SL if GPU else 1)](po, pml, out, nh * dv + 4, 4, meta, n, nh, dv,
-                                                                     K.ATT7_KT, split)
+        LA.attn_combine_v3[n * nh, 32 * (LA.COMBINE3_SL if GPU else 1)](po, pml, out, nh * dv + 4, 4, meta, n, nh, dv,
+                                                                     LA.ATT7_KT, split)
     elif version == "v9":
         # v9: a warp per share of 8-key steps (tensor-core MMAs over all the group's rows); the simulator: 2 warps
         # x 2 blocks per group (shares of 2-3 steps for 73 keys, of 0-1 for 21: one warp idles), as v7
@@ -440,10 +453,10 @@ def test_attention(request, n, start, nh, g, dk, dv, C, version):
         kern = K.make_attention_v9(dk, dv, nw)
         kern[g * bpg, 32 * nw, 0, K.attn_v9_smem(dk)](
             dev(q), nh * dk, 0, kd, g * dk, vd, ldv, po, pml, meta, n, nh, nh // g, dk, dv, scale, split)
-        K.attn_combine_v3[n * nh, 32 * (K.COMBINE3_SL if GPU else 1)](po, pml, out, nh * dv + 4, 4, meta, n, nh, dv,
-                                                                     K.ATT9_KS, split)
+        K.attn_combine_v4[n * nh, 32 * (K.COMBINE4_SL if GPU else 1)](po, pml, out, nh * dv + 4, 4, meta, n, nh, dv,
+                                                                   K.ATT9_KS, split)         # as CudaModel
     else:
-        make = {"v1": K.make_attention, "v2": K.make_attention_v2, "v3": K.make_attention_v3}[version]
+        make = {"v1": K.make_attention, "v2": LA.make_attention_v2, "v3": K.make_attention_v3}[version]
         make(NQ)[nh * S, nt, 0, (NQ * dk + NQ * C) * 4](
             dev(q), nh * dk, 0, kd, g * dk, vd, ldv, po, pml, meta, n, nh, nh // g, dk, dv, scale, C, S, vec)
         if version == "v3":
@@ -476,7 +489,7 @@ def test_attn_combine_v4(request, S, split, C, n, dv):
     want = ((w[..., None] * o).sum(0) / (w * l).sum(0)[..., None])[:, :n].transpose(1, 0, 2).reshape(n, nh * dv)
     meta = meta_for(start, np.arange(start, T))
     outs = []
-    for comb, sl in ((K.attn_combine_v4, K.COMBINE4_SL), (K.attn_combine_v3, K.COMBINE3_SL)):
+    for comb, sl in ((K.attn_combine_v4, K.COMBINE4_SL), (LA.attn_combine_v3, LA.COMBINE3_SL)):
         out = dev(np.full((n, nh * dv + 4), np.nan, np.float32))
         comb[n * nh, 32 * (sl if GPU else 1)](dev(o.ravel()), dev(pml.ravel()), out, nh * dv + 4, 4, meta, n, nh, dv,
                                               C, split)
@@ -745,3 +758,47 @@ def test_sigmoid_gate_mul(request):
     want = buf.copy()
     want[:, 2: 2 + width] *= ref.ops.sigmoid(buf[:, 16: 16 + width])
     assert rel_err(host(b, (n, W)), want) < 1e-6
+
+
+# ----------------------------------------------------------------------------- which kernel runs (pick.py)
+def _rows_fit_v4(rep, n, dk):
+    qmax = K.attn_v4_qmax(rep, gemm.nmax_for(n))
+    return rep * gemm.nmax_for(n) <= 32 and K.attn_v4_smem(qmax, dk) <= 48 * 1024
+
+
+@pytest.mark.parametrize("rep,n,dk,dv,want", [
+    (4, 1, 128, 128, "v9"), (4, 4, 128, 128, "v9"),     # MiMo-7B / Qwen2: decode, verify of 3 drafts
+    (4, 5, 128, 128, "v4"), (4, 8, 128, 128, "v4"),     # 20-32 rows a group: more than one MMA tile
+    (4, 16, 128, 128, "v3"),                            # a 16-token prefill chunk: 64 rows
+    (2, 4, 256, 256, "v4"), (2, 8, 256, 256, "v3"),     # head dim 256 (Qwen3.5): dv > 128; 16 rows > 48 KB
+    (8, 1, 64, 64, "v9"),
+    (16, 1, 576, 512, "v3"),                            # absorbed MLA: 576-wide latent rows, 48 KB exceeded
+    (2, 3, 16, 16, "v4"), (2, 3, 48, 48, "v4"),         # head dims not a multiple of 32
+    (2, 3, 6, 6, "v1"), (2, 3, 36, 20, "v4")])          # dk % 4 != 0: scalar loads
+def test_pick_attention(rep, n, dk, dv, want):
+    """The production attention per shape (kernels_cuda/README.md's table), for a [q | k | v] buffer of
+    rep x 2 heads over 2 KV groups; each answer also satisfies the rule of the kernel it names."""
+    nh, nkv = 2 * rep, 2
+    W = (nh + 2 * nkv) * dk
+    version, merge = pick_attention(rep, n, dk, dv, W, 0, nkv * dk, nkv * dv)
+    assert version == want, (rep, n, dk, dv, version)
+    assert merge == {"v9": "attn_combine_v4", "v4": "attn_combine_v2", "v3": "attn_combine_v2",
+                     "v1": "attn_combine"}[version]
+    if version == "v9":
+        assert rep * n <= 16 and dk % 32 == 0 and dv % 32 == 0 and dv <= 128
+    if version == "v4":
+        assert _rows_fit_v4(rep, n, dk)
+    # a misaligned q buffer (offset of 2 floats) leaves only the kernels without 16-byte q loads
+    v2, _ = pick_attention(rep, n, dk, dv, W, 2, nkv * dk, nkv * dv)
+    assert v2 == ("v3" if dk % 4 == 0 else "v1")
+
+
+def test_pick_gemm():
+    """gemm_v2's launch shape: a table entry for the weight shape first, then for the token bucket, else the
+    default; f32 / FP8 weights keep the default."""
+    table = {8: (8, 2), (4096, 4096, 8): (2, 1, 8)}
+    assert pick_gemm("bf16", 5, 11008, 4096, table, 4, 4) == (8, 8, 2, 4)
+    assert pick_gemm("bf16", 7, 4096, 4096, table, 4, 4) == (8, 2, 1, 8)
+    assert pick_gemm("bf16", 3, 4096, 4096, table, 4, 4) == (4, 4, None, 4)
+    assert pick_gemm("fp8", 8, 4096, 4096, table, 4, 4) == (8, 4, None, 4)
+    assert pick_gemm("bf16", 8, 1000, 4096, gemm.TUNED_H100, 4, 4)[1:3] == gemm.TUNED_H100[8][:2]

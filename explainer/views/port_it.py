@@ -1,4 +1,4 @@
-"""Page 5: what a porter needs: the formulas, the loaded family's tensor names, and a golden trace."""
+"""Lab, port it: what a porter needs: the formulas, the loaded family's tensor names, and a golden trace."""
 
 from __future__ import annotations
 
@@ -102,14 +102,15 @@ def trace_section(model, ids: list[int]) -> None:
     prompt = common.prompt_text().replace('"', '\\"')
     model_arg = f" --model {model.path}" if st.session_state.get("ckpt_path") else ""
     st.code(f'python -m mtp_ref trace{model_arg} --prompt "{prompt}" --out trace.safetensors', language="bash")
-    st.caption("Format: docs/trace-format.md. The algorithm, in formulas: docs/algorithm.md.")
+    st.markdown("Format: `docs/trace-format.md`. The algorithm, in formulas: `docs/algorithm.md`.")
 
 
 def main() -> None:
-    st.title("Port it")
-    st.markdown("What you need to reimplement MTP self-speculative decoding in another engine.")
+    common.chapter("Lab", "Port it",
+                   "To reimplement MTP in another engine you need the formulas, the family's tensor names and "
+                   "concat order, and a golden trace of every intermediate to diff your port against, row by row.")
     st.subheader("Formulas")
-    st.caption("Indices: the verify forward runs the trunk on [t_N, d_1 .. d_k]; p_j is its distribution at row j "
+    st.markdown("Indices: the verify forward runs the trunk on [t_N, d_1 .. d_k]; p_j is its distribution at row j "
                "(row 0 is the pending token t_N), so p_(l-1) scores draft d_l and p_k gives the bonus token. "
                "q_l is the distribution d_l was drafted from. The same temperature / top-k / top-p apply to p and q.")
     for text, tex in FORMULAS:

@@ -1,0 +1,154 @@
+"""Chapter 6, where it stops paying: big batches, mixture-of-experts models, and the memory to hold them."""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+import streamlit as st
+
+from explainer import common, roofline, scenario
+
+CONTEXTS = [0, 1024, 4096, 32768]
+BATCHES = np.unique(np.logspace(0, 14, 57, base=2).astype(int))
+
+
+def n_devices(sc: scenario.Scenario) -> tuple[int, dict]:
+    mem = roofline.memory_needed(sc.cm, sc.bpp, sc.context, sc.batch)
+    return roofline.devices_needed(mem["total"], sc.hw), mem
+
+
+def speedup_vs_batch(sc: scenario.Scenario, a: float, n_dev: int) -> tuple[go.Figure, dict]:
+    """Modelled speedup of k drafts against batch size, one line per context; n_dev devices add bandwidth and
+    FLOP/s (ideal tensor parallelism: no communication cost)."""
+    bw, peak = sc.bw * n_dev, sc.peak * n_dev
+    fig, crossings = go.Figure(), {}
+    for i, ctx in enumerate(CONTEXTS):
+        s = [roofline.mtp_speedup(sc.cm, a, sc.k, int(b), ctx, sc.bpp, bw, peak) for b in BATCHES]
+        fig.add_scatter(x=BATCHES, y=s, name=f"context {ctx:,}", line=dict(width=3, color=common.SERIES[i]))
+        below = [int(b) for b, v in zip(BATCHES, s) if v < 1.0]
+        crossings[ctx] = below[0] if below else None
+    fig.add_hline(y=1.0, line_dash="dot", line_color=common.MUTED)
+    fig.update_layout(xaxis=dict(type="log", title="batch (sequences decoded together)"),
+                      yaxis=dict(title="speedup vs plain decoding", rangemode="tozero"))
+    return common.style(fig, f"Modelled: k = {sc.k} drafts, acceptance {a:.2f}, {sc.cm.name} on "
+                             f"{n_dev} x {sc.hw.name}"), crossings
+
+
+def experts_chart(sc: scenario.Scenario, measured: list[dict]) -> go.Figure:
+    cm = sc.cm
+    ms = np.arange(1, 33)
+    fig = go.Figure()
+    fig.add_scatter(x=ms, y=[cm.weight_bytes(m, sc.bpp) / cm.weight_bytes(1, sc.bpp) for m in ms],
+                    name="weight bytes read, vs 1 token (uniform routing)", line=dict(width=3, color=common.SERIES[0]))
+    fig.add_scatter(x=ms, y=[cm.expected_experts(m) / cm.expected_experts(1) for m in ms],
+                    name="distinct experts per layer, vs 1 token", line=dict(width=3, dash="dash",
+                                                                          color=common.SERIES[1]))
+    for i, (d, s) in enumerate(measured):
+        base = s["ms"][s["n"].index(1)]
+        fig.add_scatter(x=s["n"], y=[m / base for m in s["ms"]], mode="markers+lines",
+                        name=f"measured time, {d['device']} ({s['engine']})", marker=dict(size=10),
+                        line=dict(color=common.SERIES[2 + i]))
+    fig.update_layout(xaxis=dict(title="tokens in one forward"), yaxis=dict(title="x a 1-token forward",
+                      rangemode="tozero"))
+    return common.style(fig, f"{cm.name}: {cm.top_k} of {cm.n_experts} experts per token, per layer")
+
+
+def memory_section(sc: scenario.Scenario) -> int:
+    need, mem = n_devices(sc)
+    st.subheader("First: does it fit?")
+    one = sc.forward(1)
+    per_seq = 1 / one["seconds"]
+    txt = (f"**{sc.cm.name}** at {sc.bpp:.3g} bytes per weight needs **{common.fmt_bytes(mem['weights'])}** for its "
+           f"weights and **{common.fmt_bytes(mem['kv'])}** of KV cache for {sc.batch} sequence(s) of "
+           f"{sc.context:,} tokens: **{common.fmt_bytes(mem['total'])}** in all. One {sc.hw.name} holds "
+           f"{sc.hw.memory_gb:g} GB, so it takes **{need} device{'s' if need > 1 else ''}**.")
+    if need > 1:
+        st.warning(txt + f" The speeds below assume the {need} devices split every weight matrix and read their "
+                   "shares at the same time (bandwidths add; the time to exchange results between devices is left "
+                   "out, so real numbers are lower).")
+    else:
+        st.markdown(txt)
+    bw_all, peak_all = sc.bw * need, sc.peak * need
+    f = sc.cm.forward(1, sc.batch, sc.context, sc.bpp, bw_all, peak_all)
+    per_seq = 1 / f["seconds"]
+    with st.container(key="stack_metrics"):
+        m = st.columns(3)
+        m[0].metric("Tokens/s per sequence (ceiling)", f"{per_seq:,.0f}")
+        m[1].metric(f"Tokens/s summed over the batch of {sc.batch}", f"{per_seq * sc.batch:,.0f}")
+        m[2].metric("Bound by", f["bound"], help="memory: waiting on bytes; compute: waiting on arithmetic.")
+    return need
+
+
+def batch_section(sc: scenario.Scenario, need: int) -> tuple[float, dict]:
+    st.subheader("Big batches: the spare arithmetic runs out")
+    a = st.slider("Acceptance per draft (a)", 0.0, 1.0, step=0.01, key=common.widget_key("p1_a", 0.85),
+                  help="DeepSeek-V3's report gives 85-90 % acceptance for the second token.")
+    common.remember("p1_a")
+    st.markdown("A server decodes many sequences at once. Each forward still reads the weights once, but now does "
+                "the arithmetic for every sequence; past some batch size the chip is busy computing, and verifying "
+                "k+1 tokens per sequence costs k+1 times as much: drafting then loses. Long contexts push that point "
+                "out, because every sequence's KV cache must still be read.")
+    fig, cross = speedup_vs_batch(sc, a, need)
+    st.plotly_chart(fig, key="p6_batch", config={"displayModeBar": False})
+    st.markdown("Speedup falls below 1: " + "; ".join(
+        f"context {c:,}: from batch {b:,}" if b else f"context {c:,}: not up to batch {int(BATCHES[-1]):,}"
+        for c, b in cross.items()) + ".")
+    return a, cross
+
+
+def moe_section(sc: scenario.Scenario) -> None:
+    if not sc.cm.n_experts:
+        st.markdown(f"**{sc.cm.name} is dense**: every token uses every weight, so extra tokens in a forward add "
+                    "no weight bytes. Pick DeepSeek-V3 or GLM-4.5-Air above to see the mixture-of-experts case.")
+        return
+    st.subheader("Mixture of experts: more tokens, more experts")
+    e1, e4 = sc.cm.expected_experts(1), sc.cm.expected_experts(sc.k + 1)
+    r = sc.forward(sc.k + 1, batch=1)["seconds"] / sc.forward(1, batch=1)["seconds"]
+    st.markdown(f"Each token reads only {sc.cm.top_k} of the {sc.cm.n_experts} experts of a layer. A forward over "
+                f"k+1 = {sc.k + 1} tokens reads the experts *any* of them picked: {e4:.1f} per layer instead of "
+                f"{e1:.0f}, if routing were uniform. So verifying costs **{r:.2f}x** a 1-token forward here, not "
+                "1x: MTP still pays when acceptance is high, but less.")
+    results, _ = scenario.load_gpu_results()
+    measured = [(d, s) for d in results for s in d.get("moe_verify_ms", []) if 1 in s["n"]]
+    st.plotly_chart(experts_chart(sc, measured), key="p6_experts", config={"displayModeBar": False})
+    for d, _ in measured[:1]:
+        st.caption(scenario.cite(d))
+
+
+def question(sc: scenario.Scenario, cross: dict) -> None:
+    b = cross.get(4096)
+    options = ["Below 16", "16 to 255", "256 to 4,095", "4,096 or more, or never"]
+
+    def bucket(x):
+        return 3 if x is None or x >= 4096 else 2 if x >= 256 else 1 if x >= 16 else 0
+
+    def reveal(choice: str) -> None:
+        right = options.index(choice) == bucket(b)
+        where = f"from batch **{b:,}**" if b else f"not up to batch {int(BATCHES[-1]):,}"
+        st.markdown(f"{'Right.' if right else 'Not quite.'} In the model above ({sc.cm.name}, {sc.hw.name}, "
+                    f"k = {sc.k}, context 4,096), MTP stops paying {where}. Below that, the chip has spare "
+                    "arithmetic and the extra tokens ride along with the weight read; above it, they cost real time.")
+
+    common.predict_then_reveal("limits", f"{sc.cm.name} on {sc.hw.name}, context 4,096, k = {sc.k}: from what batch "
+                               "size on does MTP make decoding slower?", options, reveal)
+
+
+def main() -> None:
+    common.chapter(6, "Where it stops paying",
+                   "MTP turns spare arithmetic into speed: it pays while each forward waits on memory, and stops "
+                   "paying when a big batch already keeps the chip computing, or when extra tokens read extra weights "
+                   "(mixture-of-experts models).")
+    model = common.model_or_none()
+    sc = scenario.pick(model)
+    need = memory_section(sc)
+    a, cross = batch_section(sc, need)
+    moe_section(sc)
+    question(sc, cross)
+    common.glossary(["memory-bound", "KV cache", "acceptance rate", "forward (pass)"])
+    st.divider()
+    st.markdown("**That is the lesson.** The **Lab** pages are next: check a downloaded checkpoint for its MTP "
+                "weights, and port the algorithm with a golden trace to diff against.")
+    common.next_chapter("views/inspect_page.py", "Lab · Inspect a checkpoint")
+
+
+main()

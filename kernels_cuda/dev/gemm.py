@@ -1,0 +1,283 @@
+"""Lab: skinny-GEMM versions that CudaModel does not launch (llm.c's dev/cuda shape).
+
+Reference: kernels_cuda/reference.py `linear` (NumPy x @ w.T); the production kernel is gemm_v2 in
+kernels_cuda/gemm.py (kernels_cuda/pick.py picks its launch shape). Versions kept here:
+
+    v1  one thread per output element, scalar loads: the obvious first kernel (reads W n times)
+    v3  bf16 on the tensor cores for 5..8 tokens (m16n8k16 MMAs via inline PTX, x split in 3 bf16 parts;
+        16 rows a block, KW warps split K): correct, but slower than v2 with R = 8 in the 7B forward on the
+        H100 (10.60 against 10.12 ms at n = 8; docs/history/)
+
+    python -m kernels_cuda.dev.gemm             # GPU: validate and time each against v2 at MiMo-7B shapes
+    NUMBA_ENABLE_CUDASIM=1 python -m kernels_cuda.dev.gemm    # tiny shapes, validation only
+"""
+
+from __future__ import annotations
+
+import math
+
+from numba import cuda, float32, uint32
+
+from ..gemm import LOADERS, MODE_STORE, MODE_SWIGLU, store_output
+from ..intrinsics import bits_f32, f32_bits, factory, ld_f32x4, ld_u32x4, mma_bf16, shfl_xor
+
+_CACHE: dict = {}
+
+
+# ----------------------------------------------------------------------------- v1: naive
+@factory
+def make_gemm_v1(fmt: str):
+    _, load1 = LOADERS[fmt]
+
+    @cuda.jit
+    def gemm_v1(x, w, ws, y, n, K, N):
+        """y[i, r] = sum_k x[i, k] W[r, k]; one thread per output, reads W n times."""
+        r = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+        i = cuda.blockIdx.y
+        if r >= N or i >= n:
+            return
+        s = float32(0.0)
+        for k in range(K):
+            s += x[i * K + k] * load1(w, ws, r, k, K)
+        y[i * N + r] = s
+
+    return gemm_v1
+
+
+
+# ----------------------------------------------------------------------------- v3: tensor cores
+GEMM3_KW = 4           # warps of a v3 block: the same 16 weight rows, each a quarter of K (split-K)
+GEMM3_U = 4            # 32-column blocks a lane has in flight
+GEMM3_NMAX = 8         # tokens: the 8 columns of an m16n8k16 MMA
+GEMM3_KWMAX = 8        # the most warps a block (shared memory for the split-K sums)
+
+
+@cuda.jit(device=True, inline=True)
+def bf16x3(v):
+    """v = hi + mid + lo, each a bf16 (returned as its 16 bits): hi = v truncated to bf16, mid = the remainder
+    truncated, lo = what is left truncated; v - (hi + mid + lo) ~ 2^-24 |v| (float32 accuracy: a bf16 MMA reads
+    its operands exactly)."""
+    h = f32_bits(v) >> 16
+    r = v - bits_f32(h << 16)
+    m = f32_bits(r) >> 16
+    r2 = r - bits_f32(m << 16)
+    return h, m, f32_bits(r2) >> 16
+
+
+@cuda.jit(device=True, inline=True)
+def x_fragments(x, xo, k, gsc, NORM, xb):
+    """v3: the lane's 8 x values at columns k .. k + 7 of its token row (x[xo + k ...], times the norm weight g when
+    NORM) as the B fragments of two k-steps, each split in 3 bf16 parts: xb[6 s + 2 p + h] = the pair word of
+    k-step s (columns k + 4s + 2h, + 1), part p (hi, mid, lo). Returns the sum of squares of the raw values."""
+    x0, x1, x2, x3 = ld_f32x4(x, xo + k)
+    x4, x5, x6, x7 = ld_f32x4(x, xo + k + 4)
+    ss = x0 * x0 + x1 * x1 + x2 * x2 + x3 * x3 + x4 * x4 + x5 * x5 + x6 * x6 + x7 * x7
+    if NORM:
+        g0, g1, g2, g3 = ld_f32x4(gsc, k)
+        g4, g5, g6, g7 = ld_f32x4(gsc, k + 4)
+        x0, x1, x2, x3, x4, x5, x6, x7 = x0 * g0, x1 * g1, x2 * g2, x3 * g3, x4 * g4, x5 * g5, x6 * g6, x7 * g7
+    for s in range(2):
+        for hh in range(2):
+            if s == 0:
+                lo, hi = (x0, x1) if hh == 0 else (x2, x3)
+            else:
+                lo, hi = (x4, x5) if hh == 0 else (x6, x7)
+            a0, a1, a2 = bf16x3(lo)
+            b0, b1, b2 = bf16x3(hi)
+            xb[6 * s + hh] = a0 | (b0 << 16)
+            xb[6 * s + 2 + hh] = a1 | (b1 << 16)
+            xb[6 * s + 4 + hh] = a2 | (b2 << 16)
+    return ss
+
+
+@factory
+def make_gemm_v3(NORM: bool = False, U: int = GEMM3_U, KW: int = GEMM3_KW):
+    """Skinny GEMM on the tensor cores for bf16 weights and n <= 8 tokens: m16n8k16 bf16 MMAs with float32
+    accumulation, A = 16 weight rows, B = x^T (the 8 token columns), every weight byte read once.
+
+    v2 spends one FFMA per (row, column, token) and reads x from L1 for every 8 weights: at n = 8 that load / FMA
+    work, not HBM, set its speed (63-82% of copy). Here a block owns 16 rows (MODE_SWIGLU: 8 gate rows and their 8
+    up rows, so silu(gate) * up is formed in the epilogue) and its KW warps split K, each taking every KW-th block
+    of 32 columns; per block a lane reads 16 bytes of row g and of row g + 8 (the A fragments of two k-steps: the
+    MMA's k index is a free permutation of the columns, as long as x uses the same one) and 8 x values of token g,
+    split into 3 bf16 parts (hi + mid + lo = x to ~2^-24: float32 accuracy, 3 MMAs per k-step; the weights are
+    exact). U blocks of loads are in flight before any is used. The KW partial sums (and NORM's sums of squares)
+    are added through shared memory, then 128 threads run v2's epilogue (bias, residual, SwiGLU, RMSNorm's 1 / rms).
+    Needs bf16 weights, K % (32 KW) == 0, x / ldx 16-byte aligned and 8 readable x rows; blocks of 32 KW threads
+    (also in the simulator: the MMA is emulated across a warp's 32 lanes). Same arguments as gemm_v2.
+    Outcome (H100, 2026-11-26, docs/history/2026-11-26-kernels-notes.md): correct (GPU kernel tests at MiMo-7B shapes), 80-94 registers, no spills,
+    but in the 7B forward of 5-8 tokens 0.7-0.9 ms slower than gemm_v2 with R = 8, U = 2 (ctx 512 n = 8: 11.33 against
+    10.60 ms), so CudaModel runs it only when asked (gemm_v3=True). Not yet measured alone (bench_gemv's v3 column).
+    """
+    assert KW <= GEMM3_KWMAX
+    KB = 32 * KW                                             # columns per round of the block's warps
+    WB = 8 * U                                               # weight words in flight: U x (row g, row g + 8) x 4
+    XB = 12 * U                                              # x fragment words: U x 2 k-steps x 3 parts x 2
+
+    @cuda.jit(fastmath=False)
+    def gemm_v3(x, ldx, w, ws, y, ldy, bias, res, n, K, N, mode, has_bias, g, eps):
+        tid = cuda.threadIdx.x
+        lane = tid % 32
+        wid = tid // 32
+        gq = lane // 4                                       # MMA group: rows gq, gq + 8; token gq of B
+        tq = lane - 4 * gq
+        if mode == MODE_SWIGLU:
+            P = N >> 1
+            p0 = cuda.blockIdx.x * 8
+            ra = min(p0 + gq, P - 1)                         # gate row; its up row P + ra
+            rb = ra + P
+        else:
+            p0 = cuda.blockIdx.x * 16
+            ra = min(p0 + gq, N - 1)                         # tail rows: read a valid row, never store it
+            rb = min(p0 + gq + 8, N - 1)
+        wa = ra * K
+        wb = rb * K
+        xo = gq * ldx
+        wbuf = cuda.local.array(WB, uint32)
+        xb = cuda.local.array(XB, uint32)
+        acc = cuda.local.array(24, float32)                  # [k-step parity][hi, mid, lo][4]
+        for a in range(24):
+            acc[a] = float32(0.0)
+        ss = float32(0.0)
+        for k0 in range(wid * 32 + 8 * tq, K, U * KB):
+            for u in range(U):                               # all loads first
+                k = k0 + u * KB
+                a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = 0
+                if k < K:
+                    a0, a1, a2, a3 = ld_u32x4(w, wa + k)
+                    b0, b1, b2, b3 = ld_u32x4(w, wb + k)
+                wbuf[8 * u] = a0
+                wbuf[8 * u + 1] = a1
+                wbuf[8 * u + 2] = a2
+                wbuf[8 * u + 3] = a3
+                wbuf[8 * u + 4] = b0
+                wbuf[8 * u + 5] = b1
+                wbuf[8 * u + 6] = b2
+                wbuf[8 * u + 7] = b3
+            for u in range(U):
+                k = k0 + u * KB
+                if k < K:                                    # warp-uniform (K % (32 KW) == 0)
+                    ss += x_fragments(x, xo, k, g, NORM, xb)
+                    for s in range(2):                       # k-step s: columns k + 4s .. + 3 of rows g, g + 8
+                        for p in range(3):
+                            j = 12 * s + 4 * p
+                            d0, d1, d2, d3 = mma_bf16(wbuf[8 * u + 2 * s], wbuf[8 * u + 4 + 2 * s],
+                                                      wbuf[8 * u + 2 * s + 1], wbuf[8 * u + 5 + 2 * s],
+                                                      xb[6 * s + 2 * p], xb[6 * s + 2 * p + 1],
+                                                      acc[j], acc[j + 1], acc[j + 2], acc[j + 3])
+                            acc[j] = d0
+                            acc[j + 1] = d1
+                            acc[j + 2] = d2
+                            acc[j + 3] = d3
+        # ---- split-K: the KW warps' [16 rows, 8 tokens] partials (and sums of squares) through shared memory
+        red = cuda.shared.array((GEMM3_KWMAX, 128), float32)
+        sq = cuda.shared.array((GEMM3_KWMAX, GEMM3_NMAX), float32)
+        for c in range(4):                                   # c: (row gq | gq + 8, token 2tq | 2tq + 1)
+            v = (acc[8 + c] + acc[20 + c]) + (acc[4 + c] + acc[16 + c]) + (acc[c] + acc[12 + c])
+            row = gq + 8 * (c // 2)
+            red[wid, row * 8 + 2 * tq + (c % 2)] = v
+        if NORM:
+            ss += shfl_xor(ss, 1)
+            ss += shfl_xor(ss, 2)
+            if tq == 0:
+                sq[wid, gq] = ss
+        cuda.syncthreads()
+        for e in range(tid, 128, 32 * KW):                   # epilogue: output (row e // 8, token e % 8)
+            row = e // 8
+            i = e - row * 8
+            if i >= n:
+                continue
+            v = float32(0.0)
+            for ww in range(KW):
+                v += red[ww, e]
+            den = float32(1.0)
+            if NORM:
+                t = float32(0.0)
+                for ww in range(KW):
+                    t += sq[ww, i]
+                den = math.sqrt(t / float32(K) + float32(eps))
+                v = v / den
+            if mode == MODE_SWIGLU:
+                if row < 8 and p0 + row < (N >> 1):
+                    u = float32(0.0)
+                    for ww in range(KW):
+                        u += red[ww, e + 64]
+                    if NORM:
+                        u = u / den
+                    store_output(y, ldy, bias, res, i, p0, row, v, u, N, mode, has_bias)
+            elif p0 + row < N:
+                store_output(y, ldy, bias, res, i, p0, row, v, float32(0.0), N, mode, has_bias)
+
+    gemm_v3.NORM, gemm_v3.U, gemm_v3.KW = NORM, U, KW
+    return gemm_v3
+
+
+def gemm_v3_ok(fmt: str, n: int, K: int, ldx: int, KW: int = GEMM3_KW) -> bool:
+    """Whether v3 takes this GEMM (bf16 weights, 5..8 tokens, K a multiple of 32 KW, 16-byte x rows)."""
+    return fmt == "bf16" and 4 < n <= GEMM3_NMAX and K % (32 * KW) == 0 and ldx % 4 == 0
+
+
+def gemm_v3_blocks(N: int, mode: int = MODE_STORE) -> int:
+    return (N // 2 + 7) // 8 if mode == MODE_SWIGLU else (N + 15) // 16
+
+
+def get_gemm_v3(NORM: bool = False, U: int = GEMM3_U, KW: int = GEMM3_KW):
+    key = ("v3", bool(NORM), U, KW)
+    if key not in _CACHE:
+        _CACHE[key] = make_gemm_v3(bool(NORM), U, KW)
+    return _CACHE[key]
+
+
+
+
+# ----------------------------------------------------------------------------- validate and time each version
+def _main():
+    import time
+
+    import numpy as np
+
+    from ..gemm import launch_gemm, nmax_for
+    from ..intrinsics import SIM
+    from ..reference import bf16_bits, bf16_value, linear
+
+    gpu = not SIM
+    shapes = [(4096, 4096), (22016, 4096), (4096, 11008)] if gpu else [(32, 256)]
+    rng = np.random.default_rng(0)
+    print("skinny GEMM lab (bf16 weights): us per launch, GB/s of weights, max rel err against reference.linear")
+    for N, Kd in shapes:
+        wb = bf16_bits((rng.standard_normal((N, Kd)) / math.sqrt(Kd)).astype(np.float32))
+        w = cuda.to_device(wb.ravel())
+        for n in ((1, 5, 8) if gpu else (5,)):
+            nm = nmax_for(n)
+            x = rng.standard_normal((nm, Kd)).astype(np.float32)
+            xd, y = cuda.to_device(x.ravel()), cuda.device_array(nm * N, np.float32)
+            want = linear(x[:n], bf16_value(wb))
+            runs = {"v2": lambda: launch_gemm(0, "bf16", xd, Kd, w, None, y, N, n, Kd, N, LANES=32 if gpu else 1)}
+            if n <= 16 and N * n <= 1 << 24:
+                k1 = make_gemm_v1("bf16")
+                runs["v1"] = lambda: k1[(math.ceil(N / 64), n), 64](xd, w, y, y, n, Kd, N)
+            if gemm_v3_ok("bf16", n, Kd, Kd):
+                k3 = get_gemm_v3()
+                runs["v3"] = lambda: k3[gemm_v3_blocks(N), 32 * GEMM3_KW](xd, Kd, w, y, y, N, y, y, n, Kd, N, MODE_STORE,
+                                                                           0, y, 0.0)
+            for name, run in runs.items():
+                run()
+                cuda.synchronize()
+                err = float(np.abs(y.copy_to_host().reshape(nm, N)[:n] - want).max() / np.abs(want).max())
+                us = gbps = float("nan")
+                if gpu:
+                    reps = 5 if name == "v1" else 50
+                    run()
+                    cuda.synchronize()
+                    t0 = time.perf_counter()
+                    for _ in range(reps):
+                        run()
+                    cuda.synchronize()
+                    us = (time.perf_counter() - t0) / reps * 1e6
+                    gbps = N * Kd * 2 / us / 1e3
+                print(f"  {N}x{Kd} n={n} {name}: {us:9.1f} us {gbps:7.0f} GB/s  rel err {err:.1e}  "
+                      f"{'ok' if err < 1e-5 else 'FAIL'}")
+
+
+if __name__ == "__main__":
+    _main()

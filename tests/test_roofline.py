@@ -1,0 +1,225 @@
+"""explainer/roofline.py: parameter counts through mtp_ref.families, memory needed, repeated timings.
+
+Oracles, none of them mtp_ref's own tensor lists:
+* the totals the model cards publish (a tolerance per row, with the difference measured when it was written);
+* the numbers of the per-family formula chain that roofline.py used before it counted through
+  mtp_ref.families (git ba2bdcc, explainer/roofline.py from_config), copied once as a golden record;
+* element counts read straight from the safetensors headers (struct + json), for the bundled checkpoint
+  and for tiny checkpoints that transformers wrote in the released layouts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import struct
+from pathlib import Path
+
+import pytest
+
+from explainer import roofline
+from explainer.presets import HARDWARE, MODELS, PRECISIONS, Hardware
+from mtp_ref import gemma4, load_model
+from mtp_ref.families import FAMILIES, mtp_tensors
+
+ROOT = Path(__file__).resolve().parent.parent
+BUNDLED = ROOT / "mtp_ref" / "checkpoints" / "mtp-tiny"
+
+
+def header_numels(path: Path) -> dict[str, int]:
+    """Elements per tensor, from the safetensors headers of a checkpoint directory (scales excluded)."""
+    out = {}
+    for f in sorted(path.glob("*.safetensors")):
+        with open(f, "rb") as fh:
+            n = struct.unpack("<Q", fh.read(8))[0]
+            header = json.loads(fh.read(n))
+        for name, info in header.items():
+            if name != "__metadata__" and not name.endswith("_scale_inv"):
+                out[name] = math.prod(info["shape"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def presets():
+    return {name: roofline.from_config(name, c) for name, c in MODELS.items()}
+
+
+# ------------------------------------------------------------------ published totals
+
+def _mtp_unique(cm):  # DeepSeek's MTP file carries copies of the embedding and the head; its README excludes them
+    return cm.mtp_params - 2 * cm.vocab * cm.hidden
+
+
+# (preset, what, published value, relative tolerance, source); measured 2026-12-02 in the trailing comment
+PUBLISHED = [
+    ("DeepSeek-V3", lambda cm: cm.trunk_params(), 671e9, 0.005, "README: 671B main model"),          # +0.004%
+    ("DeepSeek-V3", lambda cm: cm.total_params, 685e9, 0.005, "model card: 685B = 671B + 14B MTP"),  # -0.075%
+    ("DeepSeek-V3", _mtp_unique, 11.5e9, 0.02, "README_WEIGHTS: MTP 11.5B unique params"),           # +0.96%
+    ("DeepSeek-V3", lambda cm: cm.active_params(), 36.6e9, 0.005,
+     "README_WEIGHTS: 36.6B activated incl. the 0.9B head"),                                          # +0.07%
+    ("GLM-4.5-Air", lambda cm: cm.trunk_params(), 106e9, 0.01, "GLM-4.5 README: 106B total"),        # +0.80%
+    ("Qwen3.6-27B", lambda cm: cm.trunk_params(), 27e9, 0.01, "model name: 27B"),                    # -0.39%
+    ("Qwen3.6-27B", lambda cm: 2 * cm.mtp_params, 0.849e9, 0.001,
+     "HF index dump: MTP 0.849 GB in bf16"),                                                         # +0.05%
+    ("Gemma 4 31B", lambda cm: cm.trunk_params(), 30.7e9, 0.005, "model card: 30.7B"),               # -0.01%
+]
+
+
+@pytest.mark.parametrize("name,get,published,tol,source", PUBLISHED, ids=[f"{p[0]}-{p[4][:24]}" for p in PUBLISHED])
+def test_preset_counts_match_published(presets, name, get, published, tol, source):
+    got = get(presets[name])
+    assert abs(got / published - 1) <= tol, f"{name}: {got:.4g} vs {published:.4g} ({source})"
+
+
+def test_qwen_mtp_is_fifteen_tensors():
+    """The public dump of Qwen3.6-27B's index lists 15 MTP tensors (shared glue + one full-attention block)."""
+    cfg, spec = roofline.preset_config("Qwen3.6-27B", MODELS["Qwen3.6-27B"])
+    assert cfg.num_mtp_modules == 1
+    assert len(mtp_tensors(cfg, spec, 0)) == 15
+
+
+# ------------------------------------------------------------------ the old per-family chain
+
+# from_config of git ba2bdcc (the `if fam == ...` chain), per preset: dense, MTP, draft and total params,
+# MoE layers, params per routed expert, KV bytes of one 4096-token sequence, recurrent state elements
+OLD_CHAIN = {
+    "DeepSeek-V3": (16190969344, 13463426304, 1614779648, 684489845504, 58, 44040192, 287834112, 0),
+    "GLM-4.5-Air": (6574831232, 3616573568, 919636096, 110468824832, 45, 17301504, 771751936, 0),
+    "MiMo-7B": (7001337856, 210790400, 832071680, 7833409536, 0, 0, 603979776, 0),
+    "Qwen3.6-27B": (25624600064, 424699392, 1696097792, 27320697856, 0, 0, 425328640, 39223296),
+    "Gemma 4 31B": (30697345280, 0, 0, 30697345280, 0, 0, 1006632960, 0),
+}
+# Where the old chain was wrong for Gemma 4 31B (mtp_ref.gemma4 holds the released tensor list and the cache):
+# it left out the `layer_scalar` [1] of each of the 60 layers, and counted the 10 full (attention_k_eq_v) layers'
+# cache once per position, but V there is rms(raw K), a tensor of its own next to the normed, rotated K.
+GEMMA_FIX = {"dense": 60, "total": 60, "kv": 10 * 4 * 512 * 4096 * 2}
+
+
+@pytest.mark.parametrize("name", list(OLD_CHAIN))
+def test_preset_counts_equal_old_chain(presets, name):
+    cm = presets[name]
+    got = (cm.dense_params, cm.mtp_params, cm.draft_params, cm.total_params, cm.moe_layers, cm.expert_params,
+           cm.kv_bytes(4096, 1), cm.state_elems)
+    want = list(OLD_CHAIN[name])
+    if name == "Gemma 4 31B":
+        want[0] += GEMMA_FIX["dense"]
+        want[3] += GEMMA_FIX["total"]
+        want[6] += GEMMA_FIX["kv"]
+    assert got == tuple(want)
+
+
+def test_presets_build_the_engine_config():
+    """Every preset is a config the engine accepts: a FamilySpec family, or Gemma 4's own engine module."""
+    for name, c in MODELS.items():
+        if c["model_type"] in gemma4.TARGET_TYPES:
+            g = gemma4.target_text_config(c, name)
+            assert g.layer_types == c["layer_types"] and g.hidden_size_per_layer_input == 0
+            continue
+        cfg, spec = roofline.preset_config(name, c)
+        assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.vocab_size) == (
+            c["hidden_size"], c["num_hidden_layers"], c["vocab_size"])
+        assert spec is FAMILIES[c["model_type"]]
+
+
+# ------------------------------------------------------------------ loaded checkpoints
+
+def _check_against_headers(cm, cfg, numels: dict[str, int]) -> None:
+    L = cfg.num_hidden_layers
+    mtp_prefixes = tuple(f"model.layers.{L + j}." for j in range(cfg.num_mtp_modules)) + ("model.mtp_layers.", "mtp.")
+    mtp = sum(n for k, n in numels.items() if k.startswith(mtp_prefixes))
+    trunk = {k: n for k, n in numels.items() if not k.startswith(mtp_prefixes)}
+    assert cm.total_params == sum(numels.values())
+    assert cm.mtp_params == mtp
+    assert cm.trunk_params() == sum(trunk.values())            # every stored tensor is trunk or MTP
+    experts = sum(n for k, n in trunk.items() if ".mlp.experts." in k)
+    assert cm.moe_layers * cm.n_experts * cm.expert_params == experts
+    assert cm.dense_params == sum(trunk.values()) - experts - (0 if cm.tied else cfg.vocab_size * cfg.hidden_size)
+
+
+@pytest.mark.skipif(not any(BUNDLED.glob("*.safetensors")), reason="bundled checkpoint not present")
+def test_bundled_checkpoint_counts_equal_its_tensors():
+    model = load_model(None)
+    cm = roofline.from_checkpoint(model)
+    _check_against_headers(cm, model.config, header_numels(BUNDLED))
+    assert cm.moe_layers == 9 and cm.n_experts == 4 and len(cm.mtp_kv_layers) == model.config.num_mtp_modules == 3
+
+
+@pytest.mark.parametrize("family", ["bundled", "glm4_moe", "mimo"])
+def test_released_layout_preset_path_equals_loaded_path(tiny_checkpoint, family):
+    """A config counted as a preset and the same checkpoint counted from its files agree with its headers
+    (the bundled model is deepseek_v3; the others are tiny checkpoints transformers wrote)."""
+    if family == "bundled" and not any(BUNDLED.glob("*.safetensors")):
+        pytest.skip("bundled checkpoint not present")
+    path = BUNDLED if family == "bundled" else tiny_checkpoint(family)
+    model = load_model(path)
+    raw = json.loads((path / "config.json").read_text())
+    as_preset = roofline.from_config("tiny", raw)
+    loaded = roofline.from_checkpoint(model)
+    _check_against_headers(loaded, model.config, header_numels(path))
+    assert model.config.num_mtp_modules == model.config.num_nextn_predict_layers
+    for f in ("dense_params", "mtp_params", "draft_params", "total_params", "moe_layers", "expert_params",
+              "kv_layers", "attn_flops", "mtp_kv_layers", "tied"):
+        assert getattr(as_preset, f) == getattr(loaded, f), f
+
+
+# ------------------------------------------------------------------ memory
+
+H200 = next(h for h in HARDWARE if h.name == "NVIDIA H200 SXM")
+H100 = next(h for h in HARDWARE if h.name == "NVIDIA H100 SXM")
+
+
+def test_memory_deepseek_fp8_needs_several_gpus(presets):
+    cm, bpp = presets["DeepSeek-V3"], PRECISIONS["fp8"].bytes_per_param
+    m = roofline.memory_needed(cm, bpp, context=4096, batch=1)
+    assert m["weights"] == 684489845504 * bpp
+    assert m["kv"] == (61 + 1) * 576 * 4096 * 2              # 61 trunk layers + 1 MTP layer, MLA latent, 2 bytes
+    assert m["total"] == m["weights"] + m["kv"]
+    assert roofline.devices_needed(m["total"], H200) == 5     # 684.9 GB / 141 GB
+    assert roofline.devices_needed(m["total"], H100) == 9     # 684.9 GB / 80 GB
+
+
+def test_memory_sliding_window_and_recurrent_state(presets):
+    ctx, batch = 100_000, 2
+    gemma = roofline.memory_needed(presets["Gemma 4 31B"], 2.0, ctx, batch)
+    assert gemma["kv"] == batch * 2 * (50 * 8192 * 1024 + 10 * 4096 * ctx)   # sliding layers keep 1024 positions
+    qwen = presets["Qwen3.6-27B"]
+    q = roofline.memory_needed(qwen, 2.0, ctx, batch)
+    state = 48 * (48 * 128 * 128 + (2 * 16 * 128 + 48 * 128) * 3)          # 48 DeltaNet layers: S + conv tail
+    assert qwen.state_elems == state
+    assert q["kv"] == batch * ((16 + 1) * 2048 * ctx * 2 + state * 4)      # 16 attention + 1 MTP layer, f32 state
+    assert q["weights"] == 2.0 * 27320697856
+
+
+def test_devices_needed_edges():
+    assert roofline.devices_needed(0.0, H200) == 1
+    assert roofline.devices_needed(141e9, H200) == 1
+    assert roofline.devices_needed(141e9 + 1, H200) == 2
+    with pytest.raises(ValueError, match="memory_gb"):
+        roofline.devices_needed(1.0, Hardware("custom", 100, 10, "user input"))
+
+
+def test_hardware_memory_from_datasheets():
+    want = {"NVIDIA H100 SXM": 80, "NVIDIA H200 SXM": 141, "NVIDIA RTX 3090": 24, "NVIDIA RTX 4090": 24,
+            "NVIDIA RTX 5090": 32, "NVIDIA RTX PRO 6000 Blackwell": 96, "Apple M4 Pro (20-core GPU)": 64,
+            "Apple M4 Max (40-core GPU)": 128, "AMD Ryzen AI Max+ 395 (Strix Halo)": 128}
+    assert {h.name: h.memory_gb for h in HARDWARE} == want
+    assert all(h.memory_source for h in HARDWARE)
+
+
+# ------------------------------------------------------------------ repeated timings
+
+@pytest.mark.skipif(not any(BUNDLED.glob("*.safetensors")), reason="bundled checkpoint not present")
+def test_time_forwards_repeated_keeps_every_sample():
+    model = load_model(None)
+    ids = model.encode("Once upon a time")
+    rows = roofline.time_forwards_repeated(model, ids, [1, 3], repeats=3)
+    assert [r["n"] for r in rows] == [1, 3]
+    for r in rows:
+        assert len(r["samples"]) == 3 and all(s > 0 for s in r["samples"])
+        assert r["min"] == min(r["samples"]) and r["max"] == max(r["samples"])
+        assert r["median"] == statistics.median(r["samples"])
+    assert rows[1]["bytes_read"] >= rows[0]["bytes_read"] > 0   # 3 tokens pick at least the experts 1 token does
+    best = roofline.time_forwards(model, ids, [1, 3], repeats=2)
+    assert [(r["n"], r["bytes_read"]) for r in best] == [(r["n"], r["bytes_read"]) for r in rows]
+    assert all(r["seconds"] > 0 for r in best)
