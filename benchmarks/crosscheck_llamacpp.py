@@ -107,17 +107,52 @@ convert.main()
 """
 
 
+def steer(ckpt: Path, sigma: float, seed: int = 0) -> None:
+    """Make drafts acceptable (random MTP drafts are all rejected, leaving acceptance untested): zero every output
+    projection of the trunk and the MTP block (o_proj, out_proj, down_proj), so the residual stream is the token
+    embedding and the greedy next token a fixed function f(t) = argmax head(norm(E t)); set the zero-centred norms
+    around it to scale 1 and the MTP's fc to [I + sigma R1 | sigma R2]: the MTP then predicts about f of its input
+    token, which is the next token, and sigma sets how often it misses."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    gen = torch.Generator().manual_seed(seed)
+    for f in sorted(ckpt.glob("*.safetensors")):
+        t = load_file(str(f))
+        for name in list(t):
+            if name.endswith(("o_proj.weight", "out_proj.weight", "down_proj.weight", "down_proj")):
+                t[name] = torch.zeros_like(t[name])
+            elif name.endswith(("model.norm.weight", "mtp.pre_fc_norm_embedding.weight", "mtp.norm.weight")):
+                t[name] = torch.zeros_like(t[name])
+            elif name == "mtp.fc.weight":
+                H = t[name].shape[0]
+                w = sigma * torch.randn(H, 2 * H, generator=gen)
+                w[:, :H] += torch.eye(H)
+                t[name] = w.to(t[name].dtype)
+        save_file(t, str(f), metadata={"format": "pt"})
+
+
 def make_checkpoint(variant: str, work: Path):
     sys.path.insert(0, str(ROOT / "tests"))
     import builders_qwen35 as bq
 
+    name = variant
+    variant, steered, sigma = variant.partition("+steered")          # "qwen3_5-vl+steered0.3": sigma 0.3
     if variant not in bq.VARIANTS:
         raise SystemExit(f"error: unknown variant {variant!r}; builders_qwen35.VARIANTS has {sorted(bq.VARIANTS)}")
-    d = work / "ckpt" / variant
+    d = work / "ckpt" / name
     if d.exists():
         shutil.rmtree(d)
     d.mkdir(parents=True)
-    bq.build(variant, d)
+    # llama.cpp's Gated DeltaNet takes one head size for keys and values (ssm_state_size); the tests' tiny
+    # configs use 16 / 24 to catch a swapped dimension, so the cross-check builds them with 16 / 16. Its qwen3next
+    # has no dense layers between MoE ones (mlp_only_layers, [] in the release; the tests use [1])
+    over = {"linear_value_head_dim": 16}
+    if bq.VARIANTS[variant]["family"] == "qwen3_next":
+        over["mlp_only_layers"] = []
+    bq.build(variant, d, text_overrides=over)
+    if steered:
+        steer(d, float(sigma or 0.3))
     return d
 
 
@@ -160,22 +195,54 @@ def run_llama(exe: Path, gguf: Path, prompt: list[int], n: int, k: int) -> dict:
 # --------------------------------------------------------------------------------------------------
 
 
-def our_draft(model, committed: list[int], id_last: int, k: int, position0_row: bool) -> list[int]:
+def our_verify_argmax(model, committed: list[int], id_last: int, drafts: list[int]) -> list[int]:
+    """Target argmax of every row of the verify [id_last, d_1 .. d_k] after `committed`."""
+    _, logits = model.forward(np.asarray(committed + [id_last] + drafts), model.new_cache())
+    return [int(x) for x in np.argmax(logits[len(committed):], axis=-1)]
+
+
+def our_draft(model, committed: list[int], id_last: int, k: int, position0_row: bool,
+              stale: dict | None = None) -> list[int]:
     """Recursive drafting with module 0 after `committed` (in the trunk) with `id_last` pending: MTP rows
     (h[p-1], t[p]) at positions 1..N, the last one being id_last's; then k-1 rows of (g, d). With
-    position0_row, first a row (0, t[0]) at position 0, as llama.cpp's drafter has."""
+    position0_row, first a row (0, t[0]) at position 0, as llama.cpp's drafter has. stale: {p: hidden} to
+    pair with t[p] instead of h[p-1] (llama.cpp's rows written right after a checkpoint restore, see compare)."""
     N = len(committed)
     h, _ = model.forward(np.asarray(committed), model.new_cache())               # [N, H]
     c = model.new_mtp_cache()
     if position0_row:
         model.mtp_forward(0, [committed[0]], np.zeros_like(h[:1]), c, np.array([0]))
     seq = committed + [id_last]
-    g, logits = model.mtp_forward(0, seq[1:], h, c, np.arange(1, N + 1), last_only=True)
+    prev_h = h.copy()
+    for p, hid in (stale or {}).items():
+        if 1 <= p <= N:
+            prev_h[p - 1] = hid
+    g, logits = model.mtp_forward(0, seq[1:], prev_h, c, np.arange(1, N + 1), last_only=True)
     drafts = [int(np.argmax(logits[-1]))]
     prev = g[-1:]
     for s in range(1, k):
         prev, logits = model.mtp_forward(0, [drafts[-1]], prev, c, np.array([N + s]))
         drafts.append(int(np.argmax(logits[-1])))
+    return drafts
+
+
+def our_draft_chain_heads(model, committed: list[int], id_last: int, k: int) -> list[int]:
+    """llama.cpp's multi-module path (chain_heads, Step-3.5 style), with our forward: every module's cache holds
+    the trunk-paired rows (0, t[0]) at position 0 and (h[p-1], t[p]) at 1..N-1; draft step i runs module i over
+    [id_last, d_1 .. d_i] at positions N .. N+i with hiddens [h[N-1], out_0, .., out_{i-1}] (out_j: module j's
+    output at its last row), and d_{i+1} is the argmax of its last row."""
+    N = len(committed)
+    h, _ = model.forward(np.asarray(committed), model.new_cache())               # [N, H]
+    chain_h, drafts = [h[-1]], []
+    for i in range(min(k, model.config.num_mtp_modules)):
+        c = model.new_mtp_cache()
+        model.mtp_forward(i, [committed[0]], np.zeros_like(h[:1]), c, np.array([0]))
+        if N > 1:
+            model.mtp_forward(i, committed[1:], h[:-1], c, np.arange(1, N))
+        g, logits = model.mtp_forward(i, [id_last] + drafts, np.stack(chain_h), c, np.arange(N, N + i + 1),
+                                      last_only=True)
+        drafts.append(int(np.argmax(logits[-1])))
+        chain_h.append(g[-1])
     return drafts
 
 
@@ -193,19 +260,37 @@ def compare(model, exe: Path, gguf: Path, prompt: list[int], n: int, k: int) -> 
     ll_plain = run_llama(exe, gguf, prompt, n, 0)["plain"]
     ll = run_llama(exe, gguf, prompt, n, k)
     stream = prompt + ours_plain
+    chain = model.config.num_mtp_modules > 1         # llama.cpp then drafts depth i with module i (chain_heads)
+    k = min(k, model.config.num_mtp_modules) if chain else k
     rounds = []
+    # A target that cannot drop rows (llama.cpp's qwen3next: no per-token rollback) restores a checkpoint after a
+    # rejection and verifies the kept tokens again; its drafter then pairs the first of them (position pos0) with
+    # the hidden it holds from the rejected verify's last row, as nothing resets it on that path (speculative-
+    # simple calls common_speculative_accept only after a full acceptance). stale[pos0] emulates that row.
+    stale: dict = {}
+    ckpt_target = bool((ll.get("info") or {}).get("checkpoint_target"))
     for r in ll["rounds"]:
         if r["redo"] or not r["draft"]:
             continue
+        if r["pos0"] >= len(stream) or stream[r["pos0"]] != r["id_last"]:
+            break                                    # the plain streams diverged before this round
         committed = stream[: r["pos0"]]
-        assert stream[r["pos0"]] == r["id_last"] or agree_prefix(ours_plain, ll_plain) < r["pos0"] - len(prompt) + 1
-        d_ll = our_draft(model, committed, r["id_last"], len(r["draft"]), True)
-        d_ours = our_draft(model, committed, r["id_last"], len(r["draft"]), False)
+        if chain:
+            d_ll = our_draft_chain_heads(model, committed, r["id_last"], len(r["draft"]))
+            d_ours = None                            # our chain mode pairs module j with module j-1's outputs
+        else:
+            d_ll = our_draft(model, committed, r["id_last"], len(r["draft"]), True, stale)
+            d_ours = our_draft(model, committed, r["id_last"], len(r["draft"]), False)
+        if ckpt_target and r["accepted"] < len(r["draft"]):
+            h_verify, _ = model.forward(np.asarray(committed + [r["id_last"]] + r["draft"]), model.new_cache())
+            stale[r["pos0"]] = h_verify[-1]
         cont = stream[r["pos0"] + 1:]
         rounds.append({"pos0": r["pos0"], "llama": r["draft"], "ours_llama_conv": d_ll, "ours_conv": d_ours,
-                       "accepted_llama": r["accepted"], "accepted_ours": agree_prefix(d_ll, cont)})
+                       "accepted_llama": r["accepted"], "accepted_ours": agree_prefix(d_ll, cont),
+                       "verify_llama": r["target"], "verify_ours": our_verify_argmax(model, committed, r["id_last"],
+                                                                                    r["draft"])})
     # our decoder's own rounds, where llama.cpp drafted at the same position
-    dec = SpeculativeDecoder(model, k, "recursive")
+    dec = SpeculativeDecoder(model, k, "chain" if chain else "recursive")
     dec.prefill(prompt)
     ours_rounds = {}
     while len(dec.generated) < n:
@@ -222,10 +307,13 @@ def compare(model, exe: Path, gguf: Path, prompt: list[int], n: int, k: int) -> 
         "ours_spec_equals_ours_plain": agree_prefix(dec.generated[:n], ours_plain),
         "rounds": len(rounds),
         "drafts_equal_llama_conv": sum(x["llama"] == x["ours_llama_conv"] for x in rounds),
-        "drafts_equal_our_conv": sum(x["llama"] == x["ours_conv"] for x in rounds),
+        "drafts_equal_our_conv": None if chain else sum(x["llama"] == x["ours_conv"] for x in rounds),
         "first_draft_token_equal_llama_conv": sum(x["llama"][0] == x["ours_llama_conv"][0] for x in rounds),
         "accepted_equal": sum(x["accepted_llama"] == x["accepted_ours"] for x in rounds),
+        "verify_rows_equal": sum(x["verify_llama"] == x["verify_ours"] for x in rounds),
         "accepted_hist_llama": np.bincount([x["accepted_llama"] for x in rounds], minlength=k + 1).tolist(),
+        "accepted_hist_ours": np.bincount([x["accepted_ours"] for x in rounds], minlength=k + 1).tolist(),
+        "decoder_accepted_hist": dec.stats.hist,
         "decoder_rounds_shared": len(shared), "decoder_drafts_equal": dec_same, "decoder_accepted_equal": dec_acc_same,
         "info": ll.get("info"),
         "mismatches": [x for x in rounds if x["llama"] != x["ours_llama_conv"]][:5],
@@ -255,13 +343,16 @@ def run(args):
                   f"llama mtp = llama plain {res['llama_mtp_equals_llama_plain']}/{res['n']}, "
                   f"drafts equal {res['drafts_equal_llama_conv']}/{res['rounds']} (llama.cpp convention) "
                   f"{res['drafts_equal_our_conv']}/{res['rounds']} (ours), accepted equal "
-                  f"{res['accepted_equal']}/{res['rounds']}, decoder rounds equal "
+                  f"{res['accepted_equal']}/{res['rounds']} (llama.cpp {res['accepted_hist_llama']}, ours "
+                  f"{res['accepted_hist_ours']}), verify argmax rows equal {res['verify_rows_equal']}/{res['rounds']}, "
+                  f"decoder rounds equal "
                   f"{res['decoder_drafts_equal']}/{res['decoder_rounds_shared']}", flush=True)
         report["variants"][variant] = results
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=1))
-    print(json.dumps({v: {k: sum(r[k] for r in rs) for k in ("rounds", "drafts_equal_llama_conv",
-                                                              "drafts_equal_our_conv", "accepted_equal")}
+    print(json.dumps({v: {k: sum(r[k] or 0 for r in rs) for k in ("rounds", "drafts_equal_llama_conv",
+                                                              "drafts_equal_our_conv", "accepted_equal",
+                                                              "verify_rows_equal")}
                       for v, rs in report["variants"].items()}, indent=1))
 
 

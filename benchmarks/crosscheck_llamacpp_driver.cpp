@@ -81,6 +81,10 @@ int main(int argc, char ** argv) {
     auto init_tgt = common_init_from_params(params);
     llama_model * model = init_tgt->model();
     llama_context * ctx_tgt = init_tgt->context();
+    if (model == nullptr || ctx_tgt == nullptr) {
+        std::fprintf(stderr, "error: llama.cpp could not load %s (see its log above)\n", params.model.path.c_str());
+        return 2;
+    }
     const int32_t n_vocab = llama_vocab_n_tokens(llama_model_get_vocab(model));
     const llama_seq_id seq = 0;
     std::vector<llama_token> out;

@@ -12,7 +12,7 @@ from typing import Callable
 
 from explainer import stepper
 
-W, H = 960, 470
+W, H = 960, 520
 FONT = 20                       # viewBox units: >= 16 px on screen down to a 770 px wide drawing
 INK, MUTED = "#1f2328", "#3d4650"
 FILL = {"old": "#d0d7de", "kept": "#8fd19e", "cut": "#ffb3b3", "empty": "#ffffff", "draft": "#d8c8ff",
@@ -89,16 +89,16 @@ def cycle_svg(view: stepper.StepView, phase: int, mode: str, tok: Callable[[int]
     out.append(_group("".join(body), (1, k), phase, 12, 28, W - 24, 104,
                       f"1. Draft: {k} small forwards guess d1 .. d{k}"))
     # --- verify: ONE trunk forward over pending + drafts
-    body = [_t(24, 218, "trunk", anchor="start", weight="bold"), _t(24, 242, "(all layers)", anchor="start")]
+    body = [_t(24, 228, "trunk", anchor="start", weight="bold"), _t(24, 252, "(all layers)", anchor="start")]
     for c in range(cols):
         label = short(rec.pending) if c == 0 else short(rec.drafts[c - 1].token)
-        body.append(_chip(cx(c), 160, chip_w, chip_h, label, FILL["pending"] if c == 0 else FILL["draft"]))
-        body.append(_arrow(cx(c) + chip_w / 2, 196, cx(c) + chip_w / 2, 212, live=phase == P_VERIFY))
+        body.append(_chip(cx(c), 170, chip_w, chip_h, label, FILL["pending"] if c == 0 else FILL["draft"]))
+        body.append(_arrow(cx(c) + chip_w / 2, 206, cx(c) + chip_w / 2, 222, live=phase == P_VERIFY))
         if phase >= P_VERIFY:
-            body.append(_chip(cx(c), 214, chip_w, chip_h, short(rec.target_argmax[c]), "#ffffff", stroke=INK))
-    body.append(_t(left - 10, 182, "in", anchor="end", size=FONT - 2))
-    body.append(_t(left - 10, 236, "out", anchor="end", size=FONT - 2))
-    out.append(_group("".join(body), (P_VERIFY, P_VERIFY), phase, 12, 134, W - 24, 122,
+            body.append(_chip(cx(c), 224, chip_w, chip_h, short(rec.target_argmax[c]), "#ffffff", stroke=INK))
+    body.append(_t(left - 10, 193, "in", anchor="end", size=FONT - 2))
+    body.append(_t(left - 10, 247, "out", anchor="end", size=FONT - 2))
+    out.append(_group("".join(body), (P_VERIFY, P_VERIFY), phase, 12, 136, W - 24, 128,
                       f"2. Verify: ONE forward over {k + 1} tokens; row j = the trunk's choice after it"))
     # --- accept: compare each draft with the trunk's choice at the row before it
     body = []
@@ -106,17 +106,17 @@ def cycle_svg(view: stepper.StepView, phase: int, mode: str, tok: Callable[[int]
         for j in range(k):
             x = cx(j + 1)
             if j < a:
-                body.append(_chip(x, 296, chip_w, chip_h, "✓ keep", FILL["ok"]))
+                body.append(_chip(x, 304, chip_w, chip_h, "✓ keep", FILL["ok"]))
             elif j == a:
-                body.append(_chip(x, 296, chip_w, chip_h, "✗ reject", FILL["bad"]))
+                body.append(_chip(x, 304, chip_w, chip_h, "✗ reject", FILL["bad"]))
             else:
-                body.append(_chip(x, 296, chip_w, chip_h, "skipped", FILL["skip"]))
+                body.append(_chip(x, 304, chip_w, chip_h, "skipped", FILL["skip"]))
         last = rec.new_tokens[-1]
         kind = "bonus" if a == k else "correction"
-        body.append(_t(24, 320, f"+{a + 1} tokens", anchor="start", weight="bold"))
-        body.append(_t(W - 30, 348, f"kept {a} draft(s) + 1 {kind} token '{tok(last)[:10]}'", anchor="end",
+        body.append(_t(24, 328, f"+{a + 1} tokens", anchor="start", weight="bold"))
+        body.append(_t(W - 30, 358, f"kept {a} draft(s) + 1 {kind} token '{tok(last)[:10]}'", anchor="end",
                        size=FONT - 1))
-    out.append(_group("".join(body), (P_ACCEPT, P_ACCEPT), phase, 12, 258, W - 24, 98,
+    out.append(_group("".join(body), (P_ACCEPT, P_ACCEPT), phase, 12, 266, W - 24, 100,
                       "3. Accept: keep drafts while they match, then take the trunk's own token"))
     # --- rollback: main and MTP caches, rows kept / cut
     body = []
@@ -126,8 +126,8 @@ def cycle_svg(view: stepper.StepView, phase: int, mode: str, tok: Callable[[int]
     n = max(hi - lo, 1)
     cell = min(44, (W - 220) / n)
     for i, r in enumerate(rows[:4]):
-        y = 392 + i * 20 if len(rows) > 1 else 400
-        body.append(_t(200, y + 14, r["cache"], anchor="end", size=FONT - 2))
+        y = 402 + i * 27 if len(rows) > 1 else 412
+        body.append(_t(200, y + 17, r["cache"], anchor="end", size=FONT - 3))
         for c in range(lo, hi):
             x = 210 + (c - lo) * cell
             if c >= r["before"]:
@@ -138,13 +138,13 @@ def cycle_svg(view: stepper.StepView, phase: int, mode: str, tok: Callable[[int]
                 fill = FILL["cut"]
             else:
                 fill = FILL["kept"] if phase >= P_ROLL else FILL["draft"]
-            body.append(f'<rect x="{x:.0f}" y="{y}" width="{cell - 3:.0f}" height="17" fill="{fill}" '
+            body.append(f'<rect x="{x:.0f}" y="{y}" width="{cell - 3:.0f}" height="23" fill="{fill}" '
                         f'stroke="#8c959f"/>')
     if phase >= P_ROLL:
         cut = rec.cache_before["main"] - rec.cache_after["main"]
-        body.append(_t(W - 30, 378, f"main cache {rec.cache_before['main']} → {rec.cache_after['main']} rows "
+        body.append(_t(W - 30, 392, f"main cache {rec.cache_before['main']} → {rec.cache_after['main']} rows "
                                     f"({cut} cut)", anchor="end", size=FONT - 1))
-    out.append(_group("".join(body), (P_ROLL, P_ROLL), phase, 12, 358, W - 24, 106 if len(rows) > 1 else 80,
+    out.append(_group("".join(body), (P_ROLL, P_ROLL), phase, 12, 368, W - 24, 146 if len(rows) > 1 else 84,
                       "4. Rollback: cut cache rows of rejected drafts"))
     defs = ('<defs><marker id="mtp-arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" '
             f'orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="{MUTED}"/></marker></defs>')

@@ -317,8 +317,10 @@ class QwenOracle(builders.Oracle):
 # --------------------------------------------------------------------------------------------------
 
 
-def build(variant: str, dir: str | Path, dtype: str = "bf16", with_tokenizer: bool = True) -> QwenOracle:
-    """Write VARIANTS[variant] to dir (config.json, model.safetensors, tokenizer.json); return its oracle."""
+def build(variant: str, dir: str | Path, dtype: str = "bf16", with_tokenizer: bool = True,
+          text_overrides: dict | None = None) -> QwenOracle:
+    """Write VARIANTS[variant] to dir (config.json, model.safetensors, tokenizer.json); return its oracle.
+    text_overrides: text-config keys to change (benchmarks/crosscheck_llamacpp.py: llama.cpp wants dk == dv)."""
     opt = dict(VARIANTS[variant])
     family, vl, tie, seed = opt["family"], opt["vl"], opt["tie"], opt["seed"]
     dir = Path(dir)
@@ -336,6 +338,7 @@ def build(variant: str, dir: str | Path, dtype: str = "bf16", with_tokenizer: bo
             del text["rope_parameters"]["partial_rotary_factor"]
         if not vl:
             text["architectures"] = ["Qwen3_5MoeForCausalLM" if moe else "Qwen3_5ForCausalLM"]
+    text.update(text_overrides or {})
     text["tie_word_embeddings"] = tie
     written = _vl_wrap({k: v for k, v in text.items() if k != "tie_word_embeddings"}, moe, tie) if vl else text
     prefix = "model.language_model." if vl else "model."

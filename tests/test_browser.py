@@ -200,10 +200,10 @@ ACCEPT_TABLE = """(() => { const t = document.querySelector('table.mtp-accept');
 
 
 def set_temperature(browser: Browser, steps: int) -> bool:
-    """Focus the Temperature slider's thumb and press the right arrow `steps` times (0.05 a step)."""
+    """Focus the Temperature slider (its range input) and press the right arrow `steps` times (0.05 a step)."""
     ok = browser.js("(() => { const s = [...document.querySelectorAll('[data-testid=\"stSlider\"]')]"
                     ".find(x => x.innerText.includes('Temperature')); if (!s) return false;"
-                    " const t = s.querySelector('[role=\"slider\"]'); if (!t) return false; t.focus(); return true; })()")
+                    " const t = s.querySelector('input[type=range]'); if (!t) return false; t.focus(); return true; })()")
     if ok:
         browser.press("ArrowRight", 39, steps)
     return bool(ok)

@@ -200,12 +200,19 @@ def test_qwen_speculative_greedy_matches_numpy(qwen_ckpt, variant, depth, rollba
     NumPy engine, and afterwards the same cache state: the next forward gives the same logits as the engine's
     cache and as a fresh forward over the committed tokens (a rollback that kept the rejected drafts' state
     would not)."""
+    from test_speculative import ForcedDrafts
+
     from mtp_ref.speculative import SpeculativeDecoder
     m, cm = both(qwen_ckpt(variant))
     assert m.config.num_mtp_modules >= depth and "linear_attention" in m.config.layer_types
-    decs = [SpeculativeDecoder(x, depth, rollback=rollback) for x in (m, cm)]
+    prompt = [1, 2, 3, 4, 5, 6]
+    # random weights draft nothing the trunk accepts: bend the drafts toward the plain greedy tokens at a rate
+    # that gives both outcomes (the same bend on both models), so that accepted rows are kept and rejected
+    # ones rolled back
+    ref = prompt + generate(m, prompt, 12, 0, stop_at_eos=False).token_ids
+    decs = [SpeculativeDecoder(ForcedDrafts(x, ref, 0.5, salt=1), depth, rollback=rollback) for x in (m, cm)]
     for d in decs:
-        d.prefill([1, 2, 3, 4, 5, 6])
+        d.prefill(prompt)
         for _ in range(4):
             d.step()
     a, b = decs

@@ -59,9 +59,9 @@ def cycle_section(model, ids: list[int]) -> None:
     view, phase = s["view"], s["phase"]
     tok = lambda t: common.token_str(model, t)  # noqa: E731
     names = diagram.phases(k)
+    components.html(diagram.cycle_svg(view, phase, "chain", tok), height=diagram.H + 16)
     st.markdown(f"Cycle {s['cycles']}, phase {phase} of {len(names)}: " + diagram.phase_sentence(view, phase, "chain",
                                                                                                   tok))
-    components.html(diagram.cycle_svg(view, phase, "chain", tok), height=diagram.H + 20)
 
 
 # ---------------------------------------------------------------------- the race

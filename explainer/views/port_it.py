@@ -31,8 +31,9 @@ FORMULAS = [
      r"S = \frac{1-a^{k+1}}{(1-a)\,(1+k\,c)}"),
     ("Bytes one decode forward reads (memory-bound regime: time = bytes / bandwidth)",
      r"B = b\,\big(P_{dense} + m H + L_{moe}\,\mathbb{E}[\#\text{experts}]\,P_{expert}\big) + B_{KV}"),
-    ("Distinct experts per MoE layer when m tokens each pick k of E uniformly",
-     r"\mathbb{E}[\#\text{experts}] = E\,\big(1 - (1 - k/E)^m\big)"),
+    ("Distinct experts per MoE layer when m tokens each pick e of E experts uniformly (e: experts per token, not "
+     "the draft depth k)",
+     r"\mathbb{E}[\#\text{experts}] = E\,\big(1 - (1 - e/E)^m\big)"),
 ]
 
 

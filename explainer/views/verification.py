@@ -108,12 +108,12 @@ def accept_table(model, view: stepper.StepView) -> str:
     """The accept test per draft as a compact HTML table: every column stays visible in a 1024 px window."""
     rec = view.rec
     if view.greedy:
-        cols = ["depth", "draft", "trunk's choice", "result"]
-    else:
-        cols = ["depth", "draft", "p(d)", "q(d)", "min(1, p/q)", "u", "result"]
+        cols = ["draft", "trunk's choice", "result"]
+    else:   # seven numbers a row in a half-width column: short cells, the rule in the column heads
+        cols = ["draft", "p(d)", "q(d)", "min(1, p/q)", "u", "result"]
     rows = []
     for j, d in enumerate(rec.drafts):
-        row = {"depth": f"d{j + 1}", "draft": common.token_str(model, d.token),
+        row = {"draft": f"d{j + 1} {common.token_str(model, d.token)}",
                "trunk's choice": common.token_str(model, rec.target_argmax[j])}
         if j > rec.accepted:
             row["result"] = "not tested"
@@ -122,18 +122,18 @@ def accept_table(model, view: stepper.StepView) -> str:
         else:
             p, q, u = rec.p_of_draft[j], d.q, rec.accept_u[j]
             ratio = min(1.0, p / q)
-            row.update({"p(d)": f"{p:.3f}", "q(d)": f"{q:.3f}", "min(1, p/q)": f"{ratio:.3f}", "u": f"{u:.3f}",
-                        "result": "keep (u < min)" if u < ratio else "reject (u ≥ min)"})
+            row.update({"p(d)": f"{p:.2f}", "q(d)": f"{q:.2f}", "min(1, p/q)": f"{ratio:.2f}", "u": f"{u:.2f}",
+                        "result": "keep" if u < ratio else "reject"})
         rows.append(row)
-    th = "".join(f'<th style="padding:4px 8px;text-align:left;border-bottom:2px solid #3d4650">{html.escape(c)}</th>'
+    th = "".join(f'<th style="padding:4px 5px;text-align:left;border-bottom:2px solid #3d4650">{html.escape(c)}</th>'
                  for c in cols)
     body = ""
     for r in rows:
         bg = "#d3f3da" if r["result"].startswith("keep") else "#ffd7d7" if r["result"].startswith("reject") else "#fff"
         body += f'<tr style="background:{bg}">' + "".join(
-            f'<td style="padding:4px 8px;font-family:monospace">{html.escape(str(r.get(c, "")))}</td>' for c in cols) + "</tr>"
+            f'<td style="padding:4px 5px;font-family:monospace">{html.escape(str(r.get(c, "")))}</td>' for c in cols) + "</tr>"
     return (f'<table class="mtp-accept" data-testid="mtp-accept-table" style="border-collapse:collapse;'
-            f'font-size:1rem;color:#1f2328;width:100%"><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>')
+            f'font-size:0.95rem;color:#1f2328;width:100%"><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>')
 
 
 def verify_chart(model, view: stepper.StepView) -> go.Figure:
@@ -245,7 +245,7 @@ def last_step(model, view: stepper.StepView, mode: str) -> None:
                 f"{k} drafts, **{a} kept**; {ending}. Written: {new}.")
     how = "the module's most likely token" if view.greedy else "sampled from the module's q"
     with st.container(key="stack_verify"):
-        c1, c2 = st.columns([3, 2])
+        c1, c2 = st.columns([3, 2] if view.greedy else [1, 1])
         c1.plotly_chart(verify_chart(model, view), key="p3_verify", config={"displayModeBar": False})
         c2.markdown(f"**1. Draft** ({how}): " + ", ".join(
             f"d{j + 1} = '{common.token_str(model, d.token)}'" for j, d in enumerate(rec.drafts)) + ".")

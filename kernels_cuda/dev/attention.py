@@ -873,21 +873,23 @@ def attn_combine_v3(po, pml, out, ldo, ooff, meta, n, nh, dv, C, split):
 
 # ----------------------------------------------------------------------------- validate and time each version
 def _main():
-    import time
-
     import numpy as np
 
     from .. import kernels as K
     from ..gemm import nmax_for
     from ..reference import attention as attention_ref
 
+    from ..graphs import CudaGraph, events_ms
+
     gpu = not SIM
+    st = cuda.stream()
     # MiMo-7B shapes on a GPU (32 heads over 8 KV groups, head dim 128); a tiny shape in the simulator
     nh, g, dk, dv = (32, 8, 128, 128) if gpu else (4, 2, 32, 32)
     starts, ns = ((511, 4095), (1, 2, 4)) if gpu else ((40,), (2,))
     sms = cuda.get_current_device().MULTIPROCESSOR_COUNT if gpu else 2
     rng = np.random.default_rng(0)
-    print(f"attention lab: nh {nh}, KV groups {g}, dk {dk}, dv {dv}; us per launch (partial + merge); max rel err")
+    print(f"attention lab: nh {nh}, KV groups {g}, dk {dk}, dv {dv}; us per launch (partial + merge, CUDA graph of "
+          f"20, replayed); max rel err against reference.attention")
     for start in starts:
         for n in ns:
             T, rep, nq = start + n, nh // g, nmax_for(n)
@@ -914,7 +916,7 @@ def _main():
                     extra = (C, Sv, 1)
 
                     def merge():
-                        K.attn_combine[n * nh, nt](po, pml, out, nh * dv, 0, d["meta"], n, nh, dv, C)
+                        K.attn_combine[n * nh, nt, st](po, pml, out, nh * dv, 0, d["meta"], n, nh, dv, C)
                 elif version in ("v5", "v6"):
                     rw = ATT5_RW if version == "v5" else ATT6_RW
                     rw = rw if gpu else qmax
@@ -924,8 +926,8 @@ def _main():
                     grid, nt, smem, extra = g * split, 32 * kern.NW, attn_v5_smem(qmax, dk, rw), (split,)
 
                     def merge(split=split):
-                        K.attn_combine_v2[n * nh, 128 if gpu else 1](po, pml, out, nh * dv, 0, d["meta"], n, nh, dv,
-                                                                     ATT5_SUB, split)
+                        K.attn_combine_v2[n * nh, 128 if gpu else 1, st](po, pml, out, nh * dv, 0, d["meta"], n, nh,
+                                                                         dv, ATT5_SUB, split)
                 else:
                     nw = ATT7_NW if gpu else 1
                     bpg = max(1, math.ceil(ATT7_WARPS_PER_SM * sms / (g * nw))) if gpu else 2
@@ -934,27 +936,21 @@ def _main():
                     extra = (nw * bpg,)
 
                     def merge(split=nw * bpg):
-                        K.attn_combine_v4[n * nh, 32 * (K.COMBINE4_SL if gpu else 1)](
+                        K.attn_combine_v4[n * nh, 32 * (K.COMBINE4_SL if gpu else 1), st](
                             po, pml, out, nh * dv, 0, d["meta"], n, nh, dv, ATT7_KT, split)
 
                 def run():
-                    kern[grid, nt, 0, smem](*args, *extra)
+                    kern[grid, nt, st, smem](*args, *extra)
                     merge()
 
                 run()
-                cuda.synchronize()
+                st.synchronize()
                 err = float(np.abs(out.copy_to_host().reshape(n, nh * dv) - want.reshape(n, -1)).max()
                             / np.abs(want).max())
                 us = float("nan")
                 if gpu:
-                    for _ in range(3):
-                        run()
-                    cuda.synchronize()
-                    t0 = time.perf_counter()
-                    for _ in range(50):
-                        run()
-                    cuda.synchronize()
-                    us = (time.perf_counter() - t0) / 50 * 1e6
+                    graph = CudaGraph.capture(st, lambda: [run() for _ in range(20)])
+                    us = events_ms(st, graph.launch) * 1e3 / 20
                 print(f"  ctx {T:5d} n={n} {version}: {us:8.1f} us  rel err {err:.1e}  {'ok' if err < 1e-5 else 'FAIL'}")
 
 

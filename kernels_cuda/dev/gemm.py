@@ -232,18 +232,19 @@ def get_gemm_v3(NORM: bool = False, U: int = GEMM3_U, KW: int = GEMM3_KW):
 
 # ----------------------------------------------------------------------------- validate and time each version
 def _main():
-    import time
-
     import numpy as np
 
     from ..gemm import launch_gemm, nmax_for
+    from ..graphs import CudaGraph, events_ms
     from ..intrinsics import SIM
     from ..reference import bf16_bits, bf16_value, linear
 
     gpu = not SIM
+    st = cuda.stream()
     shapes = [(4096, 4096), (22016, 4096), (4096, 11008)] if gpu else [(32, 256)]
     rng = np.random.default_rng(0)
-    print("skinny GEMM lab (bf16 weights): us per launch, GB/s of weights, max rel err against reference.linear")
+    print("skinny GEMM lab (bf16 weights): us per launch (CUDA graph of 20, replayed), GB/s of weights, max rel err "
+          "against reference.linear")
     for N, Kd in shapes:
         wb = bf16_bits((rng.standard_normal((N, Kd)) / math.sqrt(Kd)).astype(np.float32))
         w = cuda.to_device(wb.ravel())
@@ -252,28 +253,22 @@ def _main():
             x = rng.standard_normal((nm, Kd)).astype(np.float32)
             xd, y = cuda.to_device(x.ravel()), cuda.device_array(nm * N, np.float32)
             want = linear(x[:n], bf16_value(wb))
-            runs = {"v2": lambda: launch_gemm(0, "bf16", xd, Kd, w, None, y, N, n, Kd, N, LANES=32 if gpu else 1)}
+            runs = {"v2": lambda: launch_gemm(st, "bf16", xd, Kd, w, None, y, N, n, Kd, N, LANES=32 if gpu else 1)}
             if n <= 16 and N * n <= 1 << 24:
                 k1 = make_gemm_v1("bf16")
-                runs["v1"] = lambda: k1[(math.ceil(N / 64), n), 64](xd, w, y, y, n, Kd, N)
+                runs["v1"] = lambda: k1[(math.ceil(N / 64), n), 64, st](xd, w, y, y, n, Kd, N)
             if gemm_v3_ok("bf16", n, Kd, Kd):
                 k3 = get_gemm_v3()
-                runs["v3"] = lambda: k3[gemm_v3_blocks(N), 32 * GEMM3_KW](xd, Kd, w, y, y, N, y, y, n, Kd, N, MODE_STORE,
+                runs["v3"] = lambda: k3[gemm_v3_blocks(N), 32 * GEMM3_KW, st](xd, Kd, w, y, y, N, y, y, n, Kd, N, MODE_STORE,
                                                                            0, y, 0.0)
             for name, run in runs.items():
                 run()
-                cuda.synchronize()
+                st.synchronize()
                 err = float(np.abs(y.copy_to_host().reshape(nm, N)[:n] - want).max() / np.abs(want).max())
                 us = gbps = float("nan")
                 if gpu:
-                    reps = 5 if name == "v1" else 50
-                    run()
-                    cuda.synchronize()
-                    t0 = time.perf_counter()
-                    for _ in range(reps):
-                        run()
-                    cuda.synchronize()
-                    us = (time.perf_counter() - t0) / reps * 1e6
+                    graph = CudaGraph.capture(st, lambda run=run: [run() for _ in range(20)])
+                    us = events_ms(st, graph.launch, reps=5 if name == "v1" else 20) * 1e3 / 20
                     gbps = N * Kd * 2 / us / 1e3
                 print(f"  {N}x{Kd} n={n} {name}: {us:9.1f} us {gbps:7.0f} GB/s  rel err {err:.1e}  "
                       f"{'ok' if err < 1e-5 else 'FAIL'}")
