@@ -11,9 +11,11 @@ Measured (one GPU, one run; medians):
     path's wall and CPU time (one numba launch at a time);
   * plain greedy decode tokens/s (SpeculativeDecoder, draft 0) at context 512;
   * Hugging Face transformers Qwen2ForCausalLM (eager attention, bf16) with the same weights
-    (copied from the same device tensors) on the same GPU: 1-token forward and greedy decode.
+    (copied from the same device tensors) on the same GPU: 1-token forward and greedy decode;
+  * with --spec: one speculative cycle end to end (MiMo's MTP layer recursively at k = 3, drafts forced to
+    0.8 acceptance per depth) against plain greedy decode over the same tokens.
 
-    python benchmarks/bench_model7b.py [--json out.json] [--layers 36] [--no-hf]
+    python benchmarks/bench_model7b.py [--json out.json] [--layers 36] [--no-hf] [--spec] [--configs default,auto]
 """
 
 from __future__ import annotations

@@ -20,9 +20,11 @@ random prompts of token ids:
     drafter adds because it pairs each batch's first token with a pending hidden that starts at zero);
   * the accepted length per round (llama.cpp's, and ours from our draft against our plain stream);
   * our own SpeculativeDecoder (recursive mode, k drafts) rounds at the positions where llama.cpp also drafted.
-Prints a table and writes JSON (--out). Needs cmake, g++, pip with network access for the sdist; torch and
-transformers (the test oracles) for the checkpoint builders. Not part of the test suite: the build takes
-15-30 minutes on two cores. Results: docs/crosscheck.md.
+For Qwen3-Next llama.cpp restores a checkpoint after a rejection and one MTP row then carries a stale hidden;
+compare() reproduces that row too. A variant "NAME+steeredSIGMA" (e.g. qwen3_5-vl+steered0.03) is steered so that
+drafts get accepted (see steer()). Prints a line per prompt and writes JSON (--out). Needs cmake, g++, pip with
+network access for the sdist; torch and transformers (the test oracles) for the checkpoint builders. Not part of
+the test suite: the build took about 35 minutes on the shared 2-core VM. Results: docs/crosscheck.md.
 """
 
 from __future__ import annotations
@@ -256,10 +258,11 @@ def agree_prefix(a: list[int], b: list[int]) -> int:
 def compare(model, exe: Path, gguf: Path, prompt: list[int], n: int, k: int) -> dict:
     from mtp_ref import SpeculativeDecoder, generate
 
-    ours_plain = generate(model, prompt, n, stop_at_eos=False).token_ids
+    ext = generate(model, prompt, n + k + 1, stop_at_eos=False).token_ids  # k + 1 more: the last rounds' drafts
+    ours_plain = ext[:n]
     ll_plain = run_llama(exe, gguf, prompt, n, 0)["plain"]
     ll = run_llama(exe, gguf, prompt, n, k)
-    stream = prompt + ours_plain
+    stream = prompt + ext
     chain = model.config.num_mtp_modules > 1         # llama.cpp then drafts depth i with module i (chain_heads)
     k = min(k, model.config.num_mtp_modules) if chain else k
     rounds = []
@@ -316,7 +319,8 @@ def compare(model, exe: Path, gguf: Path, prompt: list[int], n: int, k: int) -> 
         "decoder_accepted_hist": dec.stats.hist,
         "decoder_rounds_shared": len(shared), "decoder_drafts_equal": dec_same, "decoder_accepted_equal": dec_acc_same,
         "info": ll.get("info"),
-        "mismatches": [x for x in rounds if x["llama"] != x["ours_llama_conv"]][:5],
+        "mismatches": [x for x in rounds if x["llama"] != x["ours_llama_conv"] or x["verify_llama"] != x["verify_ours"]
+                       or x["accepted_llama"] != x["accepted_ours"]][:5],
     }
 
 

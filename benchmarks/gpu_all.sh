@@ -62,7 +62,7 @@ fi
 
 if has profile && command -v ncu > /dev/null; then
   echo "== [$(el)s] per-kernel device time of 7B-shape forwards (ncu, 2 layers, n = 1 and 4)"
-  for c in ${PROFILE_CONFIGS:-v1 v2}; do
+  for c in ${PROFILE_CONFIGS:-default}; do
     timeout "$(cap 90)" ncu --profile-from-start off --metrics gpu__time_duration.sum --csv --print-units base \
         python3 benchmarks/profile_model7b.py --config $c --layers 2 > "$W/prof_$c.csv" 2> "$W/prof_$c.err"
     python3 benchmarks/profile_model7b.py --summarize "$W/prof_$c.csv" --layers 2 > "$W/prof_$c.md" 2>&1

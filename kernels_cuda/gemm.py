@@ -154,6 +154,7 @@ def store_output(y, ldy, bias, res, i, p0, r, v, u, N, mode, has_bias):
 
 
 # ----------------------------------------------------------------------------- v2: vectorised
+# reference: reference.linear (and reference.rmsnorm for NORM=True, reference.swiglu_stacked for MODE_SWIGLU)
 @factory
 def make_gemm_v2(fmt: str, NMAX: int, R: int = 4, WARPS: int = 4, U: int = 1, LANES: int = 32, NORM: bool = False):
     """Kernel for n <= NMAX tokens: warp w owns R rows; the token loop is innermost.
@@ -340,6 +341,7 @@ def launch_gemm(stream, fmt, x, ldx, w, ws, y, ldy, n, K, N, mode=MODE_STORE, bi
 MODE_SCALE = 3   # y[slot, r] = acc * route_weight[slot]
 
 
+# reference: reference.moe (each routed token's rows through its experts)
 @factory
 def make_moe_gemm(fmt: str, NMAX: int, R: int = 4, WARPS: int = 4, LANES: int = 32):
     """Expert GEMM for the routed experts: block (b, u) runs active expert e = active[u] over the

@@ -66,6 +66,7 @@ def block_max(v, buf):
 
 
 # ----------------------------------------------------------------------------- embedding gather
+# reference: embedding rows table[ids] (mtp_ref.model.Model.forward's first line); bf16 decoded as reference.bf16_value
 @factory
 def make_embed(fmt: str):
     _, load1 = LOADERS[fmt]
@@ -82,6 +83,7 @@ def make_embed(fmt: str):
 
 
 # ----------------------------------------------------------------------------- RMSNorm
+# reference: reference.rmsnorm
 @cuda.jit
 def rmsnorm(x, ldx, xoff, segs, D, w, y, ldy, yoff, eps, n):
     """y[seg] = x[seg] / sqrt(mean(x[seg]^2) + eps) * w, seg = row i, segment s of length D.
@@ -107,6 +109,7 @@ def rmsnorm(x, ldx, xoff, segs, D, w, y, ldy, yoff, eps, n):
 STYLE_HALF, STYLE_INTERLEAVED = 0, 1
 
 
+# reference: reference.rope
 @cuda.jit
 def rope(buf, ldb, off, hd, half, meta, inv_freq, att, style, n, heads):
     """Rotate the first 2*half dims of head h of row i in place; items (i, h): n * heads.
@@ -137,6 +140,7 @@ def rope(buf, ldb, off, hd, half, meta, inv_freq, att, style, n, heads):
 ROPE_MAX_HALF = 256
 
 
+# reference: reference.rope on q and k, then the k / v rows into the cache at meta's positions
 @cuda.jit
 def rope_qk_cache_v2(buf, ldb, qoff, nqh, koff, nkh, voff, hd, half, meta, inv_freq, att, style, kc, vc, ldc, n):
     """rope_qk_cache with a block per (row, head) instead of per row: items n x (nqh + nkh). A thread computes the
@@ -182,6 +186,7 @@ def rope_qk_cache_v2(buf, ldb, qoff, nqh, koff, nkh, voff, hd, half, meta, inv_f
 
 
 # ----------------------------------------------------------------------------- cache write
+# reference: rows copied into the cache at meta's positions (DeviceCache: what Model's KVCache.append does)
 @cuda.jit
 def cache_write(src, lds, soff, width, dst, ldd, doff, meta, n):
     """dst[start + i, doff : doff + width] = src[i, soff : soff + width]; items n."""
@@ -219,6 +224,7 @@ def attn_chunk(NQ: int, dk: int, limit_bytes: int = 48 * 1024) -> int:
     raise ValueError(f"attention head dim {dk} too large for shared memory")
 
 
+# reference: reference.attention (v1: partials per chunk of keys, merged by attn_combine)
 @factory
 def make_attention(NQ: int):
     """Split-K ("flash-decoding") attention of n <= NQ new queries over the cache.
@@ -294,6 +300,7 @@ def make_attention(NQ: int):
     return attn_partial
 
 
+# reference: reference.attention (partials per chunk of keys, merged by attn_combine_v2)
 @factory
 def make_attention_v3(NQ: int):
     """attn_partial v3: the score loop of v2 re-laid out for coalesced, latency-hiding loads.
@@ -426,6 +433,7 @@ def attn_chunks(T, C, split):
     return (T + C - 1) // C
 
 
+# reference: reference.attention: the softmax merge of v3 / v4's partials
 @cuda.jit
 def attn_combine_v2(po, pml, out, ldo, ooff, meta, n, nh, dv, C, split):
     """attn_combine with the chunk statistics read in parallel (thread s reads chunk s: one round of
@@ -504,6 +512,7 @@ def ld_group_q4(q, ldq, qoff, g, rep, dk, QR, idx):
     return x0, x1, x2, x3
 
 
+# reference: reference.attention (partials per share of a KV group's keys, merged by attn_combine_v2)
 @factory
 def make_attention_v4(QMAX: int, EMAX: int, NW: int, MAXREG: int = 0):
     """attn_partial v4: one block per (KV group, run of 32-key sub-chunks), all rep x n query rows of the group.
@@ -780,6 +789,7 @@ def ld_value_step9(vc, t, T, ldv, vbase, vb, NJ):
             vb[b + 3] = x3
 
 
+# reference: reference.attention (partials per share of 8-key steps, merged by attn_combine_v4)
 @factory
 def make_attention_v9(DK: int, DV: int, NW: int, MAXREG: int = 0, ASETS: int = 2):
     """attn_partial v9: flash decoding on the tensor cores: a warp per share of a KV group's keys, all (<= 16) query
@@ -983,6 +993,7 @@ COMBINE4_RML = 2 * COMBINE4_SL
 COMBINE4_XB = 4 * COMBINE4_U
 
 
+# reference: reference.attention: the softmax merge of v9's shares
 @cuda.jit
 def attn_combine_v4(po, pml, out, ldo, ooff, meta, n, nh, dv, C, split):
     """attn_combine_v3 in one round trip: a lane requests the (m, l) and its 4 output dims of all its shares at once
@@ -1069,6 +1080,7 @@ def attn_combine_v4(po, pml, out, ldo, ooff, meta, n, nh, dv, C, split):
             cuda.syncthreads()
 
 
+# reference: reference.attention: the softmax merge of v1's chunks
 @cuda.jit
 def attn_combine(po, pml, out, ldo, ooff, meta, n, nh, dv, C):
     """items (i, h): n * nh; out[i, ooff + h*dv + e] = merged attention output of query i, head h."""
@@ -1095,6 +1107,7 @@ def attn_combine(po, pml, out, ldo, ooff, meta, n, nh, dv, C):
 
 
 # ----------------------------------------------------------------------------- MLA helpers
+# reference: reference.mla_q_absorb
 @factory
 def make_mla_q_absorb(fmt: str, NQ: int):
     _, load1 = LOADERS[fmt]
@@ -1126,6 +1139,7 @@ def make_mla_q_absorb(fmt: str, NQ: int):
     return mla_q_absorb
 
 
+# reference: reference.mla_o_up
 @factory
 def make_mla_o_up(fmt: str, NQ: int):
     _, load1 = LOADERS[fmt]
@@ -1153,6 +1167,7 @@ def make_mla_o_up(fmt: str, NQ: int):
 
 
 # ----------------------------------------------------------------------------- MoE routing
+# reference: reference.route
 @cuda.jit
 def moe_route(logits, E, corr, choice, n, k, G, topk_group, norm, scaling, idx, wts, cnt, lists, active, meta):
     """DeepSeek-V3 router for n tokens (one block; thread t routes tokens t, t + blockDim, ...), then
@@ -1226,6 +1241,7 @@ def moe_route(logits, E, corr, choice, n, k, G, topk_group, norm, scaling, idx, 
         meta[M_NACT] = na
 
 
+# reference: reference.moe (the weighted sum of the experts' rows)
 @cuda.jit
 def moe_combine(x, ldx, obuf, H, k, n):
     """x[t, :] += sum_s obuf[t*k + s, :] (routing weights already applied); items n."""
@@ -1238,6 +1254,7 @@ def moe_combine(x, ldx, obuf, H, k, n):
 
 
 # ----------------------------------------------------------------------------- verification
+# reference: reference.argmax
 @cuda.jit
 def argmax_rows(x, ld, V, out):
     """out[i] = argmax_j x[i, j] (first index on ties, like np.argmax); grid n, <= 1024 threads."""
@@ -1274,6 +1291,7 @@ def better(v, j, bv, bj):
     return v > bv or (v == bv and j < bj)
 
 
+# reference: reference.argmax (stage 1 of 2)
 @cuda.jit
 def argmax_slices(x, ld, V, pv, pi, n):
     """Stage 1 of the device argmax: block (i, c) of n x ARGMAX_SLICES -> (max, first index) of the c-th slice of
@@ -1325,6 +1343,7 @@ def argmax_slices(x, ld, V, pv, pi, n):
         cuda.syncthreads()
 
 
+# reference: reference.argmax (stage 2 of 2)
 @cuda.jit
 def argmax_merge(pv, pi, V, out, n):
     """Stage 2: out[i] = the index of the best of row i's ARGMAX_SLICES slices (0 for a row of -inf / NaN, as
@@ -1342,6 +1361,7 @@ def argmax_merge(pv, pi, V, out, n):
             out[i] = bj if bj < V else 0
 
 
+# reference: reference.softmax
 @cuda.jit
 def softmax_rows(x, ld, V, out, inv_temp):
     """out[i, :] = softmax(x[i, :] * inv_temp); grid n."""
@@ -1372,6 +1392,7 @@ def _silu(x):
     return x / (float32(1.0) + math.exp(-x))
 
 
+# reference: reference.causal_conv1d
 @factory
 def make_causal_conv1d(KW: int):
     """Depthwise causal conv (kernel KW) + SiLU over n new rows, continuing a rolling window (ops.causal_conv1d).
@@ -1408,6 +1429,7 @@ def make_causal_conv1d(KW: int):
     return causal_conv1d
 
 
+# reference: reference.l2norm
 @cuda.jit
 def l2norm_heads(x, ldx, xoff, segs, D, scale, eps, y, ldy, yoff, n):
     """y[seg] = x[seg] / sqrt(sum(x[seg]^2) + eps) * scale (ops.l2norm, then q's dk^-1/2); items n * segs."""
@@ -1427,6 +1449,7 @@ def l2norm_heads(x, ldx, xoff, segs, D, scale, eps, y, ldy, yoff, n):
             y[yb + j] = x[xb + j] / den * float32(scale)
 
 
+# reference: reference.gdn_gates
 @cuda.jit
 def gdn_gates(ab, ld, aoff, boff, a_log, dt_bias, g, beta, nv, n):
     """g[i, h] = -exp(A_log[h]) * softplus(a[i, h] + dt_bias[h]) (log decay), beta[i, h] = sigmoid(b[i, h]);
@@ -1444,6 +1467,7 @@ DR_RED = 512          # shared floats per reduction buffer of the delta-rule ker
 DR_RED2 = 2 * DR_RED  # both buffers (a literal for cuda.shared.array)
 
 
+# reference: reference.gated_delta_rule
 @factory
 def make_gated_delta_rule(ROWS: int, RG: int):
     """The gated delta rule over an n-token window (ops.gated_delta_rule_recurrent), with per-token snapshots.
@@ -1538,6 +1562,7 @@ def delta_rule_shape(dk: int, threads: int, rg: int) -> tuple[int, int]:
     return -(-dk // rg), rg
 
 
+# reference: reference.gated_rms_norm
 @cuda.jit
 def gated_rmsnorm(x, ldx, xoff, z, ldz, zoff, segs, D, w, y, ldy, yoff, eps, n):
     """y[seg] = x[seg] / sqrt(mean(x[seg]^2) + eps) * w * silu(z[seg]) (ops.gated_rms_norm, plain weight w [D]);
@@ -1560,6 +1585,7 @@ def gated_rmsnorm(x, ldx, xoff, z, ldz, zoff, segs, D, w, y, ldy, yoff, eps, n):
 
 
 # ----------------------------------------------------------------------------- Qwen gated attention and MoE
+# reference: x * sigmoid(gate), Qwen gated attention (mtp_ref.ops.sigmoid)
 @cuda.jit
 def sigmoid_gate_mul(x, ldx, xoff, gate, ldg, goff, width, n):
     """x[i, xoff + j] *= sigmoid(gate[i, goff + j]) (Qwen gated attention: output * sigmoid(gate)); items n."""
@@ -1568,6 +1594,7 @@ def sigmoid_gate_mul(x, ldx, xoff, gate, ldg, goff, width, n):
             x[i * ldx + xoff + j] *= float32(1.0) / (float32(1.0) + math.exp(-gate[i * ldg + goff + j]))
 
 
+# reference: reference.route_softmax
 @cuda.jit
 def moe_route_softmax(logits, E, p, n, k, norm, idx, wts, cnt, lists, active, meta):
     """Qwen router (Model.route "softmax") for n tokens (one block; thread t routes tokens t, t + blockDim, ...):
@@ -1613,6 +1640,7 @@ def moe_route_softmax(logits, E, p, n, k, norm, idx, wts, cnt, lists, active, me
         meta[M_NACT] = na
 
 
+# reference: reference.moe plus the sigmoid-gated shared expert (Qwen3-Next / 3.5-MoE)
 @cuda.jit
 def moe_combine_gated(x, ldx, obuf, H, k, n, sh, sg):
     """x[t, :] += sum_s obuf[t*k + s, :] + sigmoid(sg[t]) * sh[t, :] (Qwen's sigmoid-gated shared expert); items n."""

@@ -232,7 +232,7 @@ def meta_for(start, positions=(), ids=()):
     return dev(m)
 
 
-@pytest.mark.parametrize("nt", NT_SIZES + ((1024,) if GPU else ()))    # 1024: the backend's row_threads
+@pytest.mark.parametrize("nt", NT_SIZES + ((1024,) if GPU else ()))    # 1024: backend.ROW_THREADS
 def test_rmsnorm(request, nt):
     rng = rng_for(request)
     n, D = 3, (4096 if GPU else 72)

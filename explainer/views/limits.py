@@ -19,12 +19,21 @@ def n_devices(sc: scenario.Scenario) -> tuple[int, dict]:
 
 def speedup_vs_batch(sc: scenario.Scenario, a: float, n_dev: int) -> tuple[go.Figure, dict]:
     """Modelled speedup of k drafts against batch size, one line per context; n_dev devices add bandwidth and
-    FLOP/s (ideal tensor parallelism: no communication cost)."""
+    FLOP/s (ideal tensor parallelism: no communication cost). Where the weights and the batch's KV cache no longer
+    fit in the n_dev devices' memory, the line turns dotted."""
     bw, peak = sc.bw * n_dev, sc.peak * n_dev
+    capacity = n_dev * sc.hw.memory_gb * 1e9
     fig, crossings = go.Figure(), {}
-    for i, ctx in enumerate(CONTEXTS):
-        s = [roofline.mtp_speedup(sc.cm, a, sc.k, int(b), ctx, sc.bpp, bw, peak) for b in BATCHES]
-        fig.add_scatter(x=BATCHES, y=s, name=f"context {ctx:,}", line=dict(width=3, color=common.SERIES[i]))
+    for i, ctx in enumerate(sorted(set(CONTEXTS) | {sc.context})):
+        s = np.array([roofline.mtp_speedup(sc.cm, a, sc.k, int(b), ctx, sc.bpp, bw, peak) for b in BATCHES])
+        fits = np.array([roofline.memory_needed(sc.cm, sc.bpp, ctx, int(b))["total"] <= capacity for b in BATCHES])
+        color = common.SERIES[i % len(common.SERIES)]
+        last = int(np.nonzero(fits)[0][-1]) if fits.any() else -1
+        fig.add_scatter(x=BATCHES[: last + 1], y=s[: last + 1], name=f"context {ctx:,}",
+                        line=dict(width=3, color=color), legendgroup=str(ctx))
+        if last + 1 < len(BATCHES):
+            fig.add_scatter(x=BATCHES[max(last, 0):], y=s[max(last, 0):], showlegend=False, legendgroup=str(ctx),
+                            line=dict(width=2, color=color, dash="dot"), hoverinfo="skip")
         below = [int(b) for b, v in zip(BATCHES, s) if v < 1.0]
         crossings[ctx] = below[0] if below else None
     fig.add_hline(y=1.0, line_dash="dot", line_color=common.MUTED)
@@ -87,7 +96,9 @@ def batch_section(sc: scenario.Scenario, need: int) -> tuple[float, dict]:
     st.markdown("A server decodes many sequences at once. Each forward still reads the weights once, but now does "
                 "the arithmetic for every sequence; past some batch size the chip is busy computing, and verifying "
                 "k+1 tokens per sequence costs k+1 times as much: drafting then loses. Long contexts push that point "
-                "out, because every sequence's KV cache must still be read.")
+                "out, because every sequence's KV cache must still be read. Where a line turns dotted, the weights and "
+                f"that many sequences' KV caches no longer fit in {need} x {sc.hw.memory_gb:g} GB: a real server "
+                "cannot run there.")
     fig, cross = speedup_vs_batch(sc, a, need)
     st.plotly_chart(fig, key="p6_batch", config={"displayModeBar": False})
     st.markdown("Speedup falls below 1: " + "; ".join(
@@ -116,7 +127,7 @@ def moe_section(sc: scenario.Scenario) -> None:
 
 
 def question(sc: scenario.Scenario, cross: dict) -> None:
-    b = cross.get(4096)
+    b = cross.get(sc.context)
     options = ["Below 16", "16 to 255", "256 to 4,095", "4,096 or more, or never"]
 
     def bucket(x):
@@ -126,11 +137,12 @@ def question(sc: scenario.Scenario, cross: dict) -> None:
         right = options.index(choice) == bucket(b)
         where = f"from batch **{b:,}**" if b else f"not up to batch {int(BATCHES[-1]):,}"
         st.markdown(f"{'Right.' if right else 'Not quite.'} In the model above ({sc.cm.name}, {sc.hw.name}, "
-                    f"k = {sc.k}, context 4,096), MTP stops paying {where}. Below that, the chip has spare "
-                    "arithmetic and the extra tokens ride along with the weight read; above it, they cost real time.")
+                    f"k = {sc.k}, context {sc.context:,}), MTP stops paying {where}. Below that, the chip has spare "
+                    "arithmetic and the extra tokens ride along with the weight read; above it, they cost real time. "
+                    "Longer contexts move the point out: reading the KV cache keeps the chip waiting on memory.")
 
-    common.predict_then_reveal("limits", f"{sc.cm.name} on {sc.hw.name}, context 4,096, k = {sc.k}: from what batch "
-                               "size on does MTP make decoding slower?", options, reveal)
+    common.predict_then_reveal("limits", f"{sc.cm.name} on {sc.hw.name}, context {sc.context:,}, k = {sc.k}: from "
+                               "what batch size on does MTP make decoding slower?", options, reveal)
 
 
 def main() -> None:

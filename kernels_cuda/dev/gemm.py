@@ -107,7 +107,7 @@ def make_gemm_v3(NORM: bool = False, U: int = GEMM3_U, KW: int = GEMM3_KW):
     (also in the simulator: the MMA is emulated across a warp's 32 lanes). Same arguments as gemm_v2.
     Outcome (H100, 2026-11-26, docs/history/2026-11-26-kernels-notes.md): correct (GPU kernel tests at MiMo-7B shapes), 80-94 registers, no spills,
     but in the 7B forward of 5-8 tokens 0.7-0.9 ms slower than gemm_v2 with R = 8, U = 2 (ctx 512 n = 8: 11.33 against
-    10.60 ms), so CudaModel runs it only when asked (gemm_v3=True). Not yet measured alone (bench_gemv's v3 column).
+    10.60 ms), so it left CudaModel for this lab (2026-12-02).
     """
     assert KW <= GEMM3_KWMAX
     KB = 32 * KW                                             # columns per round of the block's warps
