@@ -107,10 +107,19 @@ def load_gpu_results() -> tuple[list[dict], list[str]]:
     return gpu_results(str(RESULTS), sum(f.stat().st_mtime for f in files) if files else 0.0)
 
 
+def ours(s: dict) -> bool:
+    return str(s.get("engine", "")).startswith("mtp-ref")
+
+
+def engine_name(s: dict) -> str:
+    """A series' engine in two words for a legend: 'our kernels' or the peer's name."""
+    return "our kernels" if ours(s) else str(s.get("engine", "?")).split(" (")[0]
+
+
 def verify_ratio(d: dict, n: int, ctx: int | None = None) -> tuple[float, float, float] | None:
-    """(ms at n, ms at 1, ratio) from a result file's first series (at context ctx if given)."""
+    """(ms at n, ms at 1, ratio) from a result file's first series of our kernels (at context ctx if given)."""
     for s in d["verify_ms"]:
-        if (ctx is None or s.get("ctx") == ctx) and n in s["n"] and 1 in s["n"]:
+        if ours(s) and (ctx is None or s.get("ctx") == ctx) and n in s["n"] and 1 in s["n"]:
             a, b = s["ms"][s["n"].index(n)], s["ms"][s["n"].index(1)]
             return a, b, a / b
     return None

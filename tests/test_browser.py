@@ -234,8 +234,15 @@ def test_every_page_renders_in_chromium(served_app, tmp_path, width, height):
                 assert browser.click_button("Pause")
                 assert browser.settled(title, 60)
                 assert set_temperature(browser, 20), "no Temperature slider"
+                # each key press is a rerun that resets the decoder: wait until the last one has landed
+                assert browser.wait_for("[...document.querySelectorAll('[data-testid=\"stSlider\"]')].some(x => "
+                                        "x.innerText.includes('Temperature') && x.innerText.includes('1.00'))", 30)
+                assert browser.settled(title, 60)
+                time.sleep(2.0)
                 assert browser.settled(title, 60)
                 assert browser.click_button("Step")
+                assert browser.wait_for("document.querySelector('table.mtp-accept') !== null && "
+                                        "document.body.innerText.includes('p(d)')", 60), "no accept table after Step"
                 assert browser.settled(title, 60)
                 table = browser.js(ACCEPT_TABLE)
                 assert table, "the accept table is not on the page"

@@ -91,7 +91,7 @@ def speedup_chart(df: pd.DataFrame, temp: float) -> go.Figure:
 
 def gpu_chart(df: pd.DataFrame, temp: float, gpu: dict, c: float) -> go.Figure:
     """Modelled: this acceptance with the verify cost measured on a GPU; not a measurement of a GPU run."""
-    s = next(x for x in gpu["verify_ms"] if 1 in x["n"])
+    s = next(x for x in gpu["verify_ms"] if scenario.ours(x) and 1 in x["n"])
     v = {n - 1: ms / s["ms"][s["n"].index(1)] for n, ms in zip(s["n"], s["ms"]) if n >= 2}
     cats = sorted(df.category.unique())
     sub = df[(df.temperature == temp) & (df.k > 0)]
@@ -233,7 +233,9 @@ def results(model, df: pd.DataFrame, s: dict) -> None:
                     "This machine is overhead bound (chapter 1), so these numbers understate what a memory-bound GPU "
                     "gains.")
     results_gpu, _ = scenario.load_gpu_results()
-    gpu = next((d for d in results_gpu if "H100" in d["device"]), results_gpu[0] if results_gpu else None)
+    usable = [d for d in results_gpu if any(scenario.ours(x) and 1 in x["n"] and len(x["n"]) > 1
+                                            for x in d["verify_ms"])]
+    gpu = next((d for d in usable if "H200" in d["device"]), usable[0] if usable else None)
     if gpu is not None:
         c = cost.draft_ratio()
         st.markdown(f"**The same acceptance on a GPU.** The {gpu['device']} verify costs this project measured for a "

@@ -37,10 +37,14 @@ def gpu_chart(results: list[dict]) -> go.Figure:
     i = 0
     for d in results:
         for s in d["verify_ms"]:
-            base = s["ms"][s["n"].index(1)] if 1 in s["n"] else s["ms"][0]
+            if 1 not in s["n"]:
+                continue
+            base = s["ms"][s["n"].index(1)]
+            peer = not scenario.ours(s)
             fig.add_scatter(x=s["n"], y=[m / base for m in s["ms"]], mode="lines+markers",
-                            name=f"{d['device']}, context {s['ctx']:,}", line=dict(color=common.SERIES[i % 6]),
-                            marker=dict(size=10))
+                            name=f"{scenario.engine_name(s)}, {d['device']}, context {s['ctx']:,}",
+                            line=dict(color=common.SERIES[i % 6], dash="dash" if peer else "solid"),
+                            marker=dict(size=10, symbol="diamond" if peer else "circle"))
             i += 1
     fig.add_hline(y=1.0, line_dash="dot", line_color=common.MUTED)
     fig.update_layout(xaxis=dict(title="tokens in one forward (n)", dtick=1),
@@ -124,6 +128,11 @@ def gpu_section() -> dict | None:
         if r:
             lines.append(f"on an **{d['device']}**, 4 tokens took **{r[0]:.2f} ms** against {r[1]:.2f} ms for 1 "
                          f"(**{r[2]:.2f}x**)")
+    peers = [(d, s) for d in results for s in d["verify_ms"] if not scenario.ours(s) and 4 in s["n"] and 1 in s["n"]]
+    for d, s in peers[:1]:
+        r = s["ms"][s["n"].index(4)] / s["ms"][s["n"].index(1)]
+        lines.append(f"llama.cpp on the same {d['device']} (dashed; its batches of several tokens run without the CUDA "
+                     f"graphs its 1-token path uses): **{r:.2f}x** for 4 tokens at context {s['ctx']:,}")
     step = [d["device"] for d in results if (r5 := scenario.verify_ratio(d, 5)) and r5[2] > 1.3]
     st.markdown("This project's numba-CUDA kernels, timed on a 7B model (MiMo-7B shapes, bf16): "
                 + "; ".join(lines) + "."
