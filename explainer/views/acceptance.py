@@ -243,10 +243,37 @@ def results(model, df: pd.DataFrame, s: dict) -> None:
                     "reads, relative to the trunk): expected speedup = E[tokens per cycle] / (verify cost + k c).")
         st.plotly_chart(gpu_chart(df, t0, gpu, c), key="p4_gpu", config={"displayModeBar": False})
         st.caption(scenario.cite(gpu))
+        end_to_end(gpu)
     table = df.drop(columns=["hist"]).copy()
     table["acceptance_per_depth"] = table["acceptance_per_depth"].map(lambda v: ", ".join(f"{x:.2f}" for x in v))
     with st.expander("All measurements"):
         st.dataframe(table.round(3), hide_index=True)
+
+
+def end_to_end(gpu: dict) -> None:
+    """The one end-to-end GPU measurement of whole cycles, against what the formula predicts for it."""
+    runs = [r for r in gpu.get("speculative", []) if {"k", "acceptance_per_depth", "speedup"} <= set(r)]
+    if not runs:
+        return
+    from explainer import roofline
+    from explainer.presets import MODELS
+    s = next(x for x in gpu["verify_ms"] if scenario.ours(x) and 1 in x["n"])
+    r0 = runs[0]
+    k, a = int(r0["k"]), float(r0["acceptance_per_depth"])
+    if k + 1 not in s["n"] or "MiMo-7B" not in MODELS:
+        return
+    v = {k: s["ms"][s["n"].index(k + 1)] / s["ms"][s["n"].index(1)]}
+    c = roofline.from_config("MiMo-7B", MODELS["MiMo-7B"]).draft_ratio()
+    predicted = evaluation.analytic_speedup(a, c, [k], v)[0]
+    got = ", ".join(f"**{r['speedup']:.2f}x** ({r.get('config', '')}: {r['tok_s']:.0f} against {r['plain_tok_s']:.0f} "
+                    "tokens/s)" for r in runs)
+    st.markdown(f"**Measured end to end on the {gpu['device']}** (whole cycles on the same 7B model, drafts forced to "
+                f"be kept with probability {a:.1f} per depth, k = {k}): {got}. The formula above predicts "
+                f"**{predicted:.2f}x** for the same acceptance. The formula counts only the GPU's time for the "
+                "forwards; the measured run also pays each cycle's work on the host (the Python loop that drafts, "
+                "tests and rolls back), and on a card this fast the host is a large share of every step. A "
+                "measurement below the model is the model telling you where the time goes. (Source: `" + r0.get("source", gpu["file"])
+                + "`.)")
 
 
 def question(prompts: dict) -> None:
