@@ -482,3 +482,19 @@ def test_cuda_line_says_no_gpu_plainly(monkeypatch):
     line = common.cuda_line()
     common.cuda_line.clear()
     assert line == "CUDA: no NVIDIA GPU found on this computer, so only the CPU is timed."
+
+
+def test_every_page_survives_a_checkpoint_without_a_family_spec(tmp_path, monkeypatch):
+    """A Gemma 4 target is loaded by its own module (no FamilySpec, no MTP modules, no tokenizer here): every page
+    must say what it cannot show instead of failing."""
+    pytest.importorskip("transformers")
+    import builders_gemma4
+    built = builders_gemma4.build("dense31", tmp_path)
+    monkeypatch.setenv("MTP_REF_MODEL", str(built.target_path))
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception, at.exception
+    for page in [START] + LESSON + LAB:
+        goto(at, page)
+        assert TITLES[page] in titles(at)[0]
+    assert any("loaded by a module of its own" in m.value for m in at.markdown)   # the Port it page says why

@@ -167,8 +167,10 @@ def main() -> None:
                    "forward writes between 1 and k+1 tokens.")
     model = common.require_model()
     if model.config.num_mtp_modules == 0:
-        st.warning("This checkpoint holds no MTP module, so it cannot draft. Load one with MTP weights, or clear the "
-                   "checkpoint path in the sidebar for the bundled model.")
+        st.warning("This checkpoint holds no MTP module, so it cannot draft here. Load one with MTP weights, or clear "
+                   "the checkpoint path in the sidebar for the bundled model. (Gemma 4 drafts with a separate "
+                   "assistant checkpoint instead: `python -m mtp_ref generate --model TARGET --drafter ASSISTANT "
+                   "--draft K`.)")
         return
     ids = common.prompt_ids(model)
     cycle_section(model, ids)

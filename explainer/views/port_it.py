@@ -53,6 +53,13 @@ def shapes_table(names: dict) -> pd.DataFrame:
 
 def family_section(model) -> None:
     cfg, spec = model.config, model.spec
+    if spec is None:     # families with a module of their own (Gemma 4: mtp_ref/gemma4.py) have no FamilySpec
+        st.subheader(f"The loaded family: {cfg.model_type}")
+        st.markdown(f"`{cfg.model_type}` is loaded by a module of its own rather than a family spec, so its tensor "
+                    "table is not drawn here: `docs/algorithm.md` lists its tensors, and `python -m mtp_ref inspect "
+                    "DIR` the ones this checkpoint holds. Gemma 4 drafts with a separate assistant checkpoint: "
+                    "`python -m mtp_ref generate --model TARGET --drafter ASSISTANT --draft K`.")
+        return
     lay = spec.mtp
     st.subheader(f"The loaded family: {spec.name}")
     facts = {"transformers oracle": spec.hf_class, "attention": spec.attention, "RoPE pairs": spec.rope_style,
