@@ -31,9 +31,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from numba import cuda  # noqa: E402
-
 from benchmarks.bench_copy import copy_bandwidth, device_name  # noqa: E402
+from kernels_cuda.graphs import events_samples  # noqa: E402
 from mtp_ref.config import config_from_dict  # noqa: E402
 from mtp_ref.families import family_for, mtp_tensors, trunk_tensors  # noqa: E402
 
@@ -81,17 +80,7 @@ def wall_ms(fn, reps=10, warm=2):
 
 def events_stats(stream, fn, reps=20, warm=3):
     """Median device ms of fn() between two events, and its spread: half the 10th-90th percentile range."""
-    for _ in range(warm):
-        fn()
-    stream.synchronize()
-    ts = []
-    for _ in range(reps):
-        a, b = cuda.event(), cuda.event()
-        a.record(stream)
-        fn()
-        b.record(stream)
-        b.synchronize()
-        ts.append(cuda.event_elapsed_time(a, b))
+    ts = events_samples(stream, fn, reps, warm)
     lo, hi = np.percentile(ts, [10, 90])
     return float(np.median(ts)), float(hi - lo) / 2
 

@@ -1,21 +1,18 @@
-"""Page 4's computations: the bundled evaluation prompts, one generation per setting, aggregation."""
+"""Chapter 5's computations: the bundled evaluation prompts, aggregation of the runs, the speedup formula."""
 
 from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from mtp_ref import MtpRefError
-from mtp_ref.cache import LayerCache
-from mtp_ref.model import Model
 
 from .common import ROOT
-from .roofline import expected_tokens, time_forwards
+from .roofline import expected_tokens
 
 ENV_PROMPTS = "MTP_REF_PROMPTS"
 DEFAULT_PROMPTS = ROOT / "mtp_ref" / "eval" / "prompts.jsonl"
@@ -74,10 +71,6 @@ def fitted_acceptance(row) -> float:
     return float(row["acceptance_per_depth"][0]) if row["acceptance_per_depth"] else float("nan")
 
 
-def analytic_tokens(a: float, ks) -> list[float]:
-    return [expected_tokens(a, int(k)) for k in ks]
-
-
 def analytic_speedup(a: float, c: float, ks, verify_cost=None) -> list[float]:
     """E[tokens per round] / (v_k + k c), in units of one plain 1-token forward.
 
@@ -86,25 +79,3 @@ def analytic_speedup(a: float, c: float, ks, verify_cost=None) -> list[float]:
     """
     v = verify_cost or {}
     return [expected_tokens(a, int(k)) / (v.get(int(k), 1.0) + k * c) for k in ks]
-
-
-def forward_costs(model: Model, ids: list[int], kmax: int, repeats: int = 5) -> dict:
-    """Measured on this machine, after the prompt: trunk forward over n = 1 .. kmax+1 tokens, and one MTP
-    module row with its real cache over the prompt rows. Best of `repeats`.
-
-    Returns seconds, v[k] = t(k+1 tokens) / t(1 token) and c = t(MTP row) / t(1 token).
-    """
-    trunk = {r["n"]: r["seconds"] for r in time_forwards(model, ids, list(range(1, kmax + 2)), repeats)}
-    T = len(ids)
-    h, _ = model.forward(np.asarray(ids), model.new_cache())
-    mcache = LayerCache()
-    model.mtp_forward(0, np.asarray(ids[1:]), h[:-1], mcache, np.arange(1, T))   # module 0 rows over the prompt
-    mbase = mcache.length
-    t_mtp = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        model.mtp_forward(0, np.asarray(ids[-1:]), h[-1:], mcache, np.array([T]))
-        t_mtp = min(t_mtp, time.perf_counter() - t)
-        mcache.truncate(mbase)
-    return {"trunk_seconds": trunk, "mtp_seconds": t_mtp, "c": t_mtp / trunk[1],
-            "v": {k: trunk[k + 1] / trunk[1] for k in range(kmax + 1)}}

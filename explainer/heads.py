@@ -1,4 +1,4 @@
-"""Page 2's computations: the MTP modules' tensors, and every intermediate of one module at the current row.
+"""Chapter 3's computations: the MTP modules' tensors, and every intermediate of one module at the current row.
 
 The intermediates are recomputed step by step with the engine's own building blocks (embed, rms_norm,
 linear, block, head) and checked against Model.mtp_forward, so what the page draws is what runs.

@@ -1,7 +1,7 @@
 """Reference values for the bandwidth page: hardware datasheets, released model configs, weight formats.
 
 Every number here is copied from the source named next to it, or derived from such numbers by
-the arithmetic written in `derivation`. Nothing on page 1 uses a number that is not either here
+the arithmetic written in `derivation`. Nothing in chapters 1 and 6 uses a number that is not either here
 or computed from the loaded checkpoint / a measurement on this machine.
 """
 

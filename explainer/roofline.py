@@ -1,4 +1,4 @@
-"""The bandwidth model of page 1: parameters, bytes and FLOPs of one forward over m tokens.
+"""The bandwidth model of chapters 1 and 6: parameters, bytes and FLOPs of one forward over m tokens.
 
 A forward over m tokens (B sequences x n tokens each) reads every dense weight once, one
 embedding row per token, the routed experts that at least one of the m tokens picked, and each
@@ -271,19 +271,6 @@ def dominant_dtype(model) -> str:
 
 
 # ---------------------------------------------------------------------- measurements on this machine
-
-def copy_bandwidth(nbytes: int = 128 * 2**20, repeats: int = 3) -> float:
-    """Measured memory bandwidth (bytes/s) of np.copyto over nbytes: reads nbytes and writes nbytes."""
-    src = np.ones(nbytes // 4, np.float32)
-    dst = np.empty_like(src)
-    np.copyto(dst, src)
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        np.copyto(dst, src)
-        best = min(best, time.perf_counter() - t)
-    return 2 * nbytes / best
-
 
 def time_forwards_repeated(model, prompt_ids: list[int], ns: list[int], repeats: int = 5) -> list[dict]:
     """Wall time of one trunk forward over n new tokens after the prompt, `repeats` times per n, interleaved.

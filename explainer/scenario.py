@@ -125,6 +125,13 @@ def verify_ratio(d: dict, n: int, ctx: int | None = None) -> tuple[float, float,
     return None
 
 
+def verify_costs(d: dict) -> dict[int, float]:
+    """{k: verify(k+1) / verify(1)} from a result file's first series of our kernels: the v_k of the speedup formula."""
+    s = next(x for x in d["verify_ms"] if ours(x) and 1 in x["n"])
+    one = s["ms"][s["n"].index(1)]
+    return {n - 1: ms / one for n, ms in zip(s["n"], s["ms"]) if n >= 2}
+
+
 def cite(d: dict) -> str:
     return (f"{d['device']}, {d['date']}; {d['model']}. Source: `{d['file']}` "
             f"({d.get('source', '')}). Command: `{d['command'][:160]}{'…' if len(d['command']) > 160 else ''}`")

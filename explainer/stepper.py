@@ -1,4 +1,5 @@
-"""Page 3's state machine: a SpeculativeDecoder that keeps the full p and q of each accept() for display."""
+"""The state machine of chapters 2 and 4: a SpeculativeDecoder that keeps the full p and q of each accept(),
+for display."""
 
 from __future__ import annotations
 

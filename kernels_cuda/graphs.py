@@ -50,9 +50,9 @@ class CudaGraph:
             pass
 
 
-def events_ms(stream, fn, reps=20, warm=3):
-    """Median milliseconds of fn() between two device events on `stream`, after `warm` untimed calls."""
-    import numpy as np
+def events_samples(stream, fn, reps=20, warm=3) -> list[float]:
+    """Milliseconds of each of `reps` calls of fn() between two device events on `stream`, after `warm` untimed
+    calls."""
     from numba import cuda
     for _ in range(warm):
         fn()
@@ -65,4 +65,10 @@ def events_ms(stream, fn, reps=20, warm=3):
         b.record(stream)
         b.synchronize()
         ts.append(cuda.event_elapsed_time(a, b))
-    return float(np.median(ts))
+    return ts
+
+
+def events_ms(stream, fn, reps=20, warm=3):
+    """Median milliseconds of fn() between two device events on `stream`, after `warm` untimed calls."""
+    import numpy as np
+    return float(np.median(events_samples(stream, fn, reps, warm)))

@@ -34,7 +34,7 @@ from . import ops
 from .cache import KVCache
 from .config import ModelConfig, RopeConfig
 from .errors import MtpRefError
-from .model import _limit_blas_threads
+from .model import TextCodec, _limit_blas_threads, load_tokenizer
 from .safetensors_io import f32_to_bf16_bits, bf16_to_f32
 from .weights import Checkpoint
 
@@ -380,7 +380,7 @@ def target_tensors(g: Gemma4Text) -> dict[str, tuple]:
 
 # ---------------------------------------------------------------------------------------------- target
 
-class Gemma4Model(_Weights):
+class Gemma4Model(_Weights, TextCodec):
     """A Gemma 4 text model with the engine's model interface (forward / forward_greedy / new_cache / ...)."""
 
     def __init__(self, path: Path, g: Gemma4Text, ckpt: Checkpoint, tokenizer=None):
@@ -515,27 +515,6 @@ class Gemma4Model(_Weights):
         return {t: (cache.layers[self.kv_index[i]].view("k"), cache.layers[self.kv_index[i]].view("v"))
                 for t, i in self.g.kv_sources().items()}
 
-    def encode(self, text: str) -> list[int]:
-        if self.tokenizer is None:
-            raise MtpRefError(f"{self.path}: no tokenizer.json, so text prompts cannot be encoded; pass --prompt-ids")
-        return self.tokenizer.encode(text, add_special_tokens=False).ids
-
-    def decode(self, ids) -> str:
-        if self.tokenizer is None:
-            return " ".join(str(i) for i in ids)
-        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
-
-
-def _tokenizer(path: Path):
-    tf = path / "tokenizer.json"
-    if not tf.exists():
-        return None
-    from tokenizers import Tokenizer
-    try:
-        return Tokenizer.from_file(str(tf))
-    except Exception as e:  # the tokenizers library raises its own exception types
-        raise MtpRefError(f"{tf}: cannot be read by the tokenizers library ({e})") from None
-
 
 def load_target(path: Path, raw: dict | None = None) -> Gemma4Model:
     path = Path(path)
@@ -547,7 +526,7 @@ def load_target(path: Path, raw: dict | None = None) -> Gemma4Model:
         raise MtpRefError(f"{src}: quantization_config ({q.get('quant_method')}) is not supported for Gemma 4; "
                           f"use the bf16 release")
     ckpt = Checkpoint(path, aliases=TEXT_ALIASES)
-    m = Gemma4Model(path, g, ckpt, _tokenizer(path))
+    m = Gemma4Model(path, g, ckpt, load_tokenizer(path))
     m.check(target_tensors(g), "trunk")
     _limit_blas_threads(m.config)
     return m

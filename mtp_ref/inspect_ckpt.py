@@ -55,7 +55,6 @@ def summarize(model: Model) -> dict:
     trunk = trunk_tensors(cfg, spec)
     n_params = sum(_numel(ck.shape(n)) for n in ck.names() if not n.endswith("_scale_inv"))
     dtypes = Counter(ck.dtype(n) for n in ck.names())
-    moe_layers = [i for i in range(cfg.num_hidden_layers) if spec.moe and cfg.is_moe_layer(i)]
     bpt = _bytes_per_token(cfg, {n: ck.stored_nbytes(n) for n in trunk})
     mtp = []
     for j in range(cfg.num_mtp_modules):
@@ -72,18 +71,7 @@ def summarize(model: Model) -> dict:
     return {
         "path": str(model.path),
         "format": "safetensors",
-        "family": spec.name,
-        "model_type": cfg.model_type,
-        "layers": cfg.num_hidden_layers,
-        "hidden_size": cfg.hidden_size,
-        "vocab_size": cfg.vocab_size,
-        "attention": spec.attention,
-        "linear_attention_layers": sum(cfg.layer_type(i) == "linear_attention" for i in range(cfg.num_hidden_layers)),
-        "moe_layers": len(moe_layers),
-        "routed_experts": cfg.n_routed_experts,
-        "experts_per_token": cfg.num_experts_per_tok,
-        "shared_experts": _shared_experts(cfg, spec),
-        "mtp_declared": cfg.num_nextn_predict_layers,
+        **_config_keys(cfg, spec),
         "mtp_present": cfg.num_mtp_modules,
         "mtp_modules": mtp,
         "bits_per_weight": bits,
@@ -147,22 +135,10 @@ def summarize_index(path: Path) -> dict:
     total = json.loads((path / "model.safetensors.index.json").read_text()).get("metadata", {}).get("total_size")
     notes = [f"{len(missing)} of {len(shards)} shard(s) listed in model.safetensors.index.json are not here "
              f"(e.g. {missing[0]}): names come from the index; dtypes and bytes only from the shards present"]
-    moe = [i for i in range(cfg.num_hidden_layers) if spec.moe and cfg.is_moe_layer(i)]
     return {
         "path": str(path),
         "format": "safetensors-index",
-        "family": spec.name,
-        "model_type": cfg.model_type,
-        "layers": cfg.num_hidden_layers,
-        "hidden_size": cfg.hidden_size,
-        "vocab_size": cfg.vocab_size,
-        "attention": spec.attention,
-        "linear_attention_layers": sum(cfg.layer_type(i) == "linear_attention" for i in range(cfg.num_hidden_layers)),
-        "moe_layers": len(moe),
-        "routed_experts": cfg.n_routed_experts,
-        "experts_per_token": cfg.num_experts_per_tok,
-        "shared_experts": _shared_experts(cfg, spec),
-        "mtp_declared": cfg.num_nextn_predict_layers,
+        **_config_keys(cfg, spec),
         "mtp_present": present,
         "mtp_modules": mtp,
         "bits_per_weight": bits,
@@ -328,7 +304,7 @@ def format_summary(s: dict) -> str:
     if b["trunk"] is not None or b["mtp"] is not None:
         lines.append("bits/weight  " + ", ".join(f"{k} {v:.2f}" for k, v in b.items() if v is not None)
                      + " (matrices)")
-    lines.append(f"dtypes       " + ", ".join(f"{k}: {v} tensors" for k, v in sorted(s["dtypes"].items())))
+    lines.append("dtypes       " + ", ".join(f"{k}: {v} tensors" for k, v in sorted(s["dtypes"].items())))
     if s["parameters"] is not None:
         lines.append(f"parameters   {s['parameters']:,}" + (" (FP8 block-quantised)" if s["fp8_block"] else ""))
     if s["checkpoint_bytes"] is not None:
@@ -379,6 +355,17 @@ def _mtp_modules_by_name(cfg, spec, names) -> tuple[int, str | None]:
         if lacking:
             return n, lacking[0]
         n += 1
+
+
+def _config_keys(cfg, spec) -> dict:
+    """The report keys that come from config.json and the family spec alone (full and index-only alike)."""
+    L = cfg.num_hidden_layers
+    return {"family": spec.name, "model_type": cfg.model_type, "layers": L, "hidden_size": cfg.hidden_size,
+            "vocab_size": cfg.vocab_size, "attention": spec.attention,
+            "linear_attention_layers": sum(cfg.layer_type(i) == "linear_attention" for i in range(L)),
+            "moe_layers": sum(1 for i in range(L) if spec.moe and cfg.is_moe_layer(i)),
+            "routed_experts": cfg.n_routed_experts, "experts_per_token": cfg.num_experts_per_tok,
+            "shared_experts": _shared_experts(cfg, spec), "mtp_declared": cfg.num_nextn_predict_layers}
 
 
 def _shared_experts(cfg, spec) -> int:

@@ -15,7 +15,7 @@ from . import ops, ops_dsa, ops_sinks
 from .cache import KVCache, LayerCache, RecurrentCache
 from .config import ModelConfig, load_config, rope_inv_freq, softmax_scale
 from .errors import MtpRefError
-from .families import (FamilySpec, block_tensors, family_for, mtp_tensors, own_engine, trunk_tensors,
+from .families import (FamilySpec, family_for, mtp_tensors, own_engine, trunk_tensors,
                        with_checkpoint_layout)
 from .weights import Checkpoint
 
@@ -40,7 +40,23 @@ class Prefixed:
         return self.model.expert_weight(self.prefix + name, e)
 
 
-class Model:
+class TextCodec:
+    """Text <-> token ids through the checkpoint's tokenizer (`self.tokenizer`, None without tokenizer.json)."""
+    path: Path
+    tokenizer: object
+
+    def encode(self, text: str) -> list[int]:
+        if self.tokenizer is None:
+            raise MtpRefError(f"{self.path}: no tokenizer.json, so text prompts cannot be encoded; pass --prompt-ids")
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids) -> str:
+        if self.tokenizer is None:
+            return " ".join(str(i) for i in ids)
+        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
+
+
+class Model(TextCodec):
     """A loaded checkpoint plus the forward passes. Stateless between calls: all state is in caches."""
 
     def __init__(self, path: Path, cfg: ModelConfig, spec: FamilySpec, ckpt: Checkpoint, tokenizer=None):
@@ -454,17 +470,6 @@ class Model:
     def new_mtp_cache(self) -> LayerCache:
         return LayerCache()
 
-    # ------------------------------------------------------------------ text
-    def encode(self, text: str) -> list[int]:
-        if self.tokenizer is None:
-            raise MtpRefError(f"{self.path}: no tokenizer.json, so text prompts cannot be encoded; pass --prompt-ids")
-        return self.tokenizer.encode(text, add_special_tokens=False).ids
-
-    def decode(self, ids) -> str:
-        if self.tokenizer is None:
-            return " ".join(str(i) for i in ids)
-        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
-
     def weight_nbytes(self, names) -> int:
         return sum(self.ckpt.stored_nbytes(n) for n in names if n in self.ckpt)
 
@@ -533,12 +538,16 @@ def load_model(path: str | Path | None = None) -> Model:
     spec = with_checkpoint_layout(spec, cfg, ckpt.infos)
     check_tensors(ckpt, trunk_tensors(cfg, spec), "trunk")
     cfg.num_mtp_modules = count_mtp_modules(cfg, spec, ckpt)
-    tok = None
+    return Model(path, cfg, spec, ckpt, load_tokenizer(path))
+
+
+def load_tokenizer(path: Path):
+    """The checkpoint's tokenizer.json, or None when it has none (prompts are then given as token ids)."""
     tf = path / "tokenizer.json"
-    if tf.exists():
-        from tokenizers import Tokenizer
-        try:
-            tok = Tokenizer.from_file(str(tf))
-        except Exception as e:  # the tokenizers library raises its own exception types
-            raise MtpRefError(f"{tf}: cannot be read by the tokenizers library ({e})") from None
-    return Model(path, cfg, spec, ckpt, tok)
+    if not tf.exists():
+        return None
+    from tokenizers import Tokenizer
+    try:
+        return Tokenizer.from_file(str(tf))
+    except Exception as e:  # the tokenizers library raises its own exception types
+        raise MtpRefError(f"{tf}: cannot be read by the tokenizers library ({e})") from None

@@ -23,7 +23,6 @@ from explainer import diagram, heads, roofline, scenario, stepper  # noqa: E402
 from explainer.common import CHART_FONT, DEFAULT_PROMPT  # noqa: E402
 from explainer.presets import HARDWARE, MODELS, PRECISIONS  # noqa: E402
 from mtp_ref import generate, load_model  # noqa: E402
-from mtp_ref.sampling import SamplingParams  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "explainer" / "app.py")

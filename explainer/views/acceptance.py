@@ -11,7 +11,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from explainer import common, evaluation, scenario, stepper
-from mtp_ref import MtpRefError
+from mtp_ref import MtpRefError, generate
 from mtp_ref.sampling import SamplingParams
 
 REPEATS = 3
@@ -23,7 +23,6 @@ LIVE_TOKENS = 48
 def run_grid(model, prompts: dict, s: dict) -> list[dict]:
     """Every (prompt, T, k) generation, REPEATS times, the repeats interleaved so a burst of load on this
     machine hits all settings alike. Counts are the same in every repeat (same seed); only the seconds vary."""
-    from mtp_ref import generate
     jobs = [(cat, p, k, t) for cat, ps in sorted(prompts.items()) for p in ps[: s["n"]]
             for t in s["temps"] for k in s["ks"]]
     total = len(jobs) * REPEATS
@@ -91,8 +90,7 @@ def speedup_chart(df: pd.DataFrame, temp: float) -> go.Figure:
 
 def gpu_chart(df: pd.DataFrame, temp: float, gpu: dict, c: float) -> go.Figure:
     """Modelled: this acceptance with the verify cost measured on a GPU; not a measurement of a GPU run."""
-    s = next(x for x in gpu["verify_ms"] if scenario.ours(x) and 1 in x["n"])
-    v = {n - 1: ms / s["ms"][s["n"].index(1)] for n, ms in zip(s["n"], s["ms"]) if n >= 2}
+    v = scenario.verify_costs(gpu)
     cats = sorted(df.category.unique())
     sub = df[(df.temperature == temp) & (df.k > 0)]
     fig = go.Figure()
@@ -257,12 +255,11 @@ def end_to_end(gpu: dict) -> None:
         return
     from explainer import roofline
     from explainer.presets import MODELS
-    s = next(x for x in gpu["verify_ms"] if scenario.ours(x) and 1 in x["n"])
     r0 = runs[0]
     k, a = int(r0["k"]), float(r0["acceptance_per_depth"])
-    if k + 1 not in s["n"] or "MiMo-7B" not in MODELS:
+    v = scenario.verify_costs(gpu)
+    if k not in v or "MiMo-7B" not in MODELS:
         return
-    v = {k: s["ms"][s["n"].index(k + 1)] / s["ms"][s["n"].index(1)]}
     c = roofline.from_config("MiMo-7B", MODELS["MiMo-7B"]).draft_ratio()
     predicted = evaluation.analytic_speedup(a, c, [k], v)[0]
     got = ", ".join(f"**{r['speedup']:.2f}x** ({r.get('config', '')}: {r['tok_s']:.0f} against {r['plain_tok_s']:.0f} "
