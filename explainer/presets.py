@@ -137,6 +137,54 @@ MODELS: dict[str, dict] = {
         "partial_rotary_factor": 0.25, "rope_theta": 10000000.0, "max_position_embeddings": 262144,
         "rms_norm_eps": 1e-6, "tie_word_embeddings": False, "mtp_num_hidden_layers": 1,
     },
+    "GLM-4.7-Flash": {
+        "source": "zai-org/GLM-4.7-Flash config.json, as quoted in a vLLM glm4_moe_lite config-registry unit test "
+                  "(_glm4_moe_lite_min_config: every key below but num_nextn_predict_layers and scoring_func) and "
+                  "copied whole in huggingface.co/naaviii/glm-code-next-4b config.json (all of them; "
+                  "num_nextn_predict_layers 1 also in the re-saved quantised copies, e.g. dphnAI/flash-beta1); "
+                  "rope_interleave absent: transformers' default (true)",
+        "published": "31B on the Hugging Face model page (safetensors, MTP layer included); 30B-A3B (model name)",
+        "model_type": "glm4_moe_lite",
+        "vocab_size": 154880, "hidden_size": 2048, "intermediate_size": 10240, "moe_intermediate_size": 1536,
+        "num_hidden_layers": 47, "first_k_dense_replace": 1, "num_attention_heads": 20, "num_key_value_heads": 20,
+        "q_lora_rank": 768, "kv_lora_rank": 512, "qk_nope_head_dim": 192, "qk_rope_head_dim": 64, "v_head_dim": 256,
+        "n_routed_experts": 64, "n_shared_experts": 1, "num_experts_per_tok": 4, "n_group": 1, "topk_group": 1,
+        "routed_scaling_factor": 1.8, "scoring_func": "sigmoid", "topk_method": "noaux_tc", "norm_topk_prob": True,
+        "rms_norm_eps": 1e-5, "max_position_embeddings": 202752, "rope_theta": 1000000, "rope_scaling": None,
+        "partial_rotary_factor": 1.0, "attention_bias": False, "tie_word_embeddings": False,
+        "num_nextn_predict_layers": 1,
+    },
+    "GLM-5": {
+        "source": "zai-org/GLM-5 config.json, as copied whole in huggingface.co/1663adr/GLM-5/raw/main/config.json "
+                  "(the same values in unsloth/GLM-5's copy); no indexer_types / index_topk_freq: every layer runs "
+                  "its own indexer (transformers GlmMoeDsaConfig's rule)",
+        "published": "744B total, 40B active (transformers GlmMoeDsa documentation)",
+        "model_type": "glm_moe_dsa",
+        "vocab_size": 154880, "hidden_size": 6144, "intermediate_size": 12288, "moe_intermediate_size": 2048,
+        "moe_layer_freq": 1, "num_hidden_layers": 78, "first_k_dense_replace": 3, "num_attention_heads": 64,
+        "num_key_value_heads": 64, "q_lora_rank": 2048, "kv_lora_rank": 512, "qk_nope_head_dim": 192,
+        "qk_rope_head_dim": 64, "v_head_dim": 256, "n_routed_experts": 256, "n_shared_experts": 1,
+        "num_experts_per_tok": 8, "n_group": 1, "topk_group": 1, "routed_scaling_factor": 2.5, "scoring_func": "sigmoid",
+        "topk_method": "noaux_tc", "norm_topk_prob": True, "rms_norm_eps": 1e-5, "max_position_embeddings": 202752,
+        "rope_parameters": {"rope_theta": 1000000, "rope_type": "default"}, "rope_interleave": True,
+        "index_topk": 2048, "index_n_heads": 32, "index_head_dim": 128, "indexer_rope_interleave": True,
+        "attention_bias": False, "tie_word_embeddings": False, "num_nextn_predict_layers": 1,
+    },
+    "MiniMax-M2": {
+        "source": "huggingface.co/MiniMaxAI/MiniMax-M2 config.json (revision fbd8a14, the transformers-5 form: "
+                  "rope_parameters with partial_rotary_factor 0.5); use_qk_norm / qk_norm_type from the file's "
+                  "earlier form, as the MiniMax-M2.x copies keep it (amd/MiniMax-M2.7-BF16 config.json): "
+                  "transformers' MiniMaxM2Attention always has q_norm / k_norm",
+        "published": "230B total, 10B active (SGLang MiniMax-M2 documentation, from the model card)",
+        "note": "config.json declares use_mtp with 3 MTP modules, but the release ships no MTP weights: nothing to draft with",
+        "model_type": "minimax_m2",
+        "vocab_size": 200064, "hidden_size": 3072, "intermediate_size": 1536, "num_hidden_layers": 62,
+        "num_attention_heads": 48, "num_key_value_heads": 8, "head_dim": 128, "num_local_experts": 256,
+        "num_experts_per_tok": 8, "rms_norm_eps": 1e-6, "max_position_embeddings": 196608,
+        "rope_parameters": {"partial_rotary_factor": 0.5, "rope_theta": 5000000.0, "rope_type": "default"},
+        "use_qk_norm": True, "qk_norm_type": "per_layer", "tie_word_embeddings": False,
+        "use_mtp": True, "num_mtp_modules": 3, "mtp_transformer_layers": 1,
+    },
     "Gemma 4 31B": {
         "source": "google/gemma-4-31B-it config.json text_config (values as verified in a public architecture "
                   "note and THUDM/slime scripts/models/gemma4-31B.sh; layer_types 5 sliding + 1 full, repeated, "

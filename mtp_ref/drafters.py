@@ -7,7 +7,8 @@ the same three methods whatever drafts:
     rollback(dec, N, a)     after verify kept a of the drafts (the target's cache is already cut to N + 1 + a)
 
 MtpDrafter:        the MTP modules inside the target checkpoint (DeepSeek/GLM nextn, MiMo, Qwen `mtp.`), each
-                   with its own KV cache over the committed rows (chain or recursive, SpeculativeDecoder.mode).
+                   with its own KV cache over the committed rows (chain or recursive, SpeculativeDecoder.mode). Under
+                   DSA with index_share_for_mtp_iteration, recursive steps >= 1 reuse step 0's top-k.
 AssistantDrafter:  a separate small model that reads the TARGET's KV cache and keeps none of its own (Gemma 4's
                    `gemma4_assistant`), carrying a projected hidden from step to step.
 """
@@ -25,6 +26,8 @@ class MtpDrafter:
     """The checkpoint's MTP modules. Their caches and per-row outputs live on the decoder (dec.mtp_caches,
     dec._out), where the explainer and the tests read them."""
 
+    shared_topk = None   # DSA: step 0's last-row selection this round (index_share_for_mtp_iteration)
+
     def prefill(self, dec) -> None:
         # rows that use prompt tokens only: module j, rows 0 .. N-2-j
         for j in range(len(dec.mtp_caches)):
@@ -33,10 +36,15 @@ class MtpDrafter:
     def logits(self, dec, j: int, ext: list[int]) -> np.ndarray:
         N = len(dec.tokens)
         if dec.mode == "chain" or j == 0:
-            return dec._mtp_rows(j, N, ext)[-1]
-        # recursive: one provisional row at N-1+j fed with the previous step's output
+            lg = dec._mtp_rows(j, N, ext)[-1]
+            if j == 0:
+                self.shared_topk = getattr(dec.model, "mtp_topk", None)  # step 0's last row (row N-1)
+            return lg
+        # recursive: one provisional row at N-1+j fed with the previous step's output; with
+        # index_share_for_mtp_iteration it attends to step 0's top-k instead of running the indexer
+        share = {"reuse_topk": self.shared_topk} if getattr(dec.model, "mtp_index_share", False) else {}
         g, lg = dec.model.mtp_forward(0, [ext[N + j]], dec.mtp_out(0)[-1:], dec.mtp_caches[0], np.array([N + j]),
-                                      last_only=True)
+                                      last_only=True, **share)
         dec._out[0].append(g=g)
         return lg[-1]
 

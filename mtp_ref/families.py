@@ -177,9 +177,11 @@ FAMILIES["deepseek_v32"] = FamilySpec("deepseek_v32", "mla", "interleaved", "nev
                                       "DeepseekV32ForCausalLM", indexer="half", latent_norm_eps=1e-6)
 FAMILIES["glm_moe_dsa"] = FamilySpec("glm_moe_dsa", "mla", "interleaved", "never", "never", True, NEXTN,
                                      "GlmMoeDsaForCausalLM", indexer="interleaved", latent_norm_eps=1e-6)
-# MiniMax-M2 / M2.5: the trunk only (its config declares 3 MTP modules, the release holds none; no layout known)
+# MiniMax-M2 / M2.5: the trunk only (its config declares 3 MTP modules, the release holds none; no layout known).
+# q/k norms "always": every release holds q_norm / k_norm and transformers applies them, while the current
+# config.json (transformers-5 form) dropped the use_qk_norm key that the earlier form set
 FAMILIES["minimax_m2"] = FamilySpec(
-    "minimax_m2", "gqa", "half", "never", "config", True, None, "MiniMaxM2ForCausalLM", qk_norm_scope="all",
+    "minimax_m2", "gqa", "half", "never", "always", True, None, "MiniMaxM2ForCausalLM", qk_norm_scope="all",
     tensor_renames=((r"\.block_sparse_moe\.e_score_correction_bias$", ".mlp.gate.e_score_correction_bias"),
                     (r"\.block_sparse_moe\.gate\.", ".mlp.gate."),
                     (r"\.block_sparse_moe\.experts\.(\d+)\.w1\.", r".mlp.experts.\1.gate_proj."),
@@ -353,7 +355,15 @@ def mtp_tensors(cfg: ModelConfig, spec: FamilySpec, j: int) -> dict[str, tuple[i
 # Model types with an engine module of their own: configs and blocks that do not fit ModelConfig / FamilySpec
 # (Gemma 4: per-type head geometry, sandwich norms, KV-shared layers, per-layer embeddings; its assistant drafter).
 # load_model hands such a checkpoint to the module's load(path, raw config.json).
-OWN_ENGINES = {"gemma4": "mtp_ref.gemma4", "gemma4_text": "mtp_ref.gemma4", "gemma4_assistant": "mtp_ref.gemma4"}
+# (DeepSeek-V4: hc_mult residual streams, sliding + compressed K=V attention with a lightning indexer, hash routing,
+# an MTP that sums two projections; its maths is mtp_ref/ops_v4.py.)
+OWN_ENGINES = {"gemma4": "mtp_ref.gemma4", "gemma4_text": "mtp_ref.gemma4", "gemma4_assistant": "mtp_ref.gemma4",
+               "deepseek_v4": "mtp_ref.ops_v4"}
+# DeepSeek-V4's spec: not in FAMILIES (the generic block never runs it); what other code (the CUDA backend's
+# support check) reads about the family. attention "hc_compressed": sliding-window + CSA / HCA compressed entries
+# on hyper-connection streams; router "sqrtsoftplus_hash": sqrt(softplus) scores, hash routing on the first layers.
+V4_SPEC = FamilySpec("deepseek_v4", "hc_compressed", "interleaved", "never", "never", True, None,
+                     "DeepseekV4ForCausalLM", router="sqrtsoftplus_hash")
 
 
 def own_engine(path):

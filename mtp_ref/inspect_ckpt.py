@@ -41,6 +41,10 @@ def inspect_path(path: str | Path | None = None) -> dict:
         raise MtpRefError(f"{p}: not a checkpoint; give the directory that holds config.json "
                           f"(and model.safetensors or its index), or a .gguf file")
     idx = p / "model.safetensors.index.json"
+    from .ops_v4 import inspect_report as inspect_v4
+    own = inspect_v4(p) if p.is_dir() else None        # DeepSeek-V4 (an engine of its own, ops_v4), index-only too
+    if own is not None:
+        return own
     if p.is_dir() and idx.exists():
         missing = [s for s in sorted(set(_weight_map(idx).values())) if not (p / s).exists()]
         if missing:

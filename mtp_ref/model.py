@@ -73,6 +73,11 @@ class Model(TextCodec):
         self.dsa_impl = "sparse"
         self.dsa = ops_dsa.dsa_config(cfg) if spec.indexer else None
         self._dsa_selection = None  # the last full indexer layer's (idx, valid): "shared" layers reuse it
+        # index_share_for_mtp_iteration (follows config.json): a module's draft steps >= 1 skip the MTP block's
+        # indexer and attend to step 0's last-row top-k (ops_dsa docstring; drafters.MtpDrafter applies it)
+        self.mtp_index_share = bool(self.dsa and self.dsa.mtp_index_share)
+        self._dsa_reuse = None      # set by mtp_forward(reuse_topk=...) for one call
+        self.mtp_topk = None        # the last mtp_forward's last-row selection ([1, K], [1, K]) under DSA
         # Gated DeltaNet: "recurrent" runs the delta rule one token at a time and keeps the state after every
         # token (the snapshots speculative rollback restores); "chunked" is the parallel form prefill uses.
         # "auto": recurrent for up to recurrent_max_tokens new tokens (decode, verify), chunked above.
@@ -234,16 +239,20 @@ class Model(TextCodec):
         k_pe = ops.apply_rope(ckv[:, None, r:], cos, sin, self.spec.rope_style)[:, 0]          # [n, dr], shared by heads
         rows = {"c": c, "k_pe": k_pe}
         dsa = self.spec.indexer is not None and self.dsa_impl != "dense"
+        # a shared draft step (index_share_for_mtp_iteration) selects nothing; it still caches its idx_k row so that
+        # every cache row holds all its arrays (vLLM skips writing it: the row is provisional either way)
+        reuse = self._dsa_reuse if dsa else None
         if dsa and W.get("self_attn.indexer.wk.weight") is not None:  # a layer with its own indexer
             p = "self_attn.indexer."
             qI, rows["idx_k"], wI = ops_dsa.indexer_qk(
                 x, cq, W[p + "wq_b.weight"], W[p + "wk.weight"], W[p + "k_norm.weight"], W[p + "k_norm.bias"],
                 W[p + "weights_proj.weight"], self.dsa, cos, sin, self.spec.indexer)
         kv = cache.append(**rows)                                                # [T, r], [T, dr] (+ [T, d_I])
-        if dsa and "idx_k" in rows:
+        if dsa and "idx_k" in rows and reuse is None:
             self._dsa_selection = ops_dsa.select_topk(ops_dsa.index_scores(qI, kv["idx_k"], wI), start,
                                                       self.dsa.index_topk)      # ([n, K], [n, K])
-        sel = self._dsa_selection if dsa else None  # a "shared" layer keeps the last full layer's choice
+        sel = reuse if reuse is not None else self._dsa_selection if dsa else None  # "shared" layers keep the
+        # last full layer's choice
 
         def attend(qf, kf, vf):                                                  # [n, h, d], [T, g, d], [T, g, dv]
             if sel is None:
@@ -429,7 +438,8 @@ class Model(TextCodec):
         h, logits = self.forward(ids, cache)
         return h, np.argmax(logits, axis=-1)
 
-    def mtp_forward(self, j: int, ids, prev_h, cache: LayerCache, positions: np.ndarray, last_only: bool = False):
+    def mtp_forward(self, j: int, ids, prev_h, cache: LayerCache, positions: np.ndarray, last_only: bool = False,
+                    reuse_topk=None):
         """MTP module j over n rows: row r pairs the previous hidden prev_h[r] with the embedding of ids[r].
 
         x = proj(concat[emb_norm(E ids), hid_norm(prev_h)])   (order per family)
@@ -438,6 +448,8 @@ class Model(TextCodec):
         Returns (g [n, H] post-norm, which feeds depth j+1 (block(x) before out_norm instead when
         mtp_chain == "pre_norm"), and logits [n, V], or [1, V] for the last
         row only with last_only: drafting needs just that row, and the head is the largest matrix).
+        reuse_topk: a DSA selection ([1, K], [1, K]) every row attends to instead of running the block's indexer
+        (index_share_for_mtp_iteration). Sets self.mtp_topk to the last row's selection.
         """
         cfg, lay = self.config, self.spec.mtp
         if j >= cfg.num_mtp_modules:
@@ -453,8 +465,15 @@ class Model(TextCodec):
         x = ops.linear(cat, W[lay.proj])                                          # [n, 2H] -> [n, H]
         cos, sin = self.rope(positions)
         # the mask indexes cache rows (row r sits at rotary position positions[r - cache.length])
-        x = self.block(x, Prefixed(self, lay.block_prefix(cfg, j), dict(lay.block_rename)), cfg.num_hidden_layers + j,
-                       cache, cache.length, cos, sin)
+        self._dsa_reuse = reuse_topk
+        try:
+            x = self.block(x, Prefixed(self, lay.block_prefix(cfg, j), dict(lay.block_rename)),
+                           cfg.num_hidden_layers + j, cache, cache.length, cos, sin)
+        finally:
+            self._dsa_reuse = None
+        indexed = self.dsa is not None and self.dsa_impl != "dense"
+        self.mtp_topk = (reuse_topk if reuse_topk is not None else ops_dsa.last_row(self._dsa_selection)) \
+            if indexed else None
         g = self.rms_norm(x, W[lay.out_norm])                                     # [n, H]
         own_head = lay.head and (p + lay.head) in self.ckpt
         carry = g if self.mtp_chain == "post_norm" else x                         # what depth j+1 takes

@@ -20,6 +20,14 @@ GLM-5's `indexer_types` ("full" / "shared", from index_topk_pattern or index_top
 index_skip_topk_offset) let a "shared" layer reuse the top-k of the last full layer; shared layers ship
 no indexer tensors. MTP blocks always run their own indexer.
 
+GLM-5.x's `index_share_for_mtp_iteration` (DsaConfig.mtp_index_share) shares across draft steps instead of
+layers: when one MTP module drafts several tokens in a row, step 0 runs the MTP block's indexer over its
+rows and keeps the selection S(p) of its last row (position p, the last committed token); every later step
+d >= 1 (query at p + d) skips the indexer and attends to S(p) as it is, so not to keys p+1 .. p+d, its own
+included (vLLM llm_base_proposer.propose: set_skip_topk(False) for the first pass, then
+compact_topk_indices(token_indices_to_sample) + set_skip_topk(True); TensorRT-LLM PR 15806 the same).
+It changes drafts, never the verified output.
+
 Three forms of the attention, equal up to float32 rounding (tests/test_families_dsa.py):
   gathered_attention  reads only the top-k rows (what a sparse kernel does; O(k) per query),
   masked_attention    scores every row and masks the unselected ones (the readable twin),
@@ -44,6 +52,7 @@ class DsaConfig:
     index_n_heads: int          # index_n_heads: h_I
     index_head_dim: int         # index_head_dim: d_I
     indexer_types: tuple[str, ...]  # per trunk layer: "full" (own indexer) or "shared" (GLM-5)
+    mtp_index_share: bool = False   # index_share_for_mtp_iteration: draft steps >= 1 reuse step 0's top-k
 
 
 def dsa_config(cfg: ModelConfig) -> DsaConfig:
@@ -62,7 +71,10 @@ def dsa_config(cfg: ModelConfig) -> DsaConfig:
     if len(types) < L or set(types) - {"full", "shared"} or types[0] != "full":
         raise MtpRefError(f"config.json: indexer_types must give 'full' or 'shared' for all {L} layers, the first "
                           f"one 'full' (got {list(types)})")
-    d = DsaConfig(int(raw["index_topk"]), int(raw["index_n_heads"]), int(raw["index_head_dim"]), types[:L])
+    share = raw.get("index_share_for_mtp_iteration", False)
+    if not isinstance(share, bool):
+        raise MtpRefError(f"config.json: index_share_for_mtp_iteration must be true or false (got {share!r})")
+    d = DsaConfig(int(raw["index_topk"]), int(raw["index_n_heads"]), int(raw["index_head_dim"]), types[:L], share)
     if d.index_head_dim < cfg.qk_rope_head_dim:
         raise MtpRefError(f"config.json: index_head_dim {d.index_head_dim} is smaller than qk_rope_head_dim "
                           f"{cfg.qk_rope_head_dim}, which the indexer rotates")
@@ -125,6 +137,12 @@ def select_topk(scores: np.ndarray, start: int, topk: int) -> tuple[np.ndarray, 
 
 def select_topk_naive(scores, start: int, topk: int) -> list[set[int]]:
     return [set(sorted(range(start + i + 1), key=lambda t: (-scores[i, t], t))[:topk]) for i in range(scores.shape[0])]
+
+
+def last_row(sel: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The selection of the last query row, ([1, K], [1, K]): what index_share_for_mtp_iteration hands on."""
+    idx, valid = sel
+    return idx[-1:].copy(), valid[-1:].copy()
 
 
 def keep_mask(idx: np.ndarray, valid: np.ndarray, T: int) -> np.ndarray:

@@ -27,6 +27,7 @@ _STORAGE = {
     "F16": np.dtype("<f2"),
     "BF16": np.dtype("<u2"),
     "F8_E4M3": np.dtype("u1"),
+    "F8_E8M0": np.dtype("u1"),
     "I64": np.dtype("<i8"),
     "I32": np.dtype("<i4"),
     "I16": np.dtype("<i2"),

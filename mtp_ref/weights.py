@@ -6,6 +6,11 @@
 * FP8 (e4m3) weights with a `<name>_scale_inv` partner are dequantised exactly with
   128x128 blocks (DeepSeek-V3 release format, `quantization_config.weight_block_size`):
   W[i, j] = fp8(W[i, j]) * scale_inv[i // 128, j // 128]
+* DeepSeek-V4's release names the partner of `<m>.weight` `<m>.scale`, in E8M0 (a power of two 2^(b - 127),
+  `scale_fmt: ue8m0`; stored F8_E8M0, readable once safetensors_io lists that 1-byte dtype, or U8, which
+  transformers also accepts): the same 128x128 blocks for FP8 weights, and for its MXFP4 experts (I8, two e2m1
+  values per byte, the low nibble first) one scale per row and 32 columns:
+  W[i, j] = e2m1(W[i, j]) * scale[i, j // 32] (transformers' Fp8Dequantize, expert_dtype "fp4")
 Only headers are read when the checkpoint is opened; a tensor's bytes are read the first
 time it is used, then kept (decoded, float32) for the next forwards.
 """
@@ -23,6 +28,13 @@ from .errors import MtpRefError
 from .safetensors_io import TensorInfo, read_header, read_tensor
 
 SCALE_SUFFIX = "_scale_inv"
+E2M1 = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0], np.float32)
+MXFP4_GROUP = 32
+
+
+def dot_scale(name: str) -> str | None:
+    """`<m>.scale`, DeepSeek-V4's name for the scale of `<m>.weight` (None for other names)."""
+    return name[: -len(".weight")] + ".scale" if name.endswith(".weight") else None
 
 
 class Checkpoint:
@@ -87,8 +99,15 @@ class Checkpoint:
     def stored_nbytes(self, name: str) -> int:
         """Bytes this weight occupies in the checkpoint (incl. its FP8 scale, if any)."""
         n = self.infos[name].nbytes
-        s = self.infos.get(name + SCALE_SUFFIX)
+        s = self.infos.get(name + SCALE_SUFFIX) or self.infos.get(dot_scale(name) or "")
         return n + (s.nbytes if s else 0)
+
+    def logical_shape(self, name: str) -> tuple[int, ...]:
+        """The shape of the decoded tensor: packed MXFP4 (I8 with a `.scale` partner) holds two values a byte."""
+        i = self.infos[name]
+        if i.dtype == "I8" and dot_scale(name) in self.infos:
+            return i.shape[:-1] + (2 * i.shape[-1],)
+        return i.shape
 
     def get(self, name: str) -> np.ndarray:
         """The tensor as float32 (dequantised if FP8), read on first use."""
@@ -103,7 +122,12 @@ class Checkpoint:
         if info is None:
             raise MtpRefError(f"{self.path}: tensor '{name}' is missing from the checkpoint")
         w = read_tensor(info)
-        if info.dtype == "F8_E4M3":
+        dscale = dot_scale(name)
+        if info.dtype == "F8_E4M3" and name + SCALE_SUFFIX not in self.infos and dscale in self.infos:
+            w = dequant_fp8_block(w, e8m0_to_f32(read_tensor(self.infos[dscale])), self.block_size, name, dscale)
+        elif info.dtype == "I8" and dscale in self.infos:
+            w = dequant_mxfp4(w, e8m0_to_f32(read_tensor(self.infos[dscale])), name)
+        elif info.dtype == "F8_E4M3":
             sname = name + SCALE_SUFFIX
             if sname not in self.infos:
                 raise MtpRefError(f"{self.path}: FP8 tensor '{name}' has no '{sname}' partner; cannot dequantise it")
@@ -113,13 +137,33 @@ class Checkpoint:
         return w
 
 
-def dequant_fp8_block(w: np.ndarray, scale_inv: np.ndarray, block: tuple[int, int], name: str = "") -> np.ndarray:
+def dequant_fp8_block(w: np.ndarray, scale_inv: np.ndarray, block: tuple[int, int], name: str = "",
+                      scale_name: str | None = None) -> np.ndarray:
     """W[i, j] * scale_inv[i // bm, j // bn]; edge blocks may be partial."""
     M, N = w.shape  # [M, N] f32 (already decoded from e4m3)
     bm, bn = block
     want = (math.ceil(M / bm), math.ceil(N / bn))
     if scale_inv.shape != want:
-        raise MtpRefError(f"'{name}_scale_inv' has shape {list(scale_inv.shape)}, expected {list(want)} "
-                          f"for a [{M}, {N}] weight in {bm}x{bn} blocks")
+        raise MtpRefError(f"'{scale_name or name + SCALE_SUFFIX}' has shape {list(scale_inv.shape)}, "
+                          f"expected {list(want)} for a [{M}, {N}] weight in {bm}x{bn} blocks")
     s = np.repeat(np.repeat(scale_inv.astype(np.float32), bm, axis=0), bn, axis=1)[:M, :N]  # [M, N]
     return w * s
+
+
+def e8m0_to_f32(s: np.ndarray) -> np.ndarray:
+    """E8M0 scale bytes (U8 / F8_E8M0 storage) -> 2^(b - 127) (255 is NaN); float scales pass through."""
+    if s.dtype != np.uint8:
+        return s.astype(np.float32)
+    out = np.ldexp(np.float32(1.0), s.astype(np.int32) - 127).astype(np.float32)
+    return np.where(s == 255, np.float32(np.nan), out)
+
+
+def dequant_mxfp4(packed: np.ndarray, scale: np.ndarray, name: str = "") -> np.ndarray:
+    """[M, N/2] bytes of two e2m1 values (low nibble = even column) * scale [M, N/32] -> [M, N] float32."""
+    u = packed.view(np.uint8)
+    w = np.stack([E2M1[u & 0xF], E2M1[u >> 4]], axis=-1).reshape(*u.shape[:-1], 2 * u.shape[-1])   # [M, N]
+    want = w.shape[:-1] + (math.ceil(w.shape[-1] / MXFP4_GROUP),)
+    if scale.shape != want:
+        raise MtpRefError(f"'{name[: -len('.weight')]}.scale' has shape {list(scale.shape)}, expected {list(want)} "
+                          f"for a {list(w.shape)} MXFP4 weight in groups of {MXFP4_GROUP}")
+    return w * np.repeat(scale, MXFP4_GROUP, axis=-1)[..., : w.shape[-1]]

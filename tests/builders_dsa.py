@@ -89,7 +89,7 @@ def _minimax_m2(o: dict) -> dict:
          "use_cache": True, "use_mtp": True, "use_qk_norm": True, "use_routing_bias": True, "vocab_size": 320,
          "torch_dtype": TORCH_DTYPE}
     c.update(o)
-    return c
+    return {k: v for k, v in c.items() if v is not None}   # None: the key is absent, as in a later revision
 
 
 RELEASED = {"glm4_moe_lite": _glm4_moe_lite, "deepseek_v32": _deepseek_v32, "glm_moe_dsa": _glm_moe_dsa,
@@ -102,6 +102,8 @@ VARIANTS: dict[str, dict] = {
     # indexer_types F F S: layer 2 reuses layer 1's top-k
     "glm_moe_dsa": dict(family="glm_moe_dsa", index_topk_freq=2, index_skip_topk_offset=2, seed=1),
     "minimax_m2": dict(family="minimax_m2"),
+    # the current release's transformers-5 config (revision fbd8a14) has no use_qk_norm key: q/k norms still apply
+    "minimax_m2-t5": dict(family="minimax_m2", use_qk_norm=None, seed=4),
     # the released FP8 forms: 128x128 block e4m3 + float32 `weight_scale_inv` (every shape here is a partial block);
     # V3.2 keeps the indexer's weights_proj in bf16, MiniMax-M2 its router and bias
     "deepseek_v32-fp8": dict(family="deepseek_v32", dtype="fp8", seed=2),

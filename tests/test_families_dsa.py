@@ -262,6 +262,59 @@ def test_rollback_leaves_the_caches_of_plain_decoding(variant, mode, fam):
         assert "idx_k" in dec.cache.snapshot()[0] and "idx_k" in dec.mtp_caches[0].names()
 
 
+def _recursive_draft_logits(model, p: list[int], k: int) -> np.ndarray:
+    """The k greedy draft logits [k, V] of the first recursive round after prefilling p."""
+    dec = SpeculativeDecoder(model, k, "recursive")
+    dec.prefill(p)
+    ext, out = dec.tokens + [dec.pending], []
+    for j in range(k):
+        out.append(dec.drafter.logits(dec, j, ext))
+        ext = ext + [int(np.argmax(out[-1]))]
+    return np.stack(out)
+
+
+def test_index_share_for_mtp_iteration(fam):
+    """GLM-5.x index_share_for_mtp_iteration: recursive draft steps >= 1 skip the MTP indexer and attend to
+    step 0's last-row top-k (vLLM llm_base_proposer). The default follows config.json; with index_topk 4 <
+    the 14-token prompt step 0 is unchanged and later steps' drafts move (rel. change > 1e-3); the masked twin
+    agrees (1e-5); greedy output equals plain decoding either way, and rollback leaves the MTP cache of a run
+    that never drafted."""
+    _, model, _ = fam("glm_moe_dsa")
+    assert "index_share_for_mtp_iteration" not in model.config.raw and model.mtp_index_share is False
+    for flag in (True, False):
+        raw = dict(model.config.raw, index_share_for_mtp_iteration=flag)
+        assert ops_dsa.dsa_config(dataclasses.replace(model.config, raw=raw)).mtp_index_share is flag
+    with pytest.raises(MtpRefError, match="index_share_for_mtp_iteration"):
+        ops_dsa.dsa_config(dataclasses.replace(model.config, raw=dict(model.config.raw,
+                                                                       index_share_for_mtp_iteration="yes")))
+    p, k = PROMPTS[1], 3
+    base = generate(model, p, 14).token_ids
+    try:
+        off = _recursive_draft_logits(model, p, k)
+        model.mtp_index_share = True
+        on = _recursive_draft_logits(model, p, k)
+        np.testing.assert_array_equal(on[0], off[0])
+        assert all(max_rel(on[j], off[j]) > 1e-3 for j in range(1, k)), [max_rel(on[j], off[j]) for j in range(k)]
+        model.dsa_impl = "masked"
+        assert max_rel(_recursive_draft_logits(model, p, k), on) < 1e-5
+        model.dsa_impl = "sparse"
+        for share in (True, False):
+            model.mtp_index_share = share
+            assert generate(model, p, 14, k, "recursive").token_ids == base, share
+        model.mtp_index_share = True
+        dec = SpeculativeDecoder(model, k, "recursive")
+        dec.prefill(p)
+        while len(dec.generated) < 10:
+            dec.step()
+            h, _ = model.forward(np.asarray(dec.tokens), model.new_cache())
+            want = _fresh_module_rows(model, dec.tokens + [dec.pending], h, 0, [dec.mtp_caches[0].length])[0]
+            for name in want.names():
+                np.testing.assert_allclose(dec.mtp_caches[0].view(name), want.view(name), rtol=1e-4, atol=1e-5,
+                                           err_msg=name)
+    finally:
+        model.mtp_index_share, model.dsa_impl = False, "sparse"
+
+
 # --------------------------------------------------------------------------------------------------
 # Tools: trace, generate, inspect
 # --------------------------------------------------------------------------------------------------

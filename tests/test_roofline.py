@@ -63,6 +63,11 @@ PUBLISHED = [
     ("Qwen3.6-27B", lambda cm: 2 * cm.mtp_params, 0.849e9, 0.001,
      "HF index dump: MTP 0.849 GB in bf16"),                                                         # +0.05%
     ("Gemma 4 31B", lambda cm: cm.trunk_params(), 30.7e9, 0.005, "model card: 30.7B"),               # -0.01%
+    ("GLM-4.7-Flash", lambda cm: cm.trunk_params(), 30e9, 0.005, "model name: 30B-A3B"),             # -0.19%
+    ("GLM-4.7-Flash", lambda cm: cm.total_params, 31e9, 0.02,
+     "HF model page: 31B in the safetensors, MTP included (rounded to 1B)"),                         # +0.71%
+    ("GLM-5", lambda cm: cm.trunk_params(), 744e9, 0.002, "transformers GlmMoeDsa doc: 744B"),        # -0.01%
+    ("MiniMax-M2", lambda cm: cm.trunk_params(), 230e9, 0.01, "model card: 230B total"),              # -0.57%
 ]
 
 
@@ -77,6 +82,28 @@ def test_qwen_mtp_is_fifteen_tensors():
     cfg, spec = roofline.preset_config("Qwen3.6-27B", MODELS["Qwen3.6-27B"])
     assert cfg.num_mtp_modules == 1
     assert len(mtp_tensors(cfg, spec, 0)) == 15
+
+
+def test_minimax_m2_preset_declares_mtp_but_counts_none():
+    """MiniMax-M2's config declares use_mtp / num_mtp_modules 3; the release has no mtp.* tensor, so the preset
+    counts no MTP parameters and no draft cost, and says why."""
+    assert MODELS["MiniMax-M2"]["use_mtp"] and MODELS["MiniMax-M2"]["num_mtp_modules"] == 3
+    cm = roofline.from_config("MiniMax-M2", MODELS["MiniMax-M2"])
+    assert cm.mtp_params == 0 and cm.draft_params == 0 and cm.mtp_kv_layers == []
+    assert any("no MTP weights" in n for n in cm.notes)
+
+
+def test_glm5_preset_runs_an_indexer_in_every_layer():
+    """GLM-5's config has no indexer_types: every trunk layer and the MTP layer hold the DSA indexer
+    (wq_b [h_I d_I, q_lora], wk [d_I, H], k_norm weight + bias [d_I], weights_proj [h_I, H])."""
+    from mtp_ref.families import trunk_tensors
+    cfg, spec = roofline.preset_config("GLM-5", MODELS["GLM-5"])
+    per = 32 * 128 * 2048 + 128 * 6144 + 2 * 128 + 32 * 6144
+    idx = [n for k, n in {k: math.prod(s) for k, s in trunk_tensors(cfg, spec).items()}.items()
+           if ".self_attn.indexer." in k]
+    assert len(idx) == 5 * 78 and sum(idx) == 78 * per
+    mtp = {k: math.prod(s) for k, s in mtp_tensors(cfg, spec, 0).items() if ".self_attn.indexer." in k}
+    assert len(mtp) == 5 and sum(mtp.values()) == per
 
 
 # ------------------------------------------------------------------ the old per-family chain
