@@ -7,6 +7,7 @@ cache comes from HBM, as in a forward), divided by 20; the "partial" / "merge" v
 alone, the "split" ones with a fraction / multiple of the default number of blocks per KV group.
 
     python benchmarks/bench_attention.py [--json out.json] [--contexts 512,4096] [--ns 1,2,4,8] [--variants v4,v5,v5-rw2]
+    python benchmarks/bench_attention.py --ns 1,2,3,4,5,6,7,8 --variants v4,v9,v10      (issue 16: verifies of 5-8)
 (a variant's spaces may be written as hyphens)
 """
 
@@ -41,6 +42,7 @@ V5 = dict(version="v5", rw=LA.ATT5_RW, maxreg=None)            # None: the backe
 V6 = dict(version="v6", rw=LA.ATT6_RW, maxreg=None, combine="v3")
 V7 = dict(version="v7", nw=LA.ATT7_NW, maxreg=None, combine="v3")
 V9 = dict(version="v9", nw=K.ATT9_NW, maxreg=None, combine="v4", asets=2)
+V10 = dict(version="v10", nw=K.ATT9_NW, maxreg=None, combine="v4", vpre=1, dsplit=1)   # make_attention_v10's VPRE, DSPLIT
 VARIANTS = {"v3": dict(version="v3"), "v4 no cap": dict(V4, maxreg=0), "v4": V4,
             "v4 partial": dict(V4, what="partial"), "v4 merge": dict(V4, what="merge"),
             "v4 split/2": dict(V4, split=0.5), "v4 split x2": dict(V4, split=2),
@@ -64,6 +66,10 @@ VARIANTS = {"v3": dict(version="v3"), "v4 no cap": dict(V4, maxreg=0), "v4": V4,
             "v9 x0.5": dict(V9, split=0.5), "v9 x1.5": dict(V9, split=1.5), "v9 x2": dict(V9, split=2),
             "v9 nw2": dict(V9, nw=2), "v9 nw8": dict(V9, nw=8), "v9 cap 168": dict(V9, maxreg=168),
             "v9 cap 200": dict(V9, maxreg=200),
+            "v10": V10, "v10 partial": dict(V10, what="partial"), "v10 vpre0": dict(V10, vpre=0),
+            "v10 x0.5": dict(V10, split=0.5), "v10 x2": dict(V10, split=2), "v10 nw2": dict(V10, nw=2),
+            "v10 nw8": dict(V10, nw=8), "v10 ds2": dict(V10, dsplit=2), "v10 ds2 nw8": dict(V10, dsplit=2, nw=8),
+            "v10 ds2 x2": dict(V10, dsplit=2, split=2), "v10 ds2 vpre0": dict(V10, dsplit=2, vpre=0),
 }
 _KERNELS: dict = {}
 
@@ -78,9 +84,10 @@ def kernel(make, *args):
 def split_for(v: dict, S: int, sms: int, n: int = 1) -> int:
     """As CudaModel: v4 ~4 blocks per SM, v5 ~ATT5_BLOCKS_PER_SM blocks per SM, over the KV groups; v6
     ATT6_WARPS_PER_SM warps per SM over the groups' blocks of ceil(rows / rw) warps (counted up to ATT6_SPLIT_NW)."""
-    if v["version"] in ("v7", "v9"):         # shares = warps a block x blocks per group
-        per_sm = LA.ATT7_WARPS_PER_SM if v["version"] == "v7" else K.ATT9_WARPS_PER_SM
-        return v["nw"] * max(1, math.ceil(per_sm * sms * v.get("split", 1) / (NKV * v["nw"])))
+    if v["version"] in ("v7", "v9", "v10"):  # shares = warps a block x blocks per group
+        per_sm = {"v7": LA.ATT7_WARPS_PER_SM, "v9": K.ATT9_WARPS_PER_SM, "v10": K.ATT9_WARPS_PER_SM}[v["version"]]
+        shares = v["nw"] // v.get("dsplit", 1)  # v10 DSPLIT: warps of a share
+        return shares * max(1, math.ceil(per_sm * sms * v.get("split", 1) / (NKV * v["nw"])))
     if v["version"] == "v6":
         nw = math.ceil(K.attn_v4_qmax(NH // NKV, gemm.nmax_for(n)) / v["rw"])
         return max(1, min(S, math.ceil(LA.ATT6_WARPS_PER_SM * sms * v.get("split", 1) /
@@ -95,9 +102,16 @@ def launches_for(stream, v, n, cap, qd, kcs, vcs, po, pml, out, meta, split, nt=
     rep = NH // NKV
     scale = HD ** -0.5
     parts, merges = [], []
-    if v["version"] in ("v4", "v5", "v6", "v7", "v9"):
+    if v["version"] in ("v4", "v5", "v6", "v7", "v9", "v10"):
         qmax = K.attn_v4_qmax(rep, nq)
-        if v["version"] == "v9":
+        if v["version"] == "v10":
+            if rep * n > 32:
+                raise ValueError("v10 holds <= 32 query rows per KV group")
+            cap = v["maxreg"] if v["maxreg"] is not None else K.ATT10_MAXREG
+            kern = kernel(K.make_attention_v10, HD, HD, v["nw"], cap, v["vpre"], v["dsplit"])
+            nt = 32 * v["nw"]
+            smem, grid, unit = K.attn_v10_smem(HD), NKV * (split // (v["nw"] // v["dsplit"])), K.ATT9_KS
+        elif v["version"] == "v9":
             if rep * n > 16:
                 raise ValueError("v9 holds <= 16 query rows per KV group")
             cap = v["maxreg"] if v["maxreg"] is not None else K.ATT9_MAXREG

@@ -15,7 +15,11 @@ Measured (one GPU, one run; medians):
   * with --spec: one speculative cycle end to end (MiMo's MTP layer recursively at k = 3, drafts forced to
     0.8 acceptance per depth) against plain greedy decode over the same tokens.
 
-    python benchmarks/bench_model7b.py [--json out.json] [--layers 36] [--no-hf] [--spec] [--configs default,auto]
+  * with --loop (or --loop-only): the device loop (kernels_cuda/loop.py), plain greedy at ctx 512 and the
+    speculative cycle with drafts forced on the device (bench_loop).
+
+    python benchmarks/bench_model7b.py [--json out.json] [--layers 36] [--no-hf] [--spec] [--loop | --loop-only]
+        [--configs default,auto]
 """
 
 from __future__ import annotations
@@ -227,6 +231,52 @@ def bench_spec(cm, out, k=3, rate=0.8, prompt_len=64, steps=96):
           f"({t_plain / t_spec:.2f}x); accepted-length histogram {hist}", flush=True)
 
 
+def bench_loop(cm, out, k=3, rate=0.8, ctx=512, steps=128, spec_prompt=64, spec_steps=128):
+    """kernels_cuda.loop (token feedback on the device): (a) plain greedy, `steps` tokens after a `ctx`-token context;
+    (b) the speculative cycle (recursive MTP, k, drafts forced on the device to the plain greedy continuation with
+    probability `rate` per depth: loop.ForcedDraftFilter, ForcedDrafts' crc32 decisions) against plain greedy on
+    the same prompt, the same timing: wall, host CPU (process_time) and device (events around each burst / cycle)
+    seconds after prefill, per committed token."""
+    from kernels_cuda.loop import BURST, ForcedDraftFilter, generate_greedy
+    rng = np.random.default_rng(3)
+
+    def per_token(res):
+        s = res.stats
+        h = s["accepted_length_histogram"]
+        toks = sum((a + 1) * c for a, c in enumerate(h)) if s["draft_depth"] else s["target_forwards"]
+        return dict(tokens=toks, tok_s=toks / s["decode_seconds"], cpu_ms=1e3 * s["decode_cpu_seconds"] / toks,
+                    device_ms=1e3 * s["decode_device_seconds"] / toks, wall_ms=1e3 * s["decode_seconds"] / toks,
+                    hist=h, cycles=sum(h) if s["draft_depth"] else toks)
+
+    prompt = [int(t) for t in rng.integers(0, cm.config.vocab_size, ctx)]
+    generate_greedy(cm, prompt, 24, 0, stop_at_eos=False)                  # warm: compile, capture
+    a = per_token(generate_greedy(cm, prompt, steps, 0, stop_at_eos=False, timing=True))
+    prompt = [int(t) for t in rng.integers(0, cm.config.vocab_size, spec_prompt)]
+    generate_greedy(cm, prompt, 24, 0, stop_at_eos=False)
+    base = generate_greedy(cm, prompt, spec_steps, 0, stop_at_eos=False, timing=True)
+    p = per_token(base)
+    filt = ForcedDraftFilter(prompt + base.token_ids, rate, 1)
+    for _ in range(2):      # the same run twice: the first runs each (kind, n) eagerly, the second captures it
+        generate_greedy(cm, prompt, spec_steps, k, "recursive", stop_at_eos=False, draft_filter=filt)
+    res = generate_greedy(cm, prompt, spec_steps, k, "recursive", stop_at_eos=False, draft_filter=filt, timing=True)
+    assert res.token_ids == base.token_ids, "device-forced drafts changed the greedy tokens"
+    b = per_token(res)
+    b["tokens_per_cycle"] = b["tokens"] / b["cycles"]
+    b["speedup_vs_plain_same_prompt"] = b["tok_s"] / p["tok_s"]
+    b["speedup_vs_plain_ctx"] = b["tok_s"] / a["tok_s"]
+    out["loop"] = dict(burst=BURST, ctx=ctx, plain_ctx=a, plain_prompt=p, spec=b, k=k, rate=rate,
+                       spec_prompt=spec_prompt, spec_steps=spec_steps, steps=steps)
+    print(f"\n## device loop (kernels_cuda.loop), per committed token after prefill (burst {BURST})")
+    print("| run | tokens | tok/s | wall ms | host CPU ms | device ms | tokens/cycle | histogram |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, r in ((f"plain, ctx {ctx}", a), (f"plain, {spec_prompt}-token prompt", p),
+                    (f"recursive MTP k={k}, forced {rate}", b)):
+        print(f"| {name} | {r['tokens']} | {r['tok_s']:.1f} | {r['wall_ms']:.2f} | {r['cpu_ms']:.3f} | "
+              f"{r['device_ms']:.2f} | {r['tokens'] / r['cycles']:.2f} | {r['hist'] if r is b else ''} |")
+    print(f"speculative / plain (same prompt, same timing): {b['speedup_vs_plain_same_prompt']:.2f}x; "
+          f"/ plain at ctx {ctx}: {b['speedup_vs_plain_ctx']:.2f}x", flush=True)
+
+
 def bench_hf(cfg, weights, out):
     """transformers Qwen2ForCausalLM, eager attention, bf16, weights copied from the same tensors."""
     import torch
@@ -297,7 +347,23 @@ def bench_hf(cfg, weights, out):
 # name -> CudaModel options. Only "default" now: the kernel versions the configs v1..v12 of 2026-11-25/26 chose
 # between are in kernels_cuda/dev/ (docs/history/2026-11-26-benchmarks-diary.md has their tables).
 CONFIGS = {"default": {},
-           "auto": {"gemm_tuning": "auto"}}     # launch shapes measured per weight shape on this card (autotune.py)
+           "auto": {"gemm_tuning": "auto"},     # launch shapes measured per weight shape on this card (autotune.py)
+           "v2": {"pick": "v2"},                # the rule before gemm_v4: every dense GEMM on gemm_v2 (no tensor cores)
+           "v4all": {"pick": "v4all"},          # gemm_v4 at every token count <= 8 (is it also faster at 1..4?)
+           "attn-v4": {"attn_pick": "v4"}}      # the attention rule before v10: v4 for 17-32 query rows a KV group
+
+
+def pick_attention_v4(rep, n, dk, dv, ldq, qoff, ldk, ldv):
+    """pick_attention as before attn_partial_v10: v4 (else v3) where the rule now answers v10."""
+    from kernels_cuda import kernels as K
+    from kernels_cuda.gemm import nmax_for
+    from kernels_cuda.pick import SMEM_LIMIT, pick_attention
+    got = pick_attention(rep, n, dk, dv, ldq, qoff, ldk, ldv)
+    if got[0] != "v10":
+        return got
+    qmax = K.attn_v4_qmax(rep, nmax_for(n))
+    fits = rep * nmax_for(n) <= 32 and K.attn_v4_smem(qmax, dk) <= SMEM_LIMIT
+    return ("v4", "attn_combine_v2") if fits else ("v3", "attn_combine_v2")
 
 
 def main():
@@ -307,6 +373,8 @@ def main():
     ap.add_argument("--no-hf", action="store_true")
     ap.add_argument("--spec", action="store_true", help="also one speculative cycle end to end (bench_spec)")
     ap.add_argument("--configs", default="default", help="comma-separated names of CONFIGS to measure")
+    ap.add_argument("--loop", action="store_true", help="also the device loop, plain and speculative (bench_loop)")
+    ap.add_argument("--loop-only", action="store_true", help="only bench_loop (no forward tables, no HF)")
     a = ap.parse_args()
     import gc
 
@@ -328,6 +396,15 @@ def main():
     dev_w = {k: (v.view(torch.int16) if v.dtype == torch.bfloat16 else v) for k, v in W.items()}
     for name in a.configs.split(","):
         opts = dict(CONFIGS[name])
+        import kernels_cuda.backend as kb
+        import kernels_cuda.pick as kp
+        # "pick" changes pick.py's GEMM rule in this process only: "v2" = the rule before gemm_v4 (gemm_v2 at every
+        # token count), "v4all" = gemm_v4 from 1 token on; the graphs are captured per CudaModel, i.e. per config
+        pick = opts.pop("pick", None)
+        kb.pick_gemm_v4 = (lambda *a, **k: None) if pick == "v2" else kp.pick_gemm_v4
+        kp.GEMM4_MIN_N = 1 if pick == "v4all" else 5
+        # "attn_pick": "v4" = the attention rule before v10 (v4 for 5-8-token verifies), this process only
+        kb.pick_attention = pick_attention_v4 if opts.pop("attn_pick", None) == "v4" else kp.pick_attention
         auto = opts.get("gemm_tuning") == "auto"
         if isinstance(opts.get("gemm_tuning"), str):
             opts["gemm_tuning"] = gemm.TUNED_H100 if auto else getattr(gemm, opts["gemm_tuning"])
@@ -346,16 +423,19 @@ def main():
             print(f"  autotune: {len(table)} shapes in {oc['tune_s']:.0f} s; table = {table!r}", flush=True)
         print(f"{out['device']} [{name} {CONFIGS[name]}]: {out['n_params'] / 1e9:.2f} B params, weights/forward "
               f"{cm.trunk_bytes / 1e9:.2f} GB, copy {ceil:.0f} GB/s", flush=True)
-        bench_ours(cm, ceil, oc)
-        report(oc, cm, ceil, name, out)
-        if a.spec:
+        if not a.loop_only:
+            bench_ours(cm, ceil, oc)
+            report(oc, cm, ceil, name, out)
+        if a.spec and not a.loop_only:
             bench_spec(cm, oc)
+        if a.loop or a.loop_only:
+            bench_loop(cm, oc)
         if a.json:
             json.dump(out, open(a.json, "w"), indent=1, default=str)
         del cm
         gc.collect()
         torch.cuda.empty_cache()
-    if not a.no_hf:
+    if not a.no_hf and not a.loop_only:
         try:
             bench_hf(cfg, W, out)
         except Exception as e:  # noqa: BLE001 - the rest of the report still stands

@@ -56,6 +56,8 @@ def pick(model, with_batch: bool = True) -> Scenario:
             cm, precisions = common.loaded_cost(common.model_key(model), model), ["as stored"] + list(PRECISIONS)
         else:
             cm, precisions = roofline.from_config(choice, MODELS[choice]), list(PRECISIONS)
+            for note in cm.notes:   # e.g. a release that declares MTP but ships no MTP weights (MiniMax-M2)
+                st.caption(f"{choice}: {note}")
         precision = c3.selectbox("Weight precision", precisions,
                                  key=common.widget_key("p1_prec", precisions[0], lambda v: v in precisions))
         common.remember("p1_prec")
@@ -96,6 +98,9 @@ def gpu_results(folder: str, stamp: float) -> tuple[list[dict], list[str]]:
                 if len(s["n"]) != len(s["ms"]) or not s["n"]:
                     raise ValueError(f"series '{s.get('engine')}' has {len(s['n'])} n and {len(s['ms'])} ms")
             d["file"] = str(f.relative_to(common.ROOT)) if f.is_relative_to(common.ROOT) else str(f)
+            if "moe_verify" in d and (bad := moe_verify_problems(d["moe_verify"])):
+                problems.append(f"{f.name}: its moe_verify section is left out ({bad[0]})")
+                del d["moe_verify"]
             out.append(d)
         except (OSError, ValueError, KeyError, TypeError) as e:
             problems.append(f"{f.name}: not a verify-cost result file ({e})")
@@ -135,3 +140,45 @@ def verify_costs(d: dict) -> dict[int, float]:
 def cite(d: dict) -> str:
     return (f"{d['device']}, {d['date']}; {d['model']}. Source: `{d['file']}` "
             f"({d.get('source', '')}). Command: `{d['command'][:160]}{'…' if len(d['command']) > 160 else ''}`")
+
+
+# ---------------------------------------------------------------------- the MoE verify curve (bench_moe_verify.py)
+# A result file's optional "moe_verify" section (made by benchmarks/bench_moe_verify.py's results_section): the
+# config it ran and, per context, n = 1.. with device ms (median, spread), the distinct experts each MoE layer
+# touched (mean over layers x draws, p10 / p90) and the weight bytes read.
+
+MOE_REQUIRED = ("model", "device", "date", "command", "config", "n_experts", "top_k", "moe_layers", "series")
+MOE_SERIES = ("n", "ms", "spread_ms", "distinct_mean", "distinct_p10", "distinct_p90", "weight_bytes")
+
+
+def moe_verify_problems(sec) -> list[str]:
+    """What is wrong with a moe_verify section ([] when it can be shown)."""
+    if not isinstance(sec, dict):
+        return ["not an object"]
+    missing = [k for k in MOE_REQUIRED if k not in sec]
+    if missing:
+        return [f"missing keys {missing}"]
+    out = []
+    for s in sec["series"]:
+        lost = [k for k in MOE_SERIES + ("ctx",) if k not in s]
+        if lost:
+            out.append(f"a series lacks {lost}")
+        elif not s["n"] or s["n"][0] != 1 or any(len(s[k]) != len(s["n"]) for k in MOE_SERIES):
+            out.append(f"series at context {s['ctx']}: n must start at 1 and every list must have one value per n")
+    return out if sec["series"] else ["no series"]
+
+
+def moe_measurements(results: list[dict]) -> list[dict]:
+    """The moe_verify sections of the result files, each with the file it came from."""
+    return [dict(d["moe_verify"], file=d["file"]) for d in results if "moe_verify" in d]
+
+
+def moe_cost_model(sec: dict) -> roofline.CostModel:
+    """The explainer's cost model (uniform routing) of the shape that was measured, from the config it ran."""
+    return roofline.from_config(sec["model"].split(" (")[0], {k: v for k, v in sec["config"].items()})
+
+
+def hardware_for(device: str, default: Hardware) -> Hardware:
+    """The datasheet preset of the GPU a measurement ran on (e.g. 'NVIDIA H200 (132 SMs)'), else `default`."""
+    chip = device.split(" (")[0].removeprefix("NVIDIA ").split()[0] if device else ""
+    return next((h for h in HARDWARE if chip and h.name.removeprefix("NVIDIA ").split()[0] == chip), default)

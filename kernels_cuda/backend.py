@@ -39,10 +39,10 @@ from mtp_ref.families import FamilySpec
 
 from . import kernels as K
 from .gemm import (MODE_RESID, MODE_SCALE, MODE_STORE, MODE_SWIGLU, get_gemm_v2, get_moe_gemm, gemm_v2_blocks,
-                   nmax_for, TUNED_H100)
+                   gemm4_xb_words, launch_gemm_v4, nmax_for, TUNED_H100)
 from .graphs import CudaGraph
 from .intrinsics import SIM
-from .pick import pick_attention, pick_gemm
+from .pick import pick_attention, pick_gemm, pick_gemm_v4
 
 NMAX = 16  # tokens per forward call on the device (longer inputs are chunked)
 # threads per block of the one-row-per-block kernels (RMSNorm, embedding, cache write): 128 left a 4096-wide
@@ -561,6 +561,8 @@ class CudaModel:
         self.D = dev(z * max(widths))
         self.INTER = dev(z * max(inter))
         self.LOGITS = dev(z * V)
+        self.XB4 = cuda.to_device(np.zeros(gemm4_xb_words(max(widths + inter + [2 * H])), np.uint32))  # gemm_v4's x
+        self.DEN4 = dev(8)
         self.meta = cuda.to_device(np.zeros(K.META_LEN, np.int32))
         self.meta_host = cuda.pinned_array(K.META_LEN, np.int32)
         self.logits_host = cuda.pinned_array(z * V, np.float32)
@@ -645,6 +647,12 @@ class CudaModel:
 
     def _gemm(self, lin: Lin, x, ldx, y, ldy, n, mode=MODE_STORE, res=None, norm=None):
         """y (+)= x @ W^T; norm = an RMSNorm weight: x is the un-normed row, normed inside the GEMM."""
+        v4 = pick_gemm_v4(lin.fmt, n, lin.N, lin.K, ldx, self.lanes, mode == MODE_SWIGLU)
+        if v4 is not None and gemm4_xb_words(lin.K) <= self.XB4.size:     # x split once (XB4), then the MMAs
+            MT, U4, KW = v4
+            launch_gemm_v4(self.stream, x, ldx, lin.w, self.XB4, self.DEN4, y, ldy, n, lin.K, lin.N, mode, lin.bias,
+                           res, MT, U4, KW, norm, float(self.config.rms_norm_eps))
+            return
         nm, R, U, Wp = pick_gemm(lin.fmt, n, lin.N, lin.K, self.gemm_tuning, self.rows_per_warp, self.warps)
         k = get_gemm_v2(lin.fmt, nm, R, Wp, U, self.lanes, norm is not None)
         blocks = gemm_v2_blocks(lin.N, mode, R, Wp)
@@ -671,10 +679,15 @@ class CudaModel:
         nq = nmax_for(n)
         st = self.stream
         args = (q, ldq, qoff, kc, ldk, vc, ldv, self.PO, self.PML, self.meta, n, nh, rep, dk, dv, self.scale)
-        if version == "v9":
-            kp = _attn_v9_kernel(dk, dv, self.attn9_nw)
-            split = self.attn9_bpg * self.attn9_nw
-            kp[self._grid((nh // rep) * self.attn9_bpg), 32 * kp.NW, st, K.attn_v9_smem(dk)](*args, split)
+        if version in ("v9", "v10"):            # v10: v9's launch, two row tiles, ATT10_DSPLIT warps a share
+            if version == "v9":
+                kp, smem = _attn_v9_kernel(dk, dv, self.attn9_nw), K.attn_v9_smem(dk)
+                split = self.attn9_bpg * self.attn9_nw
+            else:
+                nw = max(self.attn9_nw, K.ATT10_DSPLIT)
+                kp, smem = _attn_v10_kernel(dk, dv, nw), K.attn_v10_smem(dk)
+                split = self.attn9_bpg * (nw // K.ATT10_DSPLIT)         # <= v9's shares: the PO scratch holds them
+            kp[self._grid((nh // rep) * self.attn9_bpg), 32 * kp.NW, st, smem](*args, split)
             K.attn_combine_v4[self._grid(n * nh), 32 * (1 if SIM else K.COMBINE4_SL), st](
                 self.PO, self.PML, out, ldo, ooff, self.meta, n, nh, dv, K.ATT9_KS, split)
         elif version == "v4":
@@ -1033,6 +1046,11 @@ def _attn_v4_kernel(qmax, emax, nw):
 
 def _attn_v9_kernel(dk, dv, nw):
     return _cached(("attn", "v9", dk, dv, nw), lambda: K.make_attention_v9(dk, dv, nw, K.ATT9_MAXREG))
+
+
+def _attn_v10_kernel(dk, dv, nw):
+    return _cached(("attn", "v10", dk, dv, nw, K.ATT10_VPRE, K.ATT10_DSPLIT),
+                   lambda: K.make_attention_v10(dk, dv, nw, K.ATT10_MAXREG, K.ATT10_VPRE, K.ATT10_DSPLIT))
 
 
 def _attn_kernel(nq, version="v1"):

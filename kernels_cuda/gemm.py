@@ -13,6 +13,10 @@ docs/history/ has each version's prediction and outcome):
             the next 256-column chunk's weights loaded before the current one is used,
             warp-shuffle reduction, fused epilogue (bias / residual add / SwiGLU pairs).
 Every weight byte is read once per call whatever n is: the token loop is innermost.
+  gemm_v4   (5..8 tokens, pick.pick_gemm_v4) bf16 weights on the tensor cores: gemm4_split splits x
+            once per input into bf16 hi / mid / lo words in B-fragment order (RMSNorm weight applied there, the rms
+            kept for the epilogue), then m16n8k16 MMAs (3 per k-step: float32 accuracy) with MT m16 tiles a warp,
+            KW warps splitting K, v2's epilogue modes. Its cost does not depend on n <= 8.
 
 RMSNorm fused into the x load (v2 built with NORM=True): y = (x / rms(x) * g) @ W^T computed as
 (sum_k x_k g_k W_rk) / rms(x); every warp accumulates sum_k x_k^2 from the x chunks it loads anyway
@@ -30,9 +34,9 @@ from __future__ import annotations
 
 import math
 
-from numba import cuda, float32, int32
+from numba import cuda, float32, int32, uint32
 
-from .intrinsics import factory, bits_f32, ld_f32x4, ld_u32x2, ld_u32x4, syncwarp
+from .intrinsics import SIM, factory, bits_f32, f32_bits, ld_f32x4, ld_u32x2, ld_u32x4, mma_bf16, syncwarp
 
 MODE_STORE, MODE_RESID, MODE_SWIGLU = 0, 1, 2
 NMAX_BUCKETS = (1, 2, 4, 8, 16)
@@ -335,6 +339,254 @@ def launch_gemm(stream, fmt, x, ldx, w, ws, y, ldy, n, K, N, mode=MODE_STORE, bi
         x, ldx, w, ws if ws is not None else dummy, y, ldy, bias if bias is not None else dummy,
         res if res is not None else dummy, n, K, N, mode, 1 if bias is not None else 0,
         norm if norm is not None else dummy, float(eps))
+
+
+# ----------------------------------------------------------------------------- v4: tensor cores, x split once
+# reference: reference.linear (reference.rmsnorm for norm=g, reference.swiglu_stacked for MODE_SWIGLU)
+#
+# Why v3 (dev/gemm.py) lost to v2: every block re-split the same x for every 16 rows (per 32 columns a lane loaded
+# 8 floats (+ 8 norm weights) and ran ~60 ALU ops of bf16x3 for 16 rows' worth of MMAs), only 16 rows shared each B
+# fragment, and a lane had 2 x 16 bytes of weights per 32 columns in flight. v4 splits x once per GEMM input
+# (gemm4_split: RMSNorm weight applied, each token's rms kept for the epilogue), into bf16 hi / mid / lo words
+# already in B-fragment order, so a GEMM lane's x work per 32 columns is three 16-byte L1/L2 loads; a warp owns MT
+# m16 tiles (16 MT rows) that all reuse each B fragment, and holds U x MT x 2 16-byte weight loads in flight.
+GEMM4_NMAX = 8        # tokens: the 8 columns of an m16n8k16 MMA (v4 runs 1..8 tokens at one cost)
+GEMM4_KWMAX = 8       # the most split-K warps a block
+
+
+def gemm4_xb_words(K: int) -> int:
+    """uint32 words of gemm4_split's output for K columns: per 32 columns, 32 lanes x 12 words."""
+    return (K // 32) * 32 * 12
+
+
+if SIM:
+    ld_x4 = ld_u32x4
+else:
+    from numba import types as _types
+
+    from .intrinsics import _vec_load
+    # the split x: re-read by every block, so keep it in L1 (the weights' load skips L1)
+    ld_x4 = _vec_load(4, _types.uint32, "ld.global.nc.v4.u32 {$0, $1, $2, $3}, [$4];")
+
+
+@cuda.jit(device=True, inline=True)
+def bf16x3(v):
+    """v = hi + mid + lo, each a bf16 (returned as its 16 bits), each the truncated remainder of the previous:
+    v - (hi + mid + lo) ~ 2^-24 |v| (float32 accuracy: a bf16 MMA reads its operands exactly)."""
+    h = f32_bits(v) >> 16
+    r = v - bits_f32(h << 16)
+    m = f32_bits(r) >> 16
+    r2 = r - bits_f32(m << 16)
+    return h, m, f32_bits(r2) >> 16
+
+
+# reference: reference.rmsnorm (the 1 / rms factor) and the B-fragment layout of intrinsics.mma_bf16
+@factory
+def make_gemm4_split(NORM: bool = False):
+    """x [n, K] (float32 rows, ldx apart) -> xb, for every 32-column block kb and t = 0..3: the 8 values
+    x[i, 32 kb + 8t .. + 7] of token i < 8 (times g when NORM) as 12 words of two bf16: word 6s + 2p + h = part p
+    (hi, mid, lo) of columns 32 kb + 8t + 4s + 2h, + 1 — the B fragments (b0, b1) of k-steps s = 0, 1 that lane
+    4i + t of a gemm_v4 warp holds — at xb[((3 kb + q) 32 + 4i + t) 4 + j], word 4q + j (one 16-byte load per q).
+    Tokens n..7 are zeros. den[i] = sqrt(mean(x_i^2) + eps) when NORM, else 1 (the gemm_v4 epilogue divides).
+    Grid (8 tokens, gemm4_split_blocks(K, threads)): a thread per (kb, t); with NORM every block of token i sums the
+    squares of the whole row (16-44 KB from L2) so that no second pass or atomic is needed; block 0 writes den."""
+    @cuda.jit(fastmath=False)
+    def gemm4_split(x, ldx, n, K, g, eps, xb, den):
+        i = cuda.blockIdx.x
+        tid = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        red = cuda.shared.array(256, float32)
+        if NORM:
+            ss = float32(0.0)
+            if i < n:
+                for k in range(4 * tid, K, 4 * nt):          # K % 32 == 0
+                    x0, x1, x2, x3 = ld_f32x4(x, i * ldx + k)
+                    ss += x0 * x0 + x1 * x1 + x2 * x2 + x3 * x3
+            red[tid] = ss
+            cuda.syncthreads()
+            if cuda.blockIdx.y == 0 and tid == 0:
+                t2 = float32(0.0)
+                for a in range(nt):
+                    t2 += red[a]
+                den[i] = math.sqrt(t2 / float32(K) + float32(eps))
+        elif cuda.blockIdx.y == 0 and tid == 0:
+            den[i] = float32(1.0)
+        e = cuda.blockIdx.y * nt + tid                       # item (kb, t) = (e // 4, e % 4)
+        if e >= (K // 32) * 4:
+            return
+        kb = e >> 2
+        t = e & 3
+        k = 32 * kb + 8 * t
+        x0 = x1 = x2 = x3 = x4 = x5 = x6 = x7 = float32(0.0)
+        if i < n:
+            x0, x1, x2, x3 = ld_f32x4(x, i * ldx + k)
+            x4, x5, x6, x7 = ld_f32x4(x, i * ldx + k + 4)
+            if NORM:
+                g0, g1, g2, g3 = ld_f32x4(g, k)
+                g4, g5, g6, g7 = ld_f32x4(g, k + 4)
+                x0, x1, x2, x3, x4, x5, x6, x7 = x0 * g0, x1 * g1, x2 * g2, x3 * g3, x4 * g4, x5 * g5, x6 * g6, x7 * g7
+        base = (3 * kb * 32 + 4 * i + t) * 4
+        for s in range(2):
+            for hh in range(2):
+                if s == 0:
+                    lo, hi = (x0, x1) if hh == 0 else (x2, x3)
+                else:
+                    lo, hi = (x4, x5) if hh == 0 else (x6, x7)
+                a0, a1, a2 = bf16x3(lo)
+                b0, b1, b2 = bf16x3(hi)
+                for p in range(3):
+                    j = 6 * s + 2 * p + hh                     # word j of the lane's 12: quad j // 4, slot j % 4
+                    wv = (a0 | (b0 << 16)) if p == 0 else ((a1 | (b1 << 16)) if p == 1 else (a2 | (b2 << 16)))
+                    xb[base + (j >> 2) * 128 + (j & 3)] = wv
+
+    gemm4_split.NORM = NORM
+    return gemm4_split
+
+
+@factory
+def make_gemm_v4(MT: int = 2, U: int = 2, KW: int = 8):
+    """Skinny GEMM on the tensor cores for bf16 weights and n <= 8 tokens (m16n8k16 bf16 MMAs, float32
+    accumulation; A = weight rows as loaded, B = gemm4_split's x parts: 3 MMAs a k-step, float32 accuracy).
+
+    A block owns MT m16 tiles, 16 MT rows (MODE_SWIGLU: 8 MT pairs: tiles 0 .. MT/2 - 1 the gate rows, the rest
+    their up rows, so silu(gate) * up is formed in the epilogue); its KW warps split K, warp w taking 32-column blocks
+    w, w + KW, ... . Per 32-column block a lane (group gq = lane // 4, tq = lane % 4) loads 16 bytes (columns 8 tq ..
+    8 tq + 7) of rows gq and gq + 8 of every tile: the A fragments of two k-steps (an MMA's k order is free as long as
+    B uses the same: gemm4_split's layout), and three 16-byte words of xb; U such blocks are loaded before any is
+    used. The KW partial [16 MT, 8] sums meet in shared memory; the epilogue divides by den[token] (RMSNorm's rms,
+    or 1) and runs v2's modes (bias, residual, SwiGLU). Needs K % 32 == 0 and 32 KW threads a block (also in the
+    simulator, where the MMA is emulated across a warp's 32 lanes)."""
+    assert KW <= GEMM4_KWMAX and (MT % 2 == 0 or MT == 1)
+    T = 128 * MT                                             # outputs of the block: [MT tiles][16 rows][8 tokens]
+    WB = 8 * MT * U                                          # weight words in flight
+    XB = 12 * U
+    R2 = 2 * MT                                              # rows a lane loads per 32 columns
+    A8 = 8 * MT                                              # accumulators
+
+    @cuda.jit(fastmath=False)
+    def gemm_v4(xb, den, w, y, ldy, bias, res, n, K, N, mode, has_bias):
+        tid = cuda.threadIdx.x
+        lane = tid % 32
+        wid = tid // 32
+        gq = lane // 4
+        tq = lane - 4 * gq
+        rows = cuda.local.array(R2, int32)             # the lane's rows gq, gq + 8 of each tile
+        if mode == MODE_SWIGLU:                              # (MT even) pairs p0 .. p0 + 8 MT - 1
+            P = N >> 1
+            p0 = cuda.blockIdx.x * (8 * MT)
+            for m in range(MT // 2):
+                for h in range(2):
+                    p = min(p0 + 16 * m + 8 * h + gq, P - 1)
+                    rows[2 * m + h] = p
+                    rows[2 * (m + MT // 2) + h] = p + P
+        else:
+            p0 = cuda.blockIdx.x * (16 * MT)
+            for m in range(MT):
+                for h in range(2):                           # tail rows: read a valid row, never store it
+                    rows[2 * m + h] = min(p0 + 16 * m + 8 * h + gq, N - 1)
+        acc = cuda.local.array(A8, float32)                  # [tile][k-step parity][c0..c3]
+        for a in range(A8):
+            acc[a] = float32(0.0)
+        wbuf = cuda.local.array(WB, uint32)
+        xbuf = cuda.local.array(XB, uint32)
+        KB = K // 32
+        for kb0 in range(wid, KB, KW * U):
+            for u in range(U):                               # all loads first
+                kb = kb0 + u * KW
+                if kb < KB:
+                    k = 32 * kb + 8 * tq
+                    for m in range(MT):
+                        for h in range(2):
+                            a0, a1, a2, a3 = ld_u32x4(w, rows[2 * m + h] * K + k)
+                            o = 8 * (u * MT + m) + 4 * h
+                            wbuf[o] = a0
+                            wbuf[o + 1] = a1
+                            wbuf[o + 2] = a2
+                            wbuf[o + 3] = a3
+                    for q in range(3):
+                        b0, b1, b2, b3 = ld_x4(xb, ((3 * kb + q) * 32 + lane) * 4)
+                        xbuf[12 * u + 4 * q] = b0
+                        xbuf[12 * u + 4 * q + 1] = b1
+                        xbuf[12 * u + 4 * q + 2] = b2
+                        xbuf[12 * u + 4 * q + 3] = b3
+            for u in range(U):
+                if kb0 + u * KW < KB:                        # warp-uniform
+                    for s in range(2):
+                        for p in range(3):
+                            bx0 = xbuf[12 * u + 6 * s + 2 * p]
+                            bx1 = xbuf[12 * u + 6 * s + 2 * p + 1]
+                            for m in range(MT):
+                                o = 8 * (u * MT + m)
+                                j = 8 * m + 4 * s
+                                d0, d1, d2, d3 = mma_bf16(wbuf[o + 2 * s], wbuf[o + 4 + 2 * s],
+                                                          wbuf[o + 2 * s + 1], wbuf[o + 5 + 2 * s],
+                                                          bx0, bx1, acc[j], acc[j + 1], acc[j + 2], acc[j + 3])
+                                acc[j] = d0
+                                acc[j + 1] = d1
+                                acc[j + 2] = d2
+                                acc[j + 3] = d3
+        # ---- split-K: each warp's [16 MT rows, 8 tokens] partials through shared memory
+        red = cuda.shared.array((KW, T), float32)
+        for m in range(MT):
+            for c in range(4):                               # c: (row gq | gq + 8, token 2 tq | 2 tq + 1)
+                red[wid, 128 * m + (gq + 8 * (c >> 1)) * 8 + 2 * tq + (c & 1)] = acc[8 * m + c] + acc[8 * m + 4 + c]
+        cuda.syncthreads()
+        TE = T // 2 if mode == MODE_SWIGLU else T
+        for e in range(tid, TE, 32 * KW):                    # output (row e // 8 of the block, token e % 8)
+            r = e >> 3
+            i = e & 7
+            if i >= n:
+                continue
+            v = float32(0.0)
+            for ww in range(KW):
+                v += red[ww, e]
+            d = den[i]
+            v = v / d
+            if mode == MODE_SWIGLU:
+                if p0 + r < (N >> 1):
+                    uu = float32(0.0)
+                    for ww in range(KW):
+                        uu += red[ww, e + T // 2]
+                    store_output(y, ldy, bias, res, i, p0, r, v, uu / d, N, mode, has_bias)
+            elif p0 + r < N:
+                store_output(y, ldy, bias, res, i, p0, r, v, float32(0.0), N, mode, has_bias)
+
+    gemm_v4.MT, gemm_v4.U, gemm_v4.KW = MT, U, KW
+    return gemm_v4
+
+
+def gemm4_split_blocks(K: int, threads: int) -> int:
+    """Blocks per token of gemm4_split: a thread per 8 columns."""
+    return max(1, (K // 8 + threads - 1) // threads)
+
+
+def gemm_v4_blocks(N: int, mode: int = MODE_STORE, MT: int = 2) -> int:
+    return (N // 2 + 8 * MT - 1) // (8 * MT) if mode == MODE_SWIGLU else (N + 16 * MT - 1) // (16 * MT)
+
+
+def get_gemm_v4(MT: int = 2, U: int = 2, KW: int = 8):
+    key = ("v4", MT, U, KW)
+    if key not in _CACHE:
+        _CACHE[key] = make_gemm_v4(MT, U, KW)
+    return _CACHE[key]
+
+
+def get_gemm4_split(NORM: bool = False):
+    key = ("v4split", bool(NORM))
+    if key not in _CACHE:
+        _CACHE[key] = make_gemm4_split(bool(NORM))
+    return _CACHE[key]
+
+
+def launch_gemm_v4(stream, x, ldx, w, xb, den, y, ldy, n, K, N, mode=MODE_STORE, bias=None, res=None,
+                   MT: int = 2, U: int = 2, KW: int = 8, norm=None, eps: float = 0.0, split_threads: int = 128):
+    """y[:n] (+)= x[:n] @ W^T with v4 (bf16 W, n <= 8, K % 32 == 0, ldx % 4 == 0): gemm4_split x -> xb (uint32,
+    >= gemm4_xb_words(K)) and den (float32 [8]), then gemm_v4. Two launches on `stream`; flat 1-D device arrays."""
+    get_gemm4_split(norm is not None)[(GEMM4_NMAX, gemm4_split_blocks(K, split_threads)), split_threads, stream](
+        x, ldx, n, K, norm if norm is not None else x, float(eps), xb, den)
+    get_gemm_v4(MT, U, KW)[gemm_v4_blocks(N, mode, MT), 32 * KW, stream](
+        xb, den, w, y, ldy, bias if bias is not None else y, res if res is not None else y, n, K, N, mode,
+        1 if bias is not None else 0)
 
 
 # ----------------------------------------------------------------------------- MoE: gathered GEMM

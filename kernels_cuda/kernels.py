@@ -985,6 +985,250 @@ def make_attention_v9(DK: int, DV: int, NW: int, MAXREG: int = 0, ASETS: int = 2
     return attn_partial_v9
 
 
+# ----------------------------------------------------------------------------- attention v10 (two MMA row tiles)
+# v10 launches as v9 (ATT9_NW warps a block, ATT9_WARPS_PER_SM): the backend's shares and scratch serve both
+ATT10_MAXREG = 0       # register cap of the backend's v10 (0: none)
+ATT10_VPRE = 1         # the backend's v10: values prefetched a step ahead (make_attention_v10's VPRE)
+ATT10_DSPLIT = 1       # the backend's v10: warps per share (2: each half the value dims; needs dv % 64 == 0)
+
+
+def attn_v10_smem(dk: int) -> int:
+    """Dynamic shared memory of attn_partial_v10, bytes: the group's 32 query rows as tf32 high and low parts."""
+    return 2 * 32 * attn_v9_qp(dk) * 4
+
+
+@cuda.jit(device=True, inline=True)
+def score_pair9(acc, b, r, QR, ka, lim, scl):
+    """v9 / v10: a lane's scores of row r for keys ka and ka + 4 from a tile's three product accumulators acc[b ..
+    b + 11] (hi hi, hi lo, lo hi; the lane's C-fragment pair of row r at b, b + 1), the low terms first; -inf past
+    the row count or the row's causal limit."""
+    z0 = z1 = NEG_INF
+    if r < QR and ka <= lim:
+        z0 = ((acc[b + 4] + acc[b + 8]) + acc[b]) * scl
+    if r < QR and ka + 4 <= lim:
+        z1 = ((acc[b + 5] + acc[b + 9]) + acc[b + 1]) * scl
+    return z0, z1
+
+
+@cuda.jit(device=True, inline=True)
+def softmax_quad9(z0, z1, m, l):
+    """v10: one row's online-softmax step over the 8 keys its quad of lanes holds (z0, z1: this lane's two):
+    -> (p0, p1, alpha, m', l')."""
+    mx = max(z0, z1)
+    mx = max(mx, shfl_xor(mx, 1))
+    mx = max(mx, shfl_xor(mx, 2))
+    nm = max(m, mx)
+    p0 = math.exp(z0 - nm) if z0 != NEG_INF else float32(0.0)
+    p1 = math.exp(z1 - nm) if z1 != NEG_INF else float32(0.0)
+    s = p0 + p1
+    s += shfl_xor(s, 1)
+    s += shfl_xor(s, 2)
+    al = math.exp(m - nm) if m != NEG_INF else float32(0.0)
+    return p0, p1, al, nm, l * al + s
+
+
+@cuda.jit(device=True, inline=True)
+def qk_tile10(sm, acc, p, qa, qb, QS, kh0, kh1, kh2, kh3, kl0, kl1, kl2, kl3):
+    """v10: acc[p .. p + 11] (hi hi, hi lo, lo hi) += one row tile's 16-dim chunk of Q K^T: the tile's rows qa / qb
+    (staged hi parts, lo parts at QS on) times the lane's split key fragment, two MMA k-steps (as v9)."""
+    x0, x1, x2, x3 = ld_sh4(sm, qa)
+    y0, y1, y2, y3 = ld_sh4(sm, qb)
+    u0, u1, u2, u3 = ld_sh4(sm, QS + qa)
+    v0, v1, v2, v3 = ld_sh4(sm, QS + qb)
+    for e in range(2):
+        if e == 0:
+            ah0, ah1, ah2, ah3, al0, al1, al2, al3 = x0, y0, x1, y1, u0, v0, u1, v1
+            bh0, bh1, bl0, bl1 = kh0, kh1, kl0, kl1
+        else:
+            ah0, ah1, ah2, ah3, al0, al1, al2, al3 = x2, y2, x3, y3, u2, v2, u3, v3
+            bh0, bh1, bl0, bl1 = kh2, kh3, kl2, kl3
+        d0, d1, d2, d3 = mma_tf32(ah0, ah1, ah2, ah3, bh0, bh1, acc[p], acc[p + 1], acc[p + 2], acc[p + 3])
+        acc[p], acc[p + 1], acc[p + 2], acc[p + 3] = d0, d1, d2, d3
+        d0, d1, d2, d3 = mma_tf32(ah0, ah1, ah2, ah3, bl0, bl1, acc[p + 4], acc[p + 5], acc[p + 6], acc[p + 7])
+        acc[p + 4], acc[p + 5], acc[p + 6], acc[p + 7] = d0, d1, d2, d3
+        d0, d1, d2, d3 = mma_tf32(al0, al1, al2, al3, bh0, bh1, acc[p + 8], acc[p + 9], acc[p + 10], acc[p + 11])
+        acc[p + 8], acc[p + 9], acc[p + 10], acc[p + 11] = d0, d1, d2, d3
+
+
+@cuda.jit(device=True, inline=True)
+def pv_tile10(o, j, ah0, ah1, ah2, ah3, al0, al1, al2, al3, bh0, bh1, bl0, bl1, fa, fb):
+    """v10: o[j .. j + 3] = alpha o + one row tile's P V n-tile over three tf32 MMAs (P split: ah / al, V: bh / bl;
+    fa / fb: the alphas of the tile's rows gq / gq + 8), the low-part products first (as mma3_tf32)."""
+    d0, d1, d2, d3 = mma_tf32(al0, al1, al2, al3, bh0, bh1, o[j] * fa, o[j + 1] * fa, o[j + 2] * fb, o[j + 3] * fb)
+    d0, d1, d2, d3 = mma_tf32(ah0, ah1, ah2, ah3, bl0, bl1, d0, d1, d2, d3)
+    d0, d1, d2, d3 = mma_tf32(ah0, ah1, ah2, ah3, bh0, bh1, d0, d1, d2, d3)
+    o[j] = d0
+    o[j + 1] = d1
+    o[j + 2] = d2
+    o[j + 3] = d3
+
+
+@cuda.jit(device=True, inline=True)
+def st_rows10(po, pml, o, ob, r0, QR, rep, g, s, nh, dv, d0, tq, wml, NJ, ma, la, mb, lb):
+    """v10: one row tile's share partial (rows r0 and r0 + 8 of the group, accumulators o[ob ..], value dims from
+    d0 on) in the v1-v9 layout; (ma, la), (mb, lb): the rows' softmax max and sum, written where wml (one of a
+    share's DSPLIT warps) and tq == 0."""
+    for hr in range(2):
+        r = r0 + 8 * hr
+        if r < QR:
+            i = r // rep
+            h = g * rep + r - i * rep
+            pbase = ((s * nh + h) * 16 + i) * dv + d0 + 8 * tq
+            for J in range(NJ):
+                for e in range(4):
+                    j = ob + 4 * (4 * J + e) + 2 * hr
+                    po[pbase + 32 * J + e] = o[j]
+                    po[pbase + 32 * J + 4 + e] = o[j + 1]
+            if wml and tq == 0:
+                b = ((s * nh + h) * 16 + i) * 2
+                pml[b] = ma if hr == 0 else mb
+                pml[b + 1] = la if hr == 0 else lb
+
+
+# reference: reference.attention (partials per share of 8-key steps, merged by attn_combine_v4)
+@factory
+def make_attention_v10(DK: int, DV: int, NW: int, MAXREG: int = 0, VPRE: int = 1, DSPLIT: int = 1):
+    """attn_partial v10: v9 with two m16 row tiles, <= 32 query rows a KV group (a 5-8-token verify at 4 heads a
+    group), where v4 (CUDA cores) ran.
+
+    A lane's key fragment of a step (and its tf32 split) feeds the S MMAs of both tiles, and its value fragment the
+    P V MMAs of both: the cache bytes are read once for all 32 rows, as in v9 for 16. Rows gq + 8 hr + 16 tl (tile
+    tl, half hr): 4 rows a lane, each with its online softmax over its quad (softmax_quad9). One accumulator set per
+    tile (v9 kept two per tile for shorter MMA chains; the two tiles are the independent chains here). O: DV / 2 x 2
+    accumulators a lane (128 at DV = 128), so a step's keys, values and scores must fit beside them in 255 registers:
+    DV <= 128 only. Same shares, partial layout (<= 16 query tokens a head) and merge (attn_combine_v4, C =
+    ATT9_KS) as v9; needs rep x n <= 32, n <= 16, DK % 32 == 0, DV % 32 == 0, DV <= 128, 16-byte rows, full warps.
+    v9 stays a separate kernel (not a tile-count parameter of it): its 1-tile code is the measured one and keeps
+    its two accumulator sets. VPRE = 1: the next step's values are requested once P V is done (as v9: live through
+    the scores); VPRE = 0: a step's values are requested once its scores are done (32 fewer live registers at DV =
+    128, their latency hidden by the softmax only). DSPLIT = 2: a share's DV split over 2 warps (warps 2w, 2w + 1
+    of a block: the same keys and scores, half the value dims each; NW / DSPLIT shares a block, split = that x
+    blocks per group): half the O accumulators a lane, the S MMAs twice.
+    """
+    NC = DK // 16
+    DW = DV // DSPLIT                                        # a warp's value dims
+    NJ = DW // 32
+    SW = NW // DSPLIT                                        # shares a block
+    QP = attn_v9_qp(DK)
+    QS = 32 * QP                                             # the low parts after the high ones
+    KB, VB, NO = 4 * NC, 8 * NJ, 32 * NJ                     # o: [tile][16 NJ]
+    OT = 16 * NJ
+    jit = cuda.jit(max_registers=MAXREG) if (MAXREG and not SIM) else cuda.jit
+
+    @jit
+    def attn_partial_v10(q, ldq, qoff, kc, ldk, vc, ldv, po, pml, meta, n, nh, rep, dk, dv, scale, split):
+        sm = cuda.shared.array(0, float32)
+        tid = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        lane = tid % 32
+        w = tid // (32 * DSPLIT)                             # the warp's share in the block
+        dh = tid // 32 - w * DSPLIT                          # its part of the value dims
+        gq = lane // 4
+        tq = lane - 4 * gq
+        kq = (gq >> 1) + 4 * (gq & 1)                        # the key of S column gq (as v9)
+        start = meta[M_START]
+        T = start + n
+        nstep = (T + ATT9_KS - 1) // ATT9_KS
+        S = min(split, nstep)
+        QR = rep * n
+        d4 = DK // 4
+        nkv = nh // rep
+        bpg = split // SW
+        scl = float32(scale)
+        lim0 = start + gq // rep                             # rows gq, gq + 8, gq + 16, gq + 24: causal limits
+        lim1 = start + (gq + 8) // rep
+        lim2 = start + (gq + 16) // rep
+        lim3 = start + (gq + 24) // rep
+        kb = cuda.local.array(KB, float32)
+        vb = cuda.local.array(VB, float32)
+        o = cuda.local.array(NO, float32)
+        acc = cuda.local.array(24, float32)                  # S: [tile][hi hi, hi lo, lo hi][4]
+        qt = cuda.local.array(16, float32)
+        for item in range(cuda.blockIdx.x, nkv * bpg, cuda.gridDim.x):
+            g = item // bpg
+            bs = item - g * bpg
+            if bs >= S:
+                continue
+            s = w * bpg + bs
+            sb0 = (s * nstep) // S if s < S else 0
+            sb1 = ((s + 1) * nstep) // S if s < S else 0
+            kbase = g * dk + 4 * tq
+            vbase = g * dv + dh * DW + 4 * gq
+            if sb0 < sb1:
+                ld_key_step9(kc, sb0 * ATT9_KS + kq, T, ldk, kbase, kb, NC)
+                if VPRE:
+                    ld_value_step9(vc, sb0 * ATT9_KS + tq, T, ldv, vbase, vb, NJ)
+            for base in range(0, 32 * d4, 4 * nt):           # the group's 32 query rows, tf32 hi / lo (as v9)
+                ld_group_q16(q, ldq, qoff, g, rep, dk, QR, base, tid, nt, qt)
+                for u in range(4):
+                    idx = base + tid + u * nt
+                    if idx < 32 * d4:
+                        r = idx // d4
+                        b = r * QP + (idx - r * d4) * 4
+                        h0, e0 = tf32_split(qt[4 * u])
+                        h1, e1 = tf32_split(qt[4 * u + 1])
+                        h2, e2 = tf32_split(qt[4 * u + 2])
+                        h3, e3 = tf32_split(qt[4 * u + 3])
+                        st_sh4(sm, b, h0, h1, h2, h3)
+                        st_sh4(sm, QS + b, e0, e1, e2, e3)
+            m0 = m1 = m2 = m3 = NEG_INF
+            l0 = l1 = l2 = l3 = float32(0.0)
+            for j in range(NO):
+                o[j] = float32(0.0)
+            cuda.syncthreads()
+            for sb in range(sb0, sb1):                       # warp-uniform
+                t0 = sb * ATT9_KS
+                for j in range(24):
+                    acc[j] = float32(0.0)
+                for c in range(NC):                          # S = Q K^T for both tiles, one key fragment
+                    kh0, kl0 = tf32_split(kb[4 * c])
+                    kh1, kl1 = tf32_split(kb[4 * c + 1])
+                    kh2, kl2 = tf32_split(kb[4 * c + 2])
+                    kh3, kl3 = tf32_split(kb[4 * c + 3])
+                    qa = gq * QP + 16 * c + 4 * tq           # tile 0: rows gq, gq + 8; tile 1: + 16
+                    qk_tile10(sm, acc, 0, qa, qa + 8 * QP, QS, kh0, kh1, kh2, kh3, kl0, kl1, kl2, kl3)
+                    qk_tile10(sm, acc, 12, qa + 16 * QP, qa + 24 * QP, QS, kh0, kh1, kh2, kh3, kl0, kl1, kl2, kl3)
+                if sb + 1 < sb1:                             # kb is free: the next step's keys
+                    ld_key_step9(kc, t0 + ATT9_KS + kq, T, ldk, kbase, kb, NC)
+                if not VPRE:
+                    ld_value_step9(vc, t0 + tq, T, ldv, vbase, vb, NJ)
+                ka = t0 + tq
+                z0, z1 = score_pair9(acc, 0, gq, QR, ka, lim0, scl)
+                z2, z3 = score_pair9(acc, 2, gq + 8, QR, ka, lim1, scl)
+                z4, z5 = score_pair9(acc, 12, gq + 16, QR, ka, lim2, scl)
+                z6, z7 = score_pair9(acc, 14, gq + 24, QR, ka, lim3, scl)
+                p0, p1, a0, m0, l0 = softmax_quad9(z0, z1, m0, l0)
+                p2, p3, a1, m1, l1 = softmax_quad9(z2, z3, m1, l1)
+                p4, p5, a2, m2, l2 = softmax_quad9(z4, z5, m2, l2)
+                p6, p7, a3, m3, l3 = softmax_quad9(z6, z7, m3, l3)
+                # P's A fragments, split once: tile 0 (p0, p2, p1, p3), tile 1 (p4, p6, p5, p7) as in v9
+                ph0, pl0 = tf32_split(p0)
+                ph1, pl1 = tf32_split(p1)
+                ph2, pl2 = tf32_split(p2)
+                ph3, pl3 = tf32_split(p3)
+                ph4, pl4 = tf32_split(p4)
+                ph5, pl5 = tf32_split(p5)
+                ph6, pl6 = tf32_split(p6)
+                ph7, pl7 = tf32_split(p7)
+                for J in range(NJ):                          # O = alpha O + P V, one value fragment for both tiles
+                    for e in range(4):
+                        bh0, bl0 = tf32_split(vb[4 * J + e])
+                        bh1, bl1 = tf32_split(vb[4 * (NJ + J) + e])
+                        j = 4 * (4 * J + e)
+                        pv_tile10(o, j, ph0, ph2, ph1, ph3, pl0, pl2, pl1, pl3, bh0, bh1, bl0, bl1, a0, a1)
+                        pv_tile10(o, OT + j, ph4, ph6, ph5, ph7, pl4, pl6, pl5, pl7, bh0, bh1, bl0, bl1, a2, a3)
+                if VPRE and sb + 1 < sb1:                    # vb is free: the next step's values
+                    ld_value_step9(vc, t0 + ATT9_KS + tq, T, ldv, vbase, vb, NJ)
+            if sb0 < sb1:                                    # the share's partial, in the v1-v9 layout
+                st_rows10(po, pml, o, 0, gq, QR, rep, g, s, nh, dv, dh * DW, tq, dh == 0, NJ, m0, l0, m1, l1)
+                st_rows10(po, pml, o, OT, gq + 16, QR, rep, g, s, nh, dv, dh * DW, tq, dh == 0, NJ, m2, l2, m3, l3)
+            cuda.syncthreads()                               # the query rows are restaged for the next item
+
+    attn_partial_v10.DK, attn_partial_v10.DV, attn_partial_v10.NW, attn_partial_v10.MAXREG = DK, DV, NW, MAXREG
+    attn_partial_v10.VPRE = VPRE
+    return attn_partial_v10
+
+
 COMBINE4_SL = 8        # share lanes of attn_combine_v4 at most: blocks of 32 x SL threads (16: 163 registers x 512
 #                        threads do not fit an SM: CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES)
 COMBINE4_U = 17        # shares a lane has in flight: SL x U = 136 >= the backend's <= 132 shares on an H100: one round

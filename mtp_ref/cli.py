@@ -52,8 +52,14 @@ def cmd_generate(args) -> int:
     if args.drafter:  # a separate drafter model (Gemma 4 assistant) instead of the checkpoint's MTP modules
         from .drafters import load_drafter
         drafter = load_drafter(args.drafter, model)
-    res = generate(model, ids, args.max_new_tokens, args.draft, args.mode, args.temperature, args.top_k,
-                   args.top_p, args.seed, rollback=args.rollback, drafter=drafter)
+    if CudaModel is not None and drafter is None and args.temperature == 0 and args.rollback == "snapshot":
+        # greedy on the GPU: the device loop (token feedback, draft / accept on the device; it falls back to
+        # generate itself for what it does not cover: kernels_cuda/loop.py)
+        from kernels_cuda.loop import generate_greedy
+        res = generate_greedy(model, ids, args.max_new_tokens, args.draft, args.mode)
+    else:
+        res = generate(model, ids, args.max_new_tokens, args.draft, args.mode, args.temperature, args.top_k,
+                       args.top_p, args.seed, rollback=args.rollback, drafter=drafter)
     if args.json:
         print(json.dumps({"token_ids": res.token_ids, "text": res.text, "stats": res.stats}))
     else:

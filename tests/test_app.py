@@ -407,12 +407,72 @@ def test_chapter6_memory_needs_devices_and_sums_throughput(app):
     assert abs(summed - 64 * per_seq) <= 64 * 0.5 + 1            # both rounded to whole tokens/s
 
 
+def test_issue19_presets_render_in_chapter1_and_say_what_they_lack(app):
+    """The presets added for issue 19 (tests/test_roofline.py checks their counts) on the other page that picks a
+    preset; MiniMax-M2's caption says it ships no MTP weights, the others' do not."""
+    goto(app, "views/why_slow.py")
+    for model in ("GLM-4.7-Flash", "GLM-5", "MiniMax-M2"):
+        app.selectbox(key="_w_p1_model").set_value(model).run()
+        assert not app.exception, (model, app.exception)
+        assert app.selectbox(key="_w_p1_model").value == model
+        assert ("no MTP weights" in text_of(app)) == (model == "MiniMax-M2"), model
+
+
 def test_chapter6_presets_all_render(app):
     goto(app, "views/limits.py")
     for model in MODELS:
         app.selectbox(key="_w_p1_model").set_value(model).run()
         assert not app.exception, (model, app.exception)
         assert "First: does it fit?" in [s.value for s in app.subheader]
+
+
+def _results_with_moe(tmp_path, monkeypatch, moe: dict | None) -> None:
+    """benchmarks/results/ as a folder holding the H200 file, with `moe` as its moe_verify section (or none)."""
+    d = json.loads((ROOT / "benchmarks" / "results" / "h200.json").read_text())
+    d.pop("moe_verify", None)
+    if moe is not None:
+        d["moe_verify"] = moe
+    (tmp_path / "h200.json").write_text(json.dumps(d))
+    monkeypatch.setattr(scenario, "RESULTS", tmp_path)
+
+
+def test_chapter6_says_the_moe_curve_is_not_measured_without_a_section(app, tmp_path, monkeypatch):
+    _results_with_moe(tmp_path, monkeypatch, None)
+    goto(app, "views/limits.py")
+    assert "has **not been measured**" in text_of(app)
+    assert not [c for c in charts(app) if c["layout"]["title"]["text"].startswith("Measured")]
+
+
+def test_chapter6_shows_the_measured_moe_curve_beside_the_model(app, tmp_path, monkeypatch):
+    from benchmarks.bench_moe_verify import DEEPSEEK_V2_LITE
+    # a FIXTURE, not a measurement: the display's plumbing only (the real section comes from bench_moe_verify)
+    ns = [1, 2, 3, 4]
+    ms = [3.0, 3.3, 3.9, 4.2]
+    moe = {"model": "DeepSeek-V2-Lite shapes (27 layers, fixture)", "device": "NVIDIA H200 (132 SMs)",
+           "date": "2000-01-01", "command": "fixture command", "config": DEEPSEEK_V2_LITE, "layers": 27,
+           "moe_layers": 26, "n_experts": 64, "top_k": 6, "routing": "fixture routing", "source": "fixture",
+           "series": [{"ctx": 512, "n": ns, "ms": ms, "spread_ms": [0.01, 0.02, 0.03, 0.04],
+                       "distinct_mean": [6.0, 11.0, 15.5, 19.0], "distinct_p10": [6, 10, 14, 17],
+                       "distinct_p90": [6, 12, 17, 21], "weight_bytes": [1, 2, 3, 4]}]}
+    _results_with_moe(tmp_path, monkeypatch, moe)
+    goto(app, "views/limits.py")
+    app.slider(key="_w_p1_k").set_value(3).run()
+    body = text_of(app)
+    assert "not been measured" not in body
+    cm = roofline.from_config("x", DEEPSEEK_V2_LITE)
+    hw = next(h for h in HARDWARE if h.name == "NVIDIA H200 SXM")
+    t = [cm.forward(n, 1, 512, 2.0, hw.bandwidth_gbs * 1e9, hw.tflops * 1e12)["seconds"] for n in ns]
+    assert f"took {ms[3]:.2f} ms** against {ms[0]:.2f} ms for 1: **{ms[3] / ms[0]:.2f}x**" in body
+    assert f"says **{t[3] / t[0]:.2f}x**" in body
+    assert f"where uniform routing expects {64 * (1 - (1 - 6 / 64) ** 4):.1f}" in body
+    assert "fixture command" in body and "2000-01-01" in body
+    by_title = {c["layout"]["title"]["text"]: c for c in charts(app)}
+    cost = next(c for k, c in by_title.items() if k.startswith("Measured on an NVIDIA H200"))
+    np.testing.assert_allclose(arr(cost["data"][0]["y"]), np.array(ms) / ms[0])
+    np.testing.assert_allclose(arr(cost["data"][1]["y"]), np.array(t) / t[0], rtol=1e-9)
+    ex = next(c for k, c in by_title.items() if k.startswith("Measured: experts"))
+    np.testing.assert_allclose(arr(ex["data"][0]["y"]), moe["series"][0]["distinct_mean"])
+    np.testing.assert_allclose(arr(ex["data"][1]["y"]), [64 * (1 - (1 - 6 / 64) ** n) for n in ns], rtol=1e-9)
 
 
 # ---------------------------------------------------------------------- lab

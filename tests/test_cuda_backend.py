@@ -87,7 +87,7 @@ def test_forward_matches_numpy(oracle_model, variant, request):
 
 
 @pytest.mark.parametrize("family,overrides,lengths,want", [
-    ("mimo", dict(hidden_size=128), (6, 12), {"v9", "v4"}),     # head dim 32: <= 16 rows a group v9, 24 rows v4
+    ("mimo", dict(hidden_size=128), (6, 12), {"v9", "v10"}),    # head dim 32: <= 16 rows a group v9, 24 rows v10
     ("deepseek_v3", {}, (10,), {"v3"}),                        # absorbed MLA: 40 rows a group
     ("qwen3", dict(head_dim=6), (3,), {"v1"})])                # head dim 6: no 16-byte loads
 def test_default_attention_paths(tiny_checkpoint, family, overrides, lengths, want):

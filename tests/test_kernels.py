@@ -216,6 +216,50 @@ def test_gemm_v3_fused_rmsnorm(request, n, N, Kd, mode, warps):
     assert rel_err(out, want) < 2e-5
 
 
+GEMM4_CASES = [  # n, N, K, mode, norm, bias, (MT, U, KW)
+    (5, 40, 128, "store", False, True, (2, 2, 2)),     # 2 blocks of 32 rows, the second ragged; 4 column blocks
+    (8, 2 * 19, 96, "swiglu", True, True, (2, 1, 2)),  # 16 pairs a block, 19 pairs: ragged; 3 column blocks, 2 warps
+    (3, 20, 64, "resid", False, False, (1, 2, 1)),     # in place on the residual; fewer tokens than columns
+    (1, 16, 32, "store", True, False, (1, 1, 2)),      # one column block over 2 warps: a warp with none
+]
+if GPU:
+    GEMM4_CASES += [(n, N, Kd, m, nrm, False, shp) for n in (1, 5, 8) for (N, Kd, m, nrm, shp) in
+                    ((6144, 4096, "store", True, (1, 4, 4)), (4096, 4096, "resid", False, (1, 4, 4)),
+                     (2 * 11008, 4096, "swiglu", True, (4, 2, 8)), (4096, 11008, "resid", False, (1, 4, 4)),
+                     (1000, 4128, "store", False, (2, 2, 8)))]
+    GEMM4_CASES += [(8, 151680, 4096, "store", False, False, (4, 2, 8))]     # lm_head (2.5 GB of host weights once)
+
+
+@pytest.mark.parametrize("n,N,Kd,mode,norm,bias,shape", GEMM4_CASES)
+def test_gemm_v4(request, n, N, Kd, mode, norm, bias, shape):
+    """Tensor-core GEMM with x split once (gemm4_split + gemm_v4): float32-accurate like v2, every epilogue,
+    RMSNorm folded into the split (weight) and the epilogue (1 / rms)."""
+    rng = rng_for(request)
+    w, _, wv = make_weight(rng, "bf16", N, Kd)
+    x = (rng.standard_normal((8, Kd)) * rng.uniform(0.5, 8.0, (8, 1))).astype(np.float32)
+    g = rng.uniform(0.2, 2.0, Kd).astype(np.float32)
+    b = rng.standard_normal(N).astype(np.float32) if bias else None
+    res = rng.standard_normal((8, N)).astype(np.float32)
+    kmode = {"store": gemm.MODE_STORE, "resid": gemm.MODE_RESID, "swiglu": gemm.MODE_SWIGLU}[mode]
+    y = dev(res.copy() if kmode == gemm.MODE_RESID else np.full((8, N), np.nan, np.float32))
+    xb = dev(np.full(gemm.gemm4_xb_words(Kd), 0xFFFFFFFF, np.uint32))   # NaN words: every word must be written
+    MT, U, KW = shape
+    gemm.launch_gemm_v4(0, dev(x), Kd, dev(w), xb, dev(np.zeros(8, np.float32)), y, N, n, Kd, N, kmode,
+                        bias=dev(b) if bias else None, res=y if kmode == gemm.MODE_RESID else None, MT=MT, U=U, KW=KW,
+                        norm=dev(g) if norm else None, eps=1e-6, split_threads=128 if GPU else 4)
+    out = host(y, (8, N))
+    want = ref.linear(ref.rmsnorm(x[:n], g, 1e-6) if norm else x[:n], wv, b if kmode != gemm.MODE_SWIGLU else None)
+    if kmode == gemm.MODE_RESID:
+        want = want + res[:n]
+        assert np.array_equal(out[n:], res[n:]), "rows past n must stay untouched"
+    if kmode == gemm.MODE_SWIGLU:
+        if bias:
+            want = want + b
+        want, out = ref.ops.silu(want[:, : N // 2]) * want[:, N // 2:], out[:, : N // 2]
+    assert not np.isnan(out[:n]).any(), "output element not written"
+    assert rel_err(out[:n], want) < 2e-5
+
+
 @pytest.mark.parametrize("fmt", ["bf16", "fp8"])
 def test_gemm_v1(request, fmt):
     rng = rng_for(request)
@@ -367,7 +411,7 @@ def test_attention(request, n, start, nh, g, dk, dv, C, version):
         pytest.skip("a case of the warp-per-share kernels; the other versions are covered by the cases above")
     if version == "v9" and ((nh // g) * n > 16 or dk % 32 or dv % 32 or dv > 128):
         pytest.skip("v9 holds <= 16 query rows per KV group (one MMA tile), reads keys in 32-dim multiples and gives "
-                    "a lane dv / 2 <= 64 accumulators; pick_attention runs v4 / v3 beyond")
+                    "a lane dv / 2 <= 64 accumulators; pick_attention runs v10 / v4 / v3 beyond")
     if version == "v9" and SIM and start > 100:
         pytest.skip("v9 runs 32 simulated lanes and emulated MMAs: too slow over 150 keys (the 73-key case covers "
                     "runs of steps)")
@@ -466,6 +510,42 @@ def test_attention(request, n, start, nh, g, dk, dv, C, version):
     kk = kc[:T].reshape(T, g, dk)
     vv = (kc[:T, :dv] if mla else vc[:T]).reshape(T, g, dv)
     want = ref.attention(q.reshape(n, nh, dk), kk, vv, scale, start)
+    assert rel_err(host(out, (n, nh * dv + 4))[:, 4:], want) < 1e-5
+
+
+# v10 (two MMA row tiles): n, start, nh, g, dk, dv, DSPLIT. The simulator runs 32 lanes and emulated MMAs: small
+V10_CASES = [(5, 14, 8, 2, 32, 32, 1),   # 20 rows a group (tile 1 a third full), 19 keys: ragged last step, 2 x 2 warps
+             (7, 3, 6, 2, 32, 64, 2),    # 21 rows (rep 3), 10 keys: shares of 0-1 steps, dv split over 2 warps
+             (8, 30, 4, 1, 32, 32, 1)]   # 32 rows (both tiles full), 38 keys
+if GPU:
+    V10_CASES += [(n, s, 32, 8, 128, 128, ds) for n in (5, 8) for s in (511, 4000) for ds in (1, 2)]
+    V10_CASES += [(16, 700, 16, 8, 64, 64, 1), (7, 3, 6, 2, 32, 64, 1)]
+
+
+@pytest.mark.parametrize("n,start,nh,g,dk,dv,ds", V10_CASES)
+def test_attention_v10(request, n, start, nh, g, dk, dv, ds):
+    """attn_partial_v10 + attn_combine_v4, as CudaModel launches them, against reference.attention: 17-32 rows a KV
+    group (not multiples of 16), causal limits inside a step, shares of 0 .. several steps; ds = 2: a share's value
+    dims over 2 warps."""
+    rng = rng_for(request)
+    T = start + n
+    cap = T + 3
+    kc = rng.standard_normal((cap, g * dk)).astype(np.float32)
+    vc = rng.standard_normal((cap, g * dv)).astype(np.float32)
+    q = rng.standard_normal((n, nh * dk)).astype(np.float32)
+    scale = dk ** -0.5
+    nw = 4 if GPU else 2
+    bpg = max(1, min(math.ceil(cap / 8) // nw, 17)) if GPU else 2
+    split = (nw // ds) * bpg
+    po, pml = dev(np.zeros(split * nh * 16 * dv, np.float32)), dev(np.zeros(split * nh * 16 * 2, np.float32))
+    out = dev(np.full((n, nh * dv + 4), np.nan, np.float32))
+    meta = meta_for(start, np.arange(start, T))
+    kern = K.make_attention_v10(dk, dv, nw, 0, 1, ds)
+    kern[g * bpg, 32 * nw, 0, K.attn_v10_smem(dk)](
+        dev(q), nh * dk, 0, dev(kc), g * dk, dev(vc), g * dv, po, pml, meta, n, nh, nh // g, dk, dv, scale, split)
+    K.attn_combine_v4[n * nh, 32 * (K.COMBINE4_SL if GPU else 1)](po, pml, out, nh * dv + 4, 4, meta, n, nh, dv,
+                                                               K.ATT9_KS, split)
+    want = ref.attention(q.reshape(n, nh, dk), kc[:T].reshape(T, g, dk), vc[:T].reshape(T, g, dv), scale, start)
     assert rel_err(host(out, (n, nh * dv + 4))[:, 4:], want) < 1e-5
 
 
@@ -768,7 +848,9 @@ def _rows_fit_v4(rep, n, dk):
 
 @pytest.mark.parametrize("rep,n,dk,dv,want", [
     (4, 1, 128, 128, "v9"), (4, 4, 128, 128, "v9"),     # MiMo-7B / Qwen2: decode, verify of 3 drafts
-    (4, 5, 128, 128, "v4"), (4, 8, 128, 128, "v4"),     # 20-32 rows a group: more than one MMA tile
+    (4, 5, 128, 128, "v10"), (4, 8, 128, 128, "v10"),   # 20-32 rows a group: two MMA row tiles
+    (3, 7, 64, 64, "v10"),                              # 21 rows: not a multiple of 16
+    (4, 5, 256, 128, "v3"),                             # 20 rows of 256-dim keys: v10 (68 KB), v4 (69 KB) > 48 KB
     (4, 16, 128, 128, "v3"),                            # a 16-token prefill chunk: 64 rows
     (2, 4, 256, 256, "v4"), (2, 8, 256, 256, "v3"),     # head dim 256 (Qwen3.5): dv > 128; 16 rows > 48 KB
     (8, 1, 64, 64, "v9"),
@@ -782,10 +864,12 @@ def test_pick_attention(rep, n, dk, dv, want):
     W = (nh + 2 * nkv) * dk
     version, merge = pick_attention(rep, n, dk, dv, W, 0, nkv * dk, nkv * dv)
     assert version == want, (rep, n, dk, dv, version)
-    assert merge == {"v9": "attn_combine_v4", "v4": "attn_combine_v2", "v3": "attn_combine_v2",
-                     "v1": "attn_combine"}[version]
+    assert merge == {"v9": "attn_combine_v4", "v10": "attn_combine_v4", "v4": "attn_combine_v2",
+                     "v3": "attn_combine_v2", "v1": "attn_combine"}[version]
     if version == "v9":
         assert rep * n <= 16 and dk % 32 == 0 and dv % 32 == 0 and dv <= 128
+    if version == "v10":
+        assert 16 < rep * n <= 32 and dk % 32 == 0 and dv % 32 == 0 and dv <= 128 and K.attn_v10_smem(dk) <= 48 * 1024
     if version == "v4":
         assert _rows_fit_v4(rep, n, dk)
     # a misaligned q buffer (offset of 2 floats) leaves only the kernels without 16-byte q loads
@@ -802,3 +886,23 @@ def test_pick_gemm():
     assert pick_gemm("bf16", 3, 4096, 4096, table, 4, 4) == (4, 4, None, 4)
     assert pick_gemm("fp8", 8, 4096, 4096, table, 4, 4) == (8, 4, None, 4)
     assert pick_gemm("bf16", 8, 1000, 4096, gemm.TUNED_H100, 4, 4)[1:3] == gemm.TUNED_H100[8][:2]
+
+
+def test_pick_gemm_v4():
+    """gemm_v4 (tensor cores) for bf16 weights at 5..8 tokens with K % 32 == 0, 16-byte x rows and 32-lane warps;
+    rows a warp from the weight's height (>= 256 blocks), an even tile count for SwiGLU; else gemm_v2 (None)."""
+    from kernels_cuda.pick import pick_gemm_v4
+    assert pick_gemm_v4("bf16", 5, 4096, 4096, 4096) == (1, 4, 4)
+    assert pick_gemm_v4("bf16", 8, 6144, 4096, 4096) == (1, 4, 4)
+    assert pick_gemm_v4("bf16", 8, 4096, 11008, 11008) == (1, 4, 4)
+    assert pick_gemm_v4("bf16", 8, 8192, 4096, 4096) == (2, 2, 8)
+    assert pick_gemm_v4("bf16", 8, 4096, 4096, 4096, swiglu=True) == (2, 2, 8)
+    assert pick_gemm_v4("bf16", 8, 22016, 4096, 4096, swiglu=True) == (4, 2, 8)
+    assert pick_gemm_v4("bf16", 8, 151680, 4096, 4096) == (4, 2, 8)
+    assert pick_gemm_v4("bf16", 4, 4096, 11008, 11008) is None        # v2 at 1..4 tokens
+    assert pick_gemm_v4("bf16", 9, 4096, 4096, 4096) is None          # an MMA has 8 token columns
+    assert pick_gemm_v4("fp8", 8, 4096, 4096, 4096) is None
+    assert pick_gemm_v4("f32", 8, 4096, 4096, 4096) is None
+    assert pick_gemm_v4("bf16", 8, 4096, 4104, 4104) is None          # K % 32
+    assert pick_gemm_v4("bf16", 8, 4096, 4096, 4098) is None          # x rows not 16-byte aligned
+    assert pick_gemm_v4("bf16", 8, 4096, 4096, 4096, lanes=1) is None  # the simulator's 1-lane GEMMs

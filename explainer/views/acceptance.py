@@ -262,15 +262,26 @@ def end_to_end(gpu: dict) -> None:
         return
     c = roofline.from_config("MiMo-7B", MODELS["MiMo-7B"]).draft_ratio()
     predicted = evaluation.analytic_speedup(a, c, [k], v)[0]
-    got = ", ".join(f"**{r['speedup']:.2f}x** ({r.get('config', '')}: {r['tok_s']:.0f} against {r['plain_tok_s']:.0f} "
-                    "tokens/s)" for r in runs)
+    cost = v[k] + k * c              # the formula's denominator: one verify and k drafts, in plain forwards
+
+    def realised(r: dict) -> str:
+        """The run's own tokens per cycle (its accepted-length histogram) and what the formula gives for them."""
+        h = r.get("accepted_length_histogram") or []
+        if not sum(h):
+            return ""
+        tpc = sum((i + 1) * x for i, x in enumerate(h)) / sum(h)
+        return f"; its forced draws kept {tpc:.2f} tokens a cycle, for which the formula gives {tpc / cost:.2f}x"
+
+    got = "; ".join(f"**{r['speedup']:.2f}x** with {r.get('engine', 'ours').split(', ')[-1]} ({r['tok_s']:.0f} against "
+                    f"{r['plain_tok_s']:.0f} tokens/s{realised(r)})" for r in runs)
     st.markdown(f"**Measured end to end on the {gpu['device']}** (whole cycles on the same 7B model, drafts forced to "
-                f"be kept with probability {a:.1f} per depth, k = {k}): {got}. The formula above predicts "
-                f"**{predicted:.2f}x** for the same acceptance. The formula counts only the GPU's time for the "
-                "forwards; the measured run also pays each cycle's work on the host (the Python loop that drafts, "
-                "tests and rolls back), and on a card this fast the host is a large share of every step. A "
-                "measurement below the model is the model telling you where the time goes. (Source: `" + r0.get("source", gpu["file"])
-                + "`.)")
+                f"be kept with probability {a:.1f} per depth, k = {k}): {got}. For that acceptance the formula "
+                f"predicts **{predicted:.2f}x** ({roofline.expected_tokens(a, k):.2f} tokens a cycle on average). "
+                "The formula counts only the GPU's time for the forwards. A loop that keeps the tokens on the GPU "
+                "(the device loop) lands near it; one that brings every cycle back to Python to draft, test and "
+                "roll back (host-driven) also pays that host work, and on a card this fast the host is a large "
+                "share of every step. A measurement below the model is the model telling you where the time goes. "
+                "(Source: `" + r0.get("source", gpu["file"]) + "`.)")
 
 
 def question(prompts: dict) -> None:

@@ -7,6 +7,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from explainer import common, roofline, scenario
+from explainer.presets import PRECISIONS
 
 CONTEXTS = [0, 1024, 4096, 32768]
 BATCHES = np.unique(np.logspace(0, 14, 57, base=2).astype(int))
@@ -43,7 +44,7 @@ def speedup_vs_batch(sc: scenario.Scenario, a: float, n_dev: int) -> tuple[go.Fi
                              f"{n_dev} x {sc.hw.name}"), crossings
 
 
-def experts_chart(sc: scenario.Scenario, measured: list[dict]) -> go.Figure:
+def experts_chart(sc: scenario.Scenario) -> go.Figure:
     cm = sc.cm
     ms = np.arange(1, 33)
     fig = go.Figure()
@@ -52,14 +53,51 @@ def experts_chart(sc: scenario.Scenario, measured: list[dict]) -> go.Figure:
     fig.add_scatter(x=ms, y=[cm.expected_experts(m) / cm.expected_experts(1) for m in ms],
                     name="distinct experts per layer, vs 1 token", line=dict(width=3, dash="dash",
                                                                           color=common.SERIES[1]))
-    for i, (d, s) in enumerate(measured):
-        base = s["ms"][s["n"].index(1)]
-        fig.add_scatter(x=s["n"], y=[m / base for m in s["ms"]], mode="markers+lines",
-                        name=f"measured time, {d['device']} ({s['engine']})", marker=dict(size=10),
-                        line=dict(color=common.SERIES[2 + i]))
     fig.update_layout(xaxis=dict(title="tokens in one forward"), yaxis=dict(title="x a 1-token forward",
                       rangemode="tozero"))
-    return common.style(fig, f"{cm.name}: {cm.top_k} of {cm.n_experts} experts per token, per layer")
+    return common.style(fig, f"Modelled: {cm.name}, {cm.top_k} of {cm.n_experts} experts per token, per layer")
+
+
+def moe_modelled(sec: dict, s: dict, hw) -> tuple[list[float], list[float]]:
+    """The uniform-routing model of the measured shape at the series' context and n: (verify(n) / verify(1) on the
+    roofline of `hw` at bf16, expected distinct experts per MoE layer)."""
+    cm = scenario.moe_cost_model(sec)
+    bpp = PRECISIONS["bf16"].bytes_per_param
+    t = [cm.forward(n, 1, s["ctx"], bpp, hw.bandwidth_gbs * 1e9, hw.tflops * 1e12)["seconds"] for n in s["n"]]
+    return [x / t[0] for x in t], [cm.expected_experts(n) for n in s["n"]]
+
+
+def measured_moe_charts(sec: dict, hw) -> tuple[go.Figure, go.Figure]:
+    """Measured verify(n) / verify(1) and distinct experts per MoE layer, each beside the uniform-routing model."""
+    cost, experts = go.Figure(), go.Figure()
+    for i, s in enumerate(sec["series"]):
+        ratio, distinct = moe_modelled(sec, s, hw)
+        one = s["ms"][0]
+        c = common.SERIES[i % 3]
+        cost.add_scatter(x=s["n"], y=[m / one for m in s["ms"]], mode="lines+markers",
+                         name=f"measured, context {s['ctx']:,} (bars: spread of the n-token time)",
+                         error_y=dict(type="data", array=[e / one for e in s["spread_ms"]], visible=True, thickness=2),
+                         line=dict(width=3, color=c), marker=dict(size=10))
+        cost.add_scatter(x=s["n"], y=ratio, mode="lines", name=f"uniform-routing model, context {s['ctx']:,}",
+                         line=dict(width=3, dash="dash", color=c))
+        mean = np.asarray(s["distinct_mean"], float)
+        experts.add_scatter(x=s["n"], y=mean, mode="lines+markers",
+                            name=f"measured, context {s['ctx']:,} (bars: 10th to 90th percentile of layers x draws)",
+                            error_y=dict(type="data", array=np.asarray(s["distinct_p90"]) - mean,
+                                         arrayminus=mean - np.asarray(s["distinct_p10"]), visible=True, thickness=2),
+                            line=dict(width=3, color=c), marker=dict(size=10))
+        if i == 0:                       # the expected count does not depend on the context
+            experts.add_scatter(x=s["n"], y=distinct, mode="lines", name="uniform routing: E (1 - (1 - k/E)^n)",
+                                line=dict(width=3, dash="dash", color=common.SERIES[3]))
+    cost.add_hline(y=1.0, line_dash="dot", line_color=common.MUTED)
+    cost.update_layout(xaxis=dict(title="tokens in one forward (n)", dtick=1),
+                       yaxis=dict(title="time / time of 1 token", rangemode="tozero"))
+    experts.update_layout(xaxis=dict(title="tokens in one forward (n)", dtick=1),
+                          yaxis=dict(title="distinct experts per MoE layer", rangemode="tozero"))
+    name = sec["model"].split(" (")[0]
+    return (common.style(cost, f"Measured on an {sec['device'].split(' (')[0]}: {name}, one forward over n tokens"),
+            common.style(experts, f"Measured: experts one forward over n tokens reads ({sec['top_k']} of "
+                                  f"{sec['n_experts']} per token)"))
 
 
 def memory_section(sc: scenario.Scenario) -> int:
@@ -108,22 +146,53 @@ def batch_section(sc: scenario.Scenario, need: int) -> tuple[float, dict]:
 
 
 def moe_section(sc: scenario.Scenario) -> None:
+    st.subheader("Mixture of experts: more tokens, more experts")
     if not sc.cm.n_experts:
         st.markdown(f"**{sc.cm.name} is dense**: every token uses every weight, so extra tokens in a forward add "
-                    "no weight bytes. Pick DeepSeek-V3 or GLM-4.5-Air above to see the mixture-of-experts case.")
-        return
-    st.subheader("Mixture of experts: more tokens, more experts")
-    e1, e4 = sc.cm.expected_experts(1), sc.cm.expected_experts(sc.k + 1)
-    r = sc.forward(sc.k + 1, batch=1)["seconds"] / sc.forward(1, batch=1)["seconds"]
-    st.markdown(f"Each token reads only {sc.cm.top_k} of the {sc.cm.n_experts} experts of a layer. A forward over "
-                f"k+1 = {sc.k + 1} tokens reads the experts *any* of them picked: {e4:.1f} per layer instead of "
-                f"{e1:.0f}, if routing were uniform. So verifying costs **{r:.2f}x** a 1-token forward here, not "
-                "1x: MTP still pays when acceptance is high, but less.")
+                    "no weight bytes. Pick DeepSeek-V3 or GLM-4.5-Air above to see the mixture-of-experts model.")
+    else:
+        e1, e4 = sc.cm.expected_experts(1), sc.cm.expected_experts(sc.k + 1)
+        r = sc.forward(sc.k + 1, batch=1)["seconds"] / sc.forward(1, batch=1)["seconds"]
+        st.markdown(f"Each token reads only {sc.cm.top_k} of the {sc.cm.n_experts} experts of a layer. A forward over "
+                    f"k+1 = {sc.k + 1} tokens reads the experts *any* of them picked: {e4:.1f} per layer instead of "
+                    f"{e1:.0f}, if routing were uniform. So verifying costs **{r:.2f}x** a 1-token forward here, not "
+                    "1x: MTP still pays when acceptance is high, but less.")
+        st.plotly_chart(experts_chart(sc), key="p6_experts", config={"displayModeBar": False})
+    moe_measured_section(sc)
+
+
+def moe_measured_section(sc: scenario.Scenario) -> None:
     results, _ = scenario.load_gpu_results()
-    measured = [(d, s) for d in results for s in d.get("moe_verify_ms", []) if 1 in s["n"]]
-    st.plotly_chart(experts_chart(sc, measured), key="p6_experts", config={"displayModeBar": False})
-    for d, _ in measured[:1]:
-        st.caption(scenario.cite(d))
+    found = scenario.moe_measurements(results)
+    if not found:
+        st.info("The MoE verify cost has **not been measured** on a GPU yet: no file in benchmarks/results/ has a "
+                "`moe_verify` section (benchmarks/bench_moe_verify.py measures one). This page shows the "
+                "uniform-routing model only.")
+        return
+    sec = found[0]
+    hw = scenario.hardware_for(sec["device"], sc.hw)
+    s = sec["series"][0]
+    n = sc.k + 1 if sc.k + 1 in s["n"] else s["n"][-1]
+    i = s["n"].index(n)
+    ratio, distinct = moe_modelled(sec, s, hw)
+    meas = s["ms"][i] / s["ms"][0]
+    name = sec["model"].split(" (")[0]
+    closer = "above" if meas > ratio[i] else "below"
+    st.markdown(f"**Measured.** This project's kernels ran a model with **{name}** ({sec['moe_layers']} MoE layers, "
+                f"{sec['top_k']} of {sec['n_experts']} experts per token; random weights) on an **{sec['device']}**. "
+                f"At context {s['ctx']:,}, one forward over **{n} tokens took {s['ms'][i]:.2f} ms** against "
+                f"{s['ms'][0]:.2f} ms for 1: **{meas:.2f}x**, where the uniform-routing model on the {hw.name}'s "
+                f"datasheet says **{ratio[i]:.2f}x** (measured {closer} the model). Its MoE layers read "
+                f"**{s['distinct_mean'][i]:.1f} distinct experts** on average (10-90 %: {s['distinct_p10'][i]:.0f} to "
+                f"{s['distinct_p90'][i]:.0f}) where uniform routing expects {distinct[i]:.1f}: random routers fed "
+                "random tokens route close to uniformly, and a trained router need not. The model counts bytes "
+                "only; the measured time also holds what the kernels do with the extra tokens.")
+    cost, experts = measured_moe_charts(sec, hw)
+    st.plotly_chart(cost, key="p6_moe_cost", config={"displayModeBar": False})
+    st.plotly_chart(experts, key="p6_moe_experts", config={"displayModeBar": False})
+    st.caption(f"{sec['device']}, {sec['date']}; {sec['model']}. {sec.get('routing', '')}. Model: "
+               f"explainer/roofline.py on the {hw.name} preset, bf16, batch 1. Source: `{sec['file']}` "
+               f"({sec.get('source', '')}). Command: `{sec['command']}`")
 
 
 def question(sc: scenario.Scenario, cross: dict) -> None:

@@ -7,8 +7,12 @@ kernels_cuda/gemm.py (kernels_cuda/pick.py picks its launch shape). Versions kep
     v3  bf16 on the tensor cores for 5..8 tokens (m16n8k16 MMAs via inline PTX, x split in 3 bf16 parts;
         16 rows a block, KW warps split K): correct, but slower than v2 with R = 8 in the 7B forward on the
         H100 (10.60 against 10.12 ms at n = 8; docs/history/)
+    v4  (kernels_cuda/gemm.py, a production candidate: pick_gemm_v4 runs it at 5..8 tokens) v3's MMAs with x
+        split once per input by gemm4_split (RMSNorm weight applied there, 1 / rms in the epilogue), MT m16 tiles a
+        warp reusing every B fragment, U x MT x 2 16-byte weight loads in flight; timed here beside v2 and v3
 
-    python -m kernels_cuda.dev.gemm             # GPU: validate and time each against v2 at MiMo-7B shapes
+    python -m kernels_cuda.dev.gemm [--ns 5,8] [--shapes o,down] [--no-sweep]   # GPU: validate and time v2 / v3 /
+                                                 # v4 at n = 1..8 on MiMo-7B shapes (v4 launch shapes swept at n = 8)
     NUMBA_ENABLE_CUDASIM=1 python -m kernels_cuda.dev.gemm    # tiny shapes, validation only
 """
 
@@ -18,7 +22,7 @@ import math
 
 from numba import cuda, float32, uint32
 
-from ..gemm import LOADERS, MODE_STORE, MODE_SWIGLU, store_output
+from ..gemm import LOADERS, MODE_RESID, MODE_STORE, MODE_SWIGLU, store_output
 from ..intrinsics import bits_f32, f32_bits, factory, ld_f32x4, ld_u32x4, mma_bf16, shfl_xor
 
 _CACHE: dict = {}
@@ -231,47 +235,99 @@ def get_gemm_v3(NORM: bool = False, U: int = GEMM3_U, KW: int = GEMM3_KW):
 
 
 # ----------------------------------------------------------------------------- validate and time each version
+@cuda.jit
+def _fill_bf16(w, seed):
+    """Pseudo-random bf16 bits, |v| in [2^-8, 2^-7) with a random sign (no host round trip for 1.2 GB weights)."""
+    i = cuda.grid(1)
+    if i < w.size:
+        h = (i * 2654435761 + seed) & 0xFFFFFFFF
+        h ^= h >> 15
+        h = (h * 73244475) & 0xFFFFFFFF
+        h ^= h >> 13
+        w[i] = (h & 0x807F) | 0x3B80
+
+
+SHAPES_7B = [("qkv", 6144, 4096, MODE_STORE), ("o", 4096, 4096, MODE_RESID), ("gate|up", 22016, 4096, MODE_SWIGLU),
+             ("down", 4096, 11008, MODE_RESID), ("lm_head", 151680, 4096, MODE_STORE)]
+V4_SWEEP = [(1, 4, 4), (1, 2, 4), (1, 4, 8), (2, 2, 4), (2, 2, 8), (4, 2, 4), (4, 2, 8)]   # (MT, U, KW) at n = 8
+
+
 def _main():
+    import argparse
+
     import numpy as np
 
-    from ..gemm import launch_gemm, nmax_for
+    from ..gemm import (TUNED_H100, gemm4_xb_words, launch_gemm, launch_gemm_v4, launch_shape, nmax_for)
     from ..graphs import CudaGraph, events_ms
     from ..intrinsics import SIM
-    from ..reference import bf16_bits, bf16_value, linear
+    from ..pick import pick_gemm_v4
+    from ..reference import bf16_value, linear
 
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ns", default="1,2,3,4,5,6,7,8")
+    ap.add_argument("--shapes", default="qkv,o,gate|up,down,lm_head")
+    ap.add_argument("--no-sweep", action="store_true")
+    a = ap.parse_args()
     gpu = not SIM
     st = cuda.stream()
-    shapes = [(4096, 4096), (22016, 4096), (4096, 11008)] if gpu else [(32, 256)]
     rng = np.random.default_rng(0)
-    print("skinny GEMM lab (bf16 weights): us per launch (CUDA graph of 20, replayed), GB/s of weights, max rel err "
-          "against reference.linear")
-    for N, Kd in shapes:
-        wb = bf16_bits((rng.standard_normal((N, Kd)) / math.sqrt(Kd)).astype(np.float32))
-        w = cuda.to_device(wb.ravel())
-        for n in ((1, 5, 8) if gpu else (5,)):
+    ns = [int(v) for v in a.ns.split(",")] if gpu else [3, 5]
+    shapes = [s for s in SHAPES_7B if s[0] in a.shapes.split(",")] if gpu else [("tiny", 40, 256, MODE_STORE)]
+    ceil = float("nan")
+    if gpu:
+        src, dst = cuda.device_array(1 << 27, np.uint64), cuda.device_array(1 << 27, np.uint64)
+        _fill_bf16[(src.size * 4 + 255) // 256, 256, st](src.view(np.uint16), 1)
+        ceil = 2 * src.nbytes / events_ms(st, lambda: dst.copy_to_device(src, stream=st)) / 1e6
+        del src, dst
+    print(f"skinny GEMM lab (bf16 weights, MiMo-7B shapes): us per call (CUDA graph of 20, replayed; v4 = split + "
+          f"GEMM), GB/s of weights, % of a {ceil:.0f} GB/s device copy, max rel err against reference.linear")
+    for label, N, Kd, mode in shapes:
+        w = cuda.device_array(N * Kd, np.uint16)
+        _fill_bf16[(w.size + 255) // 256, 256, st](w, N)
+        st.synchronize()
+        NC = N if mode == MODE_SWIGLU else min(N, 16384)     # rows validated (lm_head: the first 16384)
+        wv = bf16_value(w[: NC * Kd].copy_to_host().reshape(NC, Kd))
+        x = rng.standard_normal((16, Kd)).astype(np.float32)
+        xd = cuda.to_device(x.ravel())
+        y = cuda.device_array(16 * N, np.float32)
+        res0 = np.zeros(16 * N, np.float32)
+        xb, den = cuda.device_array(gemm4_xb_words(Kd), np.uint32), cuda.device_array(8, np.float32)
+        lanes = 32 if gpu else 1
+        for n in ns:
             nm = nmax_for(n)
-            x = rng.standard_normal((nm, Kd)).astype(np.float32)
-            xd, y = cuda.to_device(x.ravel()), cuda.device_array(nm * N, np.float32)
-            want = linear(x[:n], bf16_value(wb))
-            runs = {"v2": lambda: launch_gemm(st, "bf16", xd, Kd, w, None, y, N, n, Kd, N, LANES=32 if gpu else 1)}
-            if n <= 16 and N * n <= 1 << 24:
-                k1 = make_gemm_v1("bf16")
-                runs["v1"] = lambda: k1[(math.ceil(N / 64), n), 64, st](xd, w, y, y, n, Kd, N)
+            R, U, Wp = launch_shape(TUNED_H100, N, Kd, nm) if gpu else (4, None, 1)
+            runs = {"v2": lambda n=n, R=R, U=U, Wp=Wp: launch_gemm(
+                st, "bf16", xd, Kd, w, None, y, N, n, Kd, N, mode, res=y if mode == MODE_RESID else None, R=R,
+                WARPS=Wp, U=U, LANES=lanes)}
             if gemm_v3_ok("bf16", n, Kd, Kd):
                 k3 = get_gemm_v3()
-                runs["v3"] = lambda: k3[gemm_v3_blocks(N), 32 * GEMM3_KW, st](xd, Kd, w, y, y, N, y, y, n, Kd, N, MODE_STORE,
-                                                                           0, y, 0.0)
+                runs["v3"] = lambda n=n: k3[gemm_v3_blocks(N, mode), 32 * GEMM3_KW, st](
+                    xd, Kd, w, y, y, N, y, y, n, Kd, N, mode, 0, y, 0.0)
+            shp = pick_gemm_v4("bf16", max(n, 5), N, Kd, Kd, swiglu=mode == MODE_SWIGLU)   # its rule's shape
+            sweep = [shp] + ([s for s in V4_SWEEP if s != shp and not (mode == MODE_SWIGLU and s[0] % 2)]
+                             if (n == 8 and gpu and not a.no_sweep) else [])
+            if not gpu:
+                sweep = [(2, 2, 2)]
+            for MT, U4, KW in sweep:
+                runs[f"v4{(MT, U4, KW)}"] = lambda n=n, MT=MT, U4=U4, KW=KW: launch_gemm_v4(
+                    st, xd, Kd, w, xb, den, y, N, n, Kd, N, mode, res=y if mode == MODE_RESID else None, MT=MT,
+                    U=U4, KW=KW, split_threads=128 if gpu else 4)
+            want = linear(x[:n], wv)
+            if mode == MODE_SWIGLU:
+                want = want[:, : N // 2] / (1 + np.exp(-want[:, : N // 2])) * want[:, N // 2:]
             for name, run in runs.items():
+                y.copy_to_device(res0, stream=st)
                 run()
-                st.synchronize()
-                err = float(np.abs(y.copy_to_host().reshape(nm, N)[:n] - want).max() / np.abs(want).max())
+                got = y.copy_to_host().reshape(16, N)[:n, : (N // 2 if mode == MODE_SWIGLU else NC)]
+                err = float(np.abs(got - want).max() / np.abs(want).max())
                 us = gbps = float("nan")
                 if gpu:
                     graph = CudaGraph.capture(st, lambda run=run: [run() for _ in range(20)])
-                    us = events_ms(st, graph.launch, reps=5 if name == "v1" else 20) * 1e3 / 20
+                    us = events_ms(st, graph.launch, reps=10) * 1e3 / 20
                     gbps = N * Kd * 2 / us / 1e3
-                print(f"  {N}x{Kd} n={n} {name}: {us:9.1f} us {gbps:7.0f} GB/s  rel err {err:.1e}  "
-                      f"{'ok' if err < 1e-5 else 'FAIL'}")
+                print(f"  {label:8s} {N}x{Kd} n={n} {name:14s}: {us:8.1f} us {gbps:6.0f} GB/s "
+                      f"{100 * gbps / ceil:5.1f}% copy  rel err {err:.1e} {'ok' if err < 2e-5 else 'FAIL'}", flush=True)
+        del w
 
 
 if __name__ == "__main__":
