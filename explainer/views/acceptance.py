@@ -272,7 +272,10 @@ def end_to_end(gpu: dict) -> None:
         tpc = sum((i + 1) * x for i, x in enumerate(h)) / sum(h)
         return f"; its forced draws kept {tpc:.2f} tokens a cycle, for which the formula gives {tpc / cost:.2f}x"
 
-    got = "; ".join(f"**{r['speedup']:.2f}x** with {r.get('engine', 'ours').split(', ')[-1]} ({r['tok_s']:.0f} against "
+    def rate(r: dict) -> str:
+        return f"{r['tok_s']:.0f}" + (f" +- {r['tok_s_spread']:.0f}" if r.get("tok_s_spread") is not None else "")
+
+    got = "; ".join(f"**{r['speedup']:.2f}x** with {r.get('engine', 'ours').split(', ')[-1]} ({rate(r)} against "
                     f"{r['plain_tok_s']:.0f} tokens/s{realised(r)})" for r in runs)
     st.markdown(f"**Measured end to end on the {gpu['device']}** (whole cycles on the same 7B model, drafts forced to "
                 f"be kept with probability {a:.1f} per depth, k = {k}): {got}. For that acceptance the formula "
