@@ -197,7 +197,8 @@ def generate_greedy(cm: CudaModel, prompt_ids, max_new_tokens: int = 32, draft_d
     """Greedy generation with the device loop; the tokens and stats keys of mtp_ref.speculative.generate
     (steps: [], no StepRecords; weight_bytes_per_token is not metered here); res.cycles: each cycle's drafts
     and target argmaxes (what StepRecord.drafts / target_argmax hold). timing: also
-    decode_cpu_seconds (process_time after prefill) and decode_device_seconds (events around each burst/cycle)."""
+    decode_cpu_seconds (process_time after prefill), decode_sync_cpu_seconds (the part of it spent waiting in the
+    bursts' / cycles' synchronisations) and decode_device_seconds (events around each burst/cycle)."""
     if loop_supported(cm, draft_depth) is not None:
         if draft_filter is not None:
             raise MtpRefError(f"draft_filter needs the device loop, which does not cover "
@@ -242,16 +243,24 @@ def generate_greedy(cm: CudaModel, prompt_ids, max_new_tokens: int = 32, draft_d
         d["decode_seconds"] = time.perf_counter() - t1
         d["decode_cpu_seconds"] = time.process_time() - c0
         d["decode_device_seconds"] = clock.total()
+        d["decode_sync_cpu_seconds"] = clock.sync_cpu
     res = GenerationResult(gen, cm.decode(gen), d, [])
     res.cycles = st.cycles if draft_depth else []     # (drafts, target argmax per verify row) per cycle
     return res
 
 
 class _Clock:
-    """Device time between event pairs around each burst / cycle (total() in seconds)."""
+    """Device time between event pairs around each burst / cycle (total() in seconds), and the host CPU time spent
+    waiting in the synchronisations (the driver may spin there), so that the host's own work per token is the CPU
+    time outside them."""
 
     def __init__(self, stream):
-        self.stream, self.pairs = stream, []
+        self.stream, self.pairs, self.sync_cpu = stream, [], 0.0
+
+    def sync(self):
+        c = time.process_time()
+        self.stream.synchronize()
+        self.sync_cpu += time.process_time() - c
 
     def start(self):
         e = cuda.event()
@@ -283,7 +292,7 @@ def _plain(cm, st, dec, max_new, eos, clock) -> list[int]:
         if clock:
             clock.stop()
         st.out[:B].copy_to_host(st.out_host[:B], stream=s)
-        s.synchronize()
+        clock.sync() if clock else s.synchronize()
         new = [int(x) for x in st.out_host[:B]]
         for t in new:                       # the engine stops stepping once an eos is generated
             steps += 1
@@ -362,7 +371,7 @@ def _speculative(cm, st, dec, max_new, eos, draft_filter, clock) -> list[int]:
         if clock:
             clock.stop()
         st.cyc.copy_to_host(st.cyc_host, stream=s)
-        s.synchronize()
+        clock.sync() if clock else s.synchronize()
         cyc = [int(x) for x in st.cyc_host]
         drafts, am, a = cyc[:k], cyc[k: 2 * k + 1], cyc[2 * k + 1]
         cache.advanced(N, k + 1)                                  # rollback (SpeculativeDecoder.rollback)

@@ -109,6 +109,20 @@ def test_speculative_matches_numpy_engine(models, family, k, mode, rate):
         assert b.stats["accepted_length_histogram"] == [0, 0, 0, 2]
 
 
+@pytest.mark.parametrize("k", [0, 2])
+def test_timing_keeps_the_tokens_and_splits_host_time(models, k):
+    """timing=True adds wall, host CPU, the CPU part spent in the synchronisations, and device seconds (on a GPU),
+    without changing the tokens; the waiting part is a share of the host CPU time."""
+    m, cm = models("mimo")
+    a = loop.generate_greedy(cm, PROMPT, 6, k, "recursive", stop_at_eos=False)
+    b = loop.generate_greedy(cm, PROMPT, 6, k, "recursive", stop_at_eos=False, timing=True)
+    assert b.token_ids == a.token_ids
+    d = b.stats
+    from kernels_cuda.intrinsics import SIM
+    assert d["decode_seconds"] > 0 and (SIM or d["decode_device_seconds"] > 0)   # the simulator's events time nothing
+    assert 0 <= d["decode_sync_cpu_seconds"] <= d["decode_cpu_seconds"]
+
+
 def test_unforced_speculative_matches(models):
     """No filter: the module's own argmax drafts (what random weights propose)."""
     m, cm = models("deepseek_v3")
