@@ -345,13 +345,15 @@ def bench_hf(cfg, weights, out):
     torch.cuda.empty_cache()
 
 
-# name -> CudaModel options. Only "default" now: the kernel versions the configs v1..v12 of 2026-11-25/26 chose
+# name -> CudaModel options. "default" is what CudaModel runs; the others are earlier rules, for a same-call
+# comparison. The kernel versions the configs v1..v12 of 2026-11-25/26 chose
 # between are in kernels_cuda/dev/ (docs/history/2026-11-26-benchmarks-diary.md has their tables).
 CONFIGS = {"default": {},
            "auto": {"gemm_tuning": "auto"},     # launch shapes measured per weight shape on this card (autotune.py)
-           "v2": {"pick": "v2"},                # the rule before gemm_v4: every dense GEMM on gemm_v2 (no tensor cores)
+           "v2": {"pick": "v2"},                # the rule before gemm_v4: no tensor-core GEMM at 5-8 tokens
            "v4all": {"pick": "v4all"},          # gemm_v4 at every token count <= 8 (is it also faster at 1..4?)
-           "attn-v4": {"attn_pick": "v4"}}      # the attention rule before v10: v4 for 17-32 query rows a KV group
+           "attn-v4": {"attn_pick": "v4"},      # the attention rule before v10: v4 for 17-32 query rows a KV group
+           "no-v5": {"gemm_tuning": "TUNED_BEFORE_V5"}}  # the GEMM launch table before gemm_v5 (gemm_v2 only)
 
 
 def pick_attention_v4(rep, n, dk, dv, ldq, qoff, ldk, ldv):
@@ -376,6 +378,7 @@ def main():
     ap.add_argument("--configs", default="default", help="comma-separated names of CONFIGS to measure")
     ap.add_argument("--loop", action="store_true", help="also the device loop, plain and speculative (bench_loop)")
     ap.add_argument("--loop-only", action="store_true", help="only bench_loop (no forward tables, no HF)")
+    ap.add_argument("--repeat", type=int, default=1, help="bench_loop runs per config (the spread of its tok/s)")
     a = ap.parse_args()
     import gc
 
@@ -408,7 +411,9 @@ def main():
         kb.pick_attention = pick_attention_v4 if opts.pop("attn_pick", None) == "v4" else kp.pick_attention
         auto = opts.get("gemm_tuning") == "auto"
         if isinstance(opts.get("gemm_tuning"), str):
-            opts["gemm_tuning"] = gemm.TUNED_H100 if auto else getattr(gemm, opts["gemm_tuning"])
+            from kernels_cuda.dev import gemm as lab
+            opts["gemm_tuning"] = gemm.TUNED if auto else getattr(gemm, opts["gemm_tuning"], None) or getattr(
+                lab, opts["gemm_tuning"])
         t0 = time.time()
         cm = CudaModel.from_device_weights(cfg, spec, dev_w, max_context=max(CONTEXTS) + 16,
                                            path="random MiMo-7B shapes", **opts)
@@ -430,7 +435,11 @@ def main():
         if a.spec and not a.loop_only:
             bench_spec(cm, oc)
         if a.loop or a.loop_only:
-            bench_loop(cm, oc)
+            runs = []
+            for _ in range(a.repeat):
+                bench_loop(cm, oc)
+                runs.append(oc["loop"])
+            oc["loop_runs"] = runs
         if a.json:
             json.dump(out, open(a.json, "w"), indent=1, default=str)
         del cm

@@ -53,7 +53,7 @@ def run(a):
     dev_w = {k: (v.view(torch.int16) if v.dtype == torch.bfloat16 else v) for k, v in W.items()}
     opts = dict(CONFIGS[a.config])
     if isinstance(opts.get("gemm_tuning"), str):                # "auto": profile with the static table
-        opts["gemm_tuning"] = getattr(gemm, "TUNED_H100" if opts["gemm_tuning"] == "auto" else opts["gemm_tuning"])
+        opts["gemm_tuning"] = getattr(gemm, "TUNED" if opts["gemm_tuning"] == "auto" else opts["gemm_tuning"])
     cm = CudaModel.from_device_weights(cfg, spec, dev_w, max_context=a.context + 32, use_graphs=False,
                                        path="random MiMo-7B shapes", **opts)
     cache = cm.new_cache()

@@ -61,10 +61,31 @@ HARDWARE: list[Hardware] = [
 ]
 
 
+class MixedRate(float):
+    """Bytes per weight of a release that stores its routed experts in another format than its other weights.
+
+    The float value is the rate of every weight but the routed experts (so a page that prints or multiplies it
+    sees that rate); `experts` is the routed experts' rate. roofline.rates() reads both, and every byte count in
+    roofline.py goes through it. Printed with a format spec, it shows both rates."""
+
+    experts: float
+
+    def __new__(cls, rate: float, experts: float):
+        obj = super().__new__(cls, rate)
+        obj.experts = float(experts)
+        return obj
+
+    def __format__(self, spec: str) -> str:
+        return f"{float.__format__(self, spec)} ({float.__format__(self.experts, spec)} for routed experts)"
+
+    def __reduce__(self):
+        return MixedRate, (float(self), self.experts)
+
+
 @dataclass(frozen=True)
 class Precision:
     name: str
-    bytes_per_param: float
+    bytes_per_param: float   # a MixedRate where routed experts are stored otherwise
     source: str
 
 
@@ -74,6 +95,13 @@ PRECISIONS: dict[str, Precision] = {
                      "e4m3 + one float32 scale per 128x128 block (DeepSeek-V3 README_WEIGHTS.md)"),
     "q8": Precision("q8", 34 / 32, "GGUF Q8_0: 32 int8 + one fp16 scale = 34 bytes per 32 weights (ggml-common.h block_q8_0)"),
     "q4": Precision("q4", 18 / 32, "GGUF Q4_0: 32 4-bit + one fp16 scale = 18 bytes per 32 weights (ggml-common.h block_q4_0)"),
+    # DeepSeek-V3.2's release is "fp8" above: e4m3 + a float32 weight_scale_inv per 128x128 block (the released
+    # FP8 form tests/builders_dsa.py reproduces)
+    "fp8 + mxfp4 experts": Precision(
+        "fp8 + mxfp4 experts", MixedRate(1.0 + 1 / (128 * 128), 17 / 32),
+        "DeepSeek-V4 release: linears e4m3 + one E8M0 (1-byte) scale per 128x128 block (config.json "
+        "quantization_config: scale_fmt ue8m0, weight_block_size [128, 128]); routed experts MXFP4 (expert_dtype "
+        "fp4): 32 e2m1 values in 16 bytes + one E8M0 scale = 17 bytes per 32 weights (mtp_ref/weights.py)"),
 }
 KV_BYTES = 2.0  # KV cache entries kept in 16-bit
 
@@ -98,6 +126,54 @@ MODELS: dict[str, dict] = {
         "rope_scaling": {"type": "yarn", "factor": 40, "original_max_position_embeddings": 4096,
                          "beta_fast": 32, "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0},
         "attention_bias": False, "tie_word_embeddings": False, "num_nextn_predict_layers": 1,
+    },
+    "DeepSeek-V3.2": {
+        "source": "deepseek-ai/DeepSeek-V3.2 config.json as quoted whole in a public model report (the original file, "
+                  "with its FP8 quantization_config); the same keys in the re-upload "
+                  "github.com/haoyangli-amd/DeepSeek-V3.2-exp-ptpc config.json (commit 098cd61, V3.2-Exp; "
+                  "quantization_config replaced there); no indexer_types: every layer runs its own indexer",
+        "published": "685B parameters (transformers DeepseekV32 documentation: 'keeps the same 685B-parameter MoE "
+                     "backbone'); no first-party active count",
+        "model_type": "deepseek_v32",
+        "vocab_size": 129280, "hidden_size": 7168, "intermediate_size": 18432, "num_hidden_layers": 61,
+        "first_k_dense_replace": 3, "moe_layer_freq": 1, "num_attention_heads": 128, "num_key_value_heads": 128,
+        "q_lora_rank": 1536, "kv_lora_rank": 512, "qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "v_head_dim": 128,
+        "n_routed_experts": 256, "num_experts_per_tok": 8, "n_shared_experts": 1, "moe_intermediate_size": 2048,
+        "n_group": 8, "topk_group": 4, "routed_scaling_factor": 2.5, "scoring_func": "sigmoid",
+        "topk_method": "noaux_tc", "norm_topk_prob": True, "rms_norm_eps": 1e-6, "max_position_embeddings": 163840,
+        "rope_theta": 10000,
+        "rope_scaling": {"beta_fast": 32, "beta_slow": 1, "factor": 40, "mscale": 1.0, "mscale_all_dim": 1.0,
+                         "original_max_position_embeddings": 4096, "type": "yarn"},
+        "index_head_dim": 128, "index_n_heads": 64, "index_topk": 2048,
+        "quantization_config": {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
+                                "scale_fmt": "ue8m0", "weight_block_size": [128, 128]},
+        "attention_bias": False, "tie_word_embeddings": False, "num_nextn_predict_layers": 1,
+    },
+    "DeepSeek-V4-Flash": {
+        "source": "deepseek-ai/DeepSeek-V4-Flash config.json (resolve/main, 1749 bytes) as copied verbatim in "
+                  "github.com/aeonmindai/arc memory/mission/wave13-AH-config.md (commit 611d236), section "
+                  "'1.1 config.json — VERBATIM' (an earlier revision, quoted elsewhere, lacks expert_dtype); "
+                  "compress_ratios: the 43 layers, then the MTP block's",
+        "published": "284B total, 13B active (the Hugging Face model card's table, as quoted in antirez/ds4 "
+                     "MODEL_CARD.md)",
+        "note": "its weights are FP8 with MXFP4 routed experts: the 'fp8 + mxfp4 experts' precision is the release's",
+        "model_type": "deepseek_v4",
+        "vocab_size": 129280, "hidden_size": 4096, "num_hidden_layers": 43, "num_attention_heads": 64,
+        "num_key_value_heads": 1, "head_dim": 512, "qk_rope_head_dim": 64, "q_lora_rank": 1024, "o_groups": 8,
+        "o_lora_rank": 1024, "attention_bias": False, "sliding_window": 128,
+        "compress_ratios": [0, 0] + [4, 128] * 20 + [4, 0], "compress_rope_theta": 160000,
+        "index_head_dim": 128, "index_n_heads": 64, "index_topk": 512,
+        "hc_eps": 1e-6, "hc_mult": 4, "hc_sinkhorn_iters": 20,
+        "n_routed_experts": 256, "n_shared_experts": 1, "num_experts_per_tok": 6, "moe_intermediate_size": 2048,
+        "num_hash_layers": 3, "routed_scaling_factor": 1.5, "scoring_func": "sqrtsoftplus", "topk_method": "noaux_tc",
+        "norm_topk_prob": True, "swiglu_limit": 10.0, "rms_norm_eps": 1e-6, "max_position_embeddings": 1048576,
+        "rope_theta": 10000,
+        "rope_scaling": {"beta_fast": 32, "beta_slow": 1, "factor": 16, "original_max_position_embeddings": 65536,
+                         "type": "yarn"},
+        "expert_dtype": "fp4",
+        "quantization_config": {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
+                                "scale_fmt": "ue8m0", "weight_block_size": [128, 128]},
+        "tie_word_embeddings": False, "num_nextn_predict_layers": 1,
     },
     "GLM-4.5-Air": {
         "source": "zai-org/GLM-4.5-Air config.json, as reproduced in THUDM/slime scripts/models/glm4.5-106B-A12B.sh "

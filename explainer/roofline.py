@@ -17,13 +17,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mtp_ref import gemma4
+from mtp_ref import gemma4, ops_v4
 from mtp_ref.config import ModelConfig, config_from_dict
 from mtp_ref.families import FamilySpec, family_for, mtp_tensors, trunk_tensors
+from mtp_ref.ops_dsa import dsa_config
 from mtp_ref.ops_sinks import geometry
 from mtp_ref.weights import SCALE_SUFFIX
 
 from .presets import KV_BYTES
+
+
+def rates(bpp: float) -> tuple[float, float]:
+    """(bytes per weight of everything but the routed experts, of the routed experts): one rate, or a
+    presets.MixedRate (a release that stores its experts in another format, e.g. DeepSeek-V4's MXFP4)."""
+    return float(bpp), float(getattr(bpp, "experts", bpp))
 
 
 @dataclass
@@ -36,14 +43,18 @@ class CostModel:
     n_experts: int = 0
     top_k: int = 0
     expert_params: float = 0.0     # one routed expert (gate + up + down)
-    kv_layers: list = field(default_factory=list)   # per attention layer: (cache elements per position, window | None)
+    kv_layers: list = field(default_factory=list)   # per attention layer (DeepSeek-V4: per cache of one):
+                                                    # (cache elements per position, window | None)
     state_elems: float = 0.0       # recurrent state per sequence (float32), e.g. Gated DeltaNet
     attn_flops: list = field(default_factory=list)  # per attention layer: (FLOPs per query per visible position, window)
-    mtp_kv_layers: list = field(default_factory=list)  # per MTP module: (cache elements per position, window | None)
+    mtp_kv_layers: list = field(default_factory=list)  # the same for the MTP modules, one entry per module
+                                                       # (DeepSeek-V4: per cache of one)
     const_flops: float = 0.0       # per-token FLOPs that do not scale with context (recurrent updates)
     total_params: float = 0.0      # everything the release stores (trunk + MTP)
     mtp_params: float = 0.0        # stored params of the MTP module(s), incl. embedding/head copies if the file has them
+    mtp_expert_params: float = 0.0  # of those, routed experts' (all modules)
     draft_params: float = 0.0      # params one MTP draft forward reads (its block with top-k experts, projection, head)
+    draft_expert_params: float = 0.0  # of those, routed experts'
     tied: bool = False             # lm_head is the embedding matrix (stored once, still read whole by the head)
     stored_bpp: float | None = None  # bytes/param as stored (loaded checkpoint only)
     source: str = ""
@@ -68,7 +79,18 @@ class CostModel:
     def weight_bytes(self, m: float, bpp: float) -> float:
         """Weight bytes one forward over m tokens streams from memory."""
         embed_rows = min(m, self.vocab) * self.hidden
-        return (self.dense_params + embed_rows + self.moe_layers * self.expected_experts(m) * self.expert_params) * bpp
+        experts = self.moe_layers * self.expected_experts(m) * self.expert_params
+        b, be = rates(bpp)
+        return (self.dense_params + embed_rows + experts) * b + experts * (be - b)
+
+    def stored_expert_params(self) -> float:
+        """Routed-expert params the release stores (trunk and MTP)."""
+        return self.moe_layers * self.n_experts * self.expert_params + self.mtp_expert_params
+
+    def draft_bytes(self, bpp: float) -> float:
+        """Weight bytes of one MTP draft forward."""
+        b, be = rates(bpp)
+        return self.draft_params * b + self.draft_expert_params * (be - b)
 
     def kv_bytes(self, context: int, batch: int) -> float:
         per_seq = sum(e * (context if w is None else min(context, w)) for e, w in self.kv_layers) * KV_BYTES
@@ -102,7 +124,7 @@ def mtp_speedup(cm: CostModel, a: float, k: int, batch: int, context: int, bpp: 
     """Decode throughput with k MTP drafts / without, on the roofline: E[tokens] x T(1) / (T(k+1) + k T_draft)."""
     plain = cm.forward(1, batch, context, bpp, bw, peak)["seconds"]
     verify = cm.forward(k + 1, batch, context, bpp, bw, peak)["seconds"]
-    draft = max(cm.draft_params * bpp / bw, 2 * cm.draft_params * batch / peak)
+    draft = max(cm.draft_bytes(bpp) / bw, 2 * cm.draft_params * batch / peak)
     return expected_tokens(a, k) * plain / (verify + k * draft)
 
 
@@ -152,14 +174,15 @@ def deltanet_state(cfg: ModelConfig) -> tuple[int, int]:
     return nv * dk * dv + conv * (cfg.linear_conv_kernel_dim - 1), 4 * nv * dk * dv
 
 
-def _fill_params(cm: CostModel, trunk: dict[str, int], n_experts: int, top_k: int) -> None:
+def _fill_params(cm: CostModel, trunk: dict[str, int], n_experts: int, top_k: int,
+                 embed_name: str = "model.embed_tokens.weight", head_name: str = "lm_head.weight") -> None:
     """Trunk counts from elements per tensor name: dense (read by every forward, incl. the head), routed experts."""
-    cm.tied = "lm_head.weight" not in trunk
-    embed = trunk.get("model.embed_tokens.weight", cm.vocab * cm.hidden)
+    cm.tied = head_name not in trunk
+    embed = trunk.get(embed_name, cm.vocab * cm.hidden)
     experts = sum(n for k, n in trunk.items() if _is_expert(k))
-    dense = sum(n for k, n in trunk.items() if not _is_expert(k) and k != "model.embed_tokens.weight")
+    dense = sum(n for k, n in trunk.items() if not _is_expert(k) and k != embed_name)
     cm.dense_params = float(dense + (embed if cm.tied else 0))       # a tied head reads the whole embedding
-    moe = {k.split(".")[2] for k in trunk if _is_expert(k)}           # model.layers.{i}.(mlp.)experts...
+    moe = {k.split(".experts.")[0] for k in trunk if _is_expert(k)}   # model.layers.{i}.mlp / layers.{i}.ffn
     if moe:
         cm.moe_layers, cm.n_experts, cm.top_k = len(moe), n_experts, top_k
         cm.expert_params = experts / (len(moe) * n_experts)
@@ -168,7 +191,7 @@ def _fill_params(cm: CostModel, trunk: dict[str, int], n_experts: int, top_k: in
 def _fill_family(cm: CostModel, cfg: ModelConfig, spec: FamilySpec, trunk: dict[str, int],
                  mtp: list[dict[str, int]]) -> None:
     """Counts of a FamilySpec model from elements per tensor name (trunk, and MTP module j = mtp[j])."""
-    H, V, L = cfg.hidden_size, cfg.vocab_size, cfg.num_hidden_layers
+    L = cfg.num_hidden_layers
     _fill_params(cm, trunk, cfg.n_routed_experts, cfg.num_experts_per_tok)
     kv = [kv_layer(cfg, spec, i) for i in range(L)]
     cm.kv_layers = [e for e in kv if e is not None]
@@ -182,13 +205,28 @@ def _fill_family(cm: CostModel, cfg: ModelConfig, spec: FamilySpec, trunk: dict[
     cm.mtp_kv_layers = [kv_layer(cfg, spec, L + j) for j in range(len(mtp))]
     union = {k: n for module in mtp for k, n in module.items()}   # Qwen's glue (mtp.fc, ...) is shared by all modules
     cm.mtp_params = float(sum(union.values()))
+    cm.mtp_expert_params = float(sum(n for k, n in union.items() if _is_expert(k)))
     if mtp:
         lay, first = spec.mtp, mtp[0]
-        draft = sum(n * (cfg.num_experts_per_tok / cfg.n_routed_experts if _is_expert(k) else 1)
-                    for k, n in first.items() if not k.endswith("embed_tokens.weight"))  # one embedding row only
-        if not (lay.head and lay.module_prefix(cfg, 0) + lay.head in first):
-            draft += V * H                                                         # the trunk's lm_head
-        cm.draft_params = float(draft)
+        _fill_draft(cm, cfg.num_experts_per_tok, cfg.n_routed_experts, first, "embed_tokens.weight",
+                    bool(lay.head and lay.module_prefix(cfg, 0) + lay.head in first))
+    if spec.indexer:
+        d = dsa_config(cfg)
+        cm.notes.append(f"DeepSeek Sparse Attention: each token's attention reads the {d.index_topk:,} positions "
+                        f"its lightning indexer picks; the cost model reads and counts the whole MLA cache, as "
+                        f"dense attention does, and leaves out the indexer's own key cache ({d.index_head_dim} "
+                        f"values per position and layer) and its scoring FLOPs")
+
+
+def _fill_draft(cm: CostModel, top_k: int, n_experts: int, first: dict[str, int], embed_suffix: str,
+                own_head: bool) -> None:
+    """Params one draft forward of MTP module 0 (elements per tensor name `first`) reads: its block with top_k of
+    its n_experts routed experts, one embedding row (not counted), and the trunk's head unless it has its own."""
+    stored = sum(n for k, n in first.items() if _is_expert(k))
+    experts = stored * top_k / n_experts if stored else 0
+    other = sum(n for k, n in first.items() if not _is_expert(k) and not k.endswith(embed_suffix))
+    cm.draft_expert_params = float(experts)
+    cm.draft_params = float(experts + other + (0 if own_head else cm.vocab * cm.hidden))
 
 
 def _fill_gemma4(cm: CostModel, g, trunk: dict[str, int]) -> None:
@@ -199,6 +237,53 @@ def _fill_gemma4(cm: CostModel, g, trunk: dict[str, int]) -> None:
     window = [g.sliding_window if g.is_sliding(i) else None for i in range(g.num_hidden_layers)]
     cm.kv_layers = [(2 * g.kv_heads_of(i) * g.head_dim_of(i), window[i]) for i in range(g.first_shared)]
     cm.attn_flops = [(4 * g.num_attention_heads * g.head_dim_of(i), window[i]) for i in range(g.num_hidden_layers)]
+
+
+def _v4_attention(cfg, i: int) -> tuple[list, list]:
+    """DeepSeek-V4 block i's cache and attention FLOPs per query: (elements per position, window | None) and
+    (FLOPs per visible position, window | None) entries. Every block keeps the one K=V head (head_dim wide) of the
+    last sliding_window tokens; a compressed block (ratio m) adds one head_dim-wide entry per m tokens. HCA
+    (m = 128): every query attends all entries; CSA (m = 4): the lightning indexer keeps its own index_head_dim-wide
+    entry per m tokens, scores all of them, and the query attends the index_topk best (a window of topk * m
+    positions holds as many entries)."""
+    D, f = cfg.head_dim, 4 * cfg.num_attention_heads * cfg.head_dim   # q.k and p.v over the D-wide K=V head
+    kv, fl = [(D, cfg.sliding_window)], [(f, cfg.sliding_window)]
+    r, m = cfg.ratio(i), cfg.rate(i)
+    if r == ops_v4.CSA_RATIO:
+        dI = cfg.index_head_dim
+        kv += [(D / m, None), (dI / m, None)]
+        fl += [(f / m, cfg.index_topk * m), (2 * cfg.index_n_heads * dI / m, None)]
+    elif r:
+        kv.append((D / m, None))
+        fl.append((f / m, None))
+    return kv, fl
+
+
+def _fill_v4(cm: CostModel, cfg, trunk: dict[str, int], mtp: list[dict[str, int]]) -> None:
+    """Counts of a DeepSeek-V4 release (mtp_ref.ops_v4, an engine module of its own, released tensor names)."""
+    L = cfg.num_hidden_layers
+    _fill_params(cm, trunk, cfg.n_routed_experts, cfg.num_experts_per_tok, "embed.weight", "head.weight")
+    for i in range(L):
+        kv, fl = _v4_attention(cfg, i)
+        cm.kv_layers += kv
+        cm.attn_flops += fl
+    cm.mtp_kv_layers = [e for j in range(len(mtp)) for e in _v4_attention(cfg, L + j)[0]]
+    cm.mtp_params = float(sum(n for module in mtp for n in module.values()))
+    cm.mtp_expert_params = float(sum(n for module in mtp for k, n in module.items() if _is_expert(k)))
+    if mtp:
+        _fill_draft(cm, cfg.num_experts_per_tok, cfg.n_routed_experts, mtp[0], "embed.weight", False)
+    kinds = Counter(cfg.layer_types)
+    n_hash = min(cfg.num_hash_layers, L)
+    cm.notes += [
+        f"attention keeps a {cfg.sliding_window}-token window, plus one compressed entry per "
+        f"{cfg.compress_rates['csa']} tokens on {kinds['compressed_sparse_attention']} CSA layers (a query reads "
+        f"the {cfg.index_topk} its indexer picks) and per {cfg.compress_rates['hca']} tokens on "
+        f"{kinds['heavily_compressed_attention']} HCA layers; the cost model reads every stored entry each token "
+        f"and leaves out the compressors' rows of the windows not yet closed",
+        f"the first {n_hash} layers route by token id (a table in the weights, tid2eid): how many distinct experts "
+        f"a forward over several tokens reads there depends on that table; the cost model counts them as uniform "
+        f"picks, as in the other layers (the {cfg.num_experts_per_tok} experts per token, so the active "
+        f"parameters, do not depend on it)"]
 
 
 def preset_config(name: str, c: dict) -> tuple[ModelConfig, FamilySpec]:
@@ -216,6 +301,11 @@ def from_config(name: str, c: dict) -> CostModel:
     if c.get("model_type") in gemma4.TARGET_TYPES:
         g = gemma4.target_text_config(c, f"presets.MODELS[{name!r}]")
         _fill_gemma4(cm, g, {k: _numel(s) for k, s in gemma4.target_tensors(g).items()})
+    elif c.get("model_type") == ops_v4.MODEL_TYPE:
+        v4 = ops_v4.config_from_raw(c, f"presets.MODELS[{name!r}]")
+        mtp = [{k: _numel(s) for k, s in ops_v4.mtp_tensors(v4, j).items()}
+               for j in range(v4.num_nextn_predict_layers)]   # a release holds what it declares
+        _fill_v4(cm, v4, {k: _numel(s) for k, s in ops_v4.trunk_tensors(v4).items()}, mtp)
     else:
         cfg, spec = preset_config(name, c)
         trunk = {k: _numel(s) for k, s in trunk_tensors(cfg, spec).items()}
@@ -251,9 +341,11 @@ def from_checkpoint(model) -> CostModel:
 # ---------------------------------------------------------------------- memory
 
 def memory_needed(cm: CostModel, bpp: float, context: int, batch: int) -> dict:
-    """Bytes a server holds: every stored param (trunk and MTP) at bpp bytes/param, and the KV cache (plus any
-    recurrent state) of `batch` sequences of `context` positions in the trunk and in each MTP module."""
-    weights = cm.total_params * bpp
+    """Bytes a server holds: every stored param (trunk and MTP) at bpp bytes/param (routed experts at their own
+    rate where bpp is a presets.MixedRate), and the KV cache (plus any recurrent state) of `batch` sequences of
+    `context` positions in the trunk and in each MTP module."""
+    b, be = rates(bpp)
+    weights = cm.total_params * b + cm.stored_expert_params() * (be - b)
     mtp_kv = sum(e * (context if w is None else min(context, w)) for e, w in cm.mtp_kv_layers) * KV_BYTES
     kv = cm.kv_bytes(context, batch) + batch * mtp_kv
     return {"weights": weights, "kv": kv, "total": weights + kv}

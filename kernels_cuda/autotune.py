@@ -17,18 +17,26 @@ from __future__ import annotations
 
 import time
 
-from .gemm import MODE_RESID, MODE_STORE, MODE_SWIGLU, nmax_for
+from .gemm import MODE_RESID, MODE_STORE, MODE_SWIGLU, gemm_v5_smem, nmax_for
 from .graphs import CudaGraph, events_ms
 from .intrinsics import SIM
 
-CANDIDATES = ((4, None, 4), (2, 2, 4), (2, 1, 4), (4, 1, 4), (8, 2, 4), (8, 1, 4), (4, 2, 8), (2, 2, 8))
+# (R, U, WARPS[, SPLITK]): gemm_v2 shapes, then gemm_v5 ones (the block's warps share R rows and split K)
+CANDIDATES = ((4, None, 4), (2, 2, 4), (2, 1, 4), (4, 1, 4), (8, 2, 4), (8, 1, 4), (4, 2, 8), (2, 2, 8),
+              (4, 2, 4, True), (4, 2, 2, True), (4, 1, 4, True), (4, 1, 2, True), (8, 1, 2, True))
 SMEM_LIMIT = 48 * 1024
 
 
-def _fits(R, W, NM, norm, mode) -> bool:
+def _fits(R, W, NM, norm, mode, splitk=False) -> bool:
     if mode == MODE_SWIGLU and R % 2:
         return False
+    if splitk:
+        return R * NM <= 64 and gemm_v5_smem(NM, R, W, 32, norm) <= SMEM_LIMIT
     return R * NM <= 64 and W * 32 * (R * NM + (NM if norm else 0) + 1) * 4 <= SMEM_LIMIT
+
+
+def _label(c) -> str:
+    return f"{'v5' if len(c) > 3 and c[3] else 'v2'} R{c[0]}U{c[1]}W{c[2]}"
 
 
 def model_gemms(cm) -> list:
@@ -63,10 +71,11 @@ def tune_gemms(cm, ns=(1, 2, 4, 8), candidates=CANDIDATES, reps: int = 15, log=p
                 nm = nmax_for(n)
                 key = (lin0.N, lin0.K, nm)
                 res_t = {}
-                for R, U, W in candidates:
-                    if not _fits(R, W, nm, norms is not None, mode):
+                for cand in candidates:
+                    R, U, W = cand[:3]
+                    if not _fits(R, W, nm, norms is not None, mode, len(cand) > 3 and cand[3]):
                         continue
-                    cm.gemm_tuning[key] = (R, U, W)
+                    cm.gemm_tuning[key] = cand
 
                     def launches():
                         for j, L in enumerate(lins):
@@ -75,12 +84,12 @@ def tune_gemms(cm, ns=(1, 2, 4, 8), candidates=CANDIDATES, reps: int = 15, log=p
                     launches()                                   # compile + load
                     cm.stream.synchronize()
                     if SIM:      # no graphs in the simulator: host seconds, which only exercise the selection
-                        res_t[(R, U, W)] = (time.perf_counter() - t0) * 1e3
+                        res_t[cand] = (time.perf_counter() - t0) * 1e3
                         continue
                     g = CudaGraph.capture(cm.stream, launches)
                     reps_l = 3 if len(lins) == 1 else 1          # one big weight: replay a few times
                     ms = events_ms(cm.stream, (lambda g=g: [g.launch() for _ in range(reps_l)]), reps=reps)
-                    res_t[(R, U, W)] = ms / reps_l
+                    res_t[cand] = ms / reps_l
                 best = min(res_t, key=res_t.get)
                 default = res_t.get((4, None, 4))
                 table[key] = best
@@ -88,10 +97,10 @@ def tune_gemms(cm, ns=(1, 2, 4, 8), candidates=CANDIDATES, reps: int = 15, log=p
                            best=best, best_us=res_t[best] * 1e3 / len(lins),
                            best_GBps=wbytes / res_t[best] / 1e6,
                            default_us=default * 1e3 / len(lins) if default else float("nan"),
-                           all_us={f"R{c[0]}U{c[1]}W{c[2]}": v * 1e3 / len(lins) for c, v in res_t.items()})
+                           all_us={_label(c): v * 1e3 / len(lins) for c, v in res_t.items()})
                 rows.append(row)
                 if log:
-                    log(f"  tune {name:8s} [{lin0.N}x{lin0.K}] n<={nm:2d}: best R{best[0]} U{best[1]} W{best[2]} "
+                    log(f"  tune {name:8s} [{lin0.N}x{lin0.K}] n<={nm:2d}: best {_label(best)} "
                         f"{row['best_us']:6.1f} us/launch ({row['best_GBps']:5.0f} GB/s), default {row['default_us']:6.1f} us")
     finally:
         cm.gemm_tuning = keep

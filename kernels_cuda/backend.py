@@ -38,8 +38,8 @@ from mtp_ref.errors import MtpRefError
 from mtp_ref.families import FamilySpec
 
 from . import kernels as K
-from .gemm import (MODE_RESID, MODE_SCALE, MODE_STORE, MODE_SWIGLU, get_gemm_v2, get_moe_gemm, gemm_v2_blocks,
-                   gemm4_xb_words, launch_gemm_v4, nmax_for, TUNED_H100)
+from .gemm import (MODE_RESID, MODE_SCALE, MODE_STORE, MODE_SWIGLU, get_gemm_v2, get_gemm_v5, get_moe_gemm,
+                   gemm_v2_blocks, gemm_v5_blocks, gemm4_xb_words, launch_gemm_v4, nmax_for, TUNED)
 from .graphs import CudaGraph
 from .intrinsics import SIM
 from .pick import pick_attention, pick_gemm, pick_gemm_v4
@@ -290,8 +290,8 @@ class CudaModel:
         """max_context: KV-cache rows on the device. use_graphs: capture and replay CUDA graphs (default: on a GPU;
         False keeps the eager launches, for debugging). fp8: "kernel" (FP8 weights decoded inside the GEMM) or
         what CheckpointSource takes. gemm_lanes: lanes per warp of the GEMMs (default 32 on a GPU, 1 in the
-        simulator, where 32 are also correct but slow). gemm_tuning: {NMAX or (N, K, NMAX): (R, U[, WARPS])}
-        launch shapes of gemm_v2 (default gemm.TUNED_H100; {} for none; autotune.tune_gemms measures one for a
+        simulator, where 32 are also correct but slow). gemm_tuning: {NMAX or (N, K, NMAX): (R, U[, WARPS[, SPLITK]])}
+        launch shapes of gemm_v2 / gemm_v5 (default gemm.TUNED; {} for none; autotune.tune_gemms measures one for a
         model). Which kernel runs for which shape is kernels_cuda/pick.py's; kernels_cuda/README.md has the table."""
         self.base = model
         self.config = model.config if model is not None else _config
@@ -317,7 +317,7 @@ class CudaModel:
         # NMAX tokens per forward kept on the device (longer inputs are fed NMAX at a time)
         self.delta_rule = "recurrent"
         self.recurrent_max_tokens = NMAX
-        self.gemm_tuning = dict(TUNED_H100 if gemm_tuning is None else gemm_tuning) if self.lanes > 1 else {}
+        self.gemm_tuning = dict(TUNED if gemm_tuning is None else gemm_tuning) if self.lanes > 1 else {}
         self.stream = cuda.stream()
         self.bytes_read = 0
         self.timing = {"launches": 0, "eager_calls": 0, "graph_calls": 0, "captures": 0}
@@ -653,9 +653,13 @@ class CudaModel:
             launch_gemm_v4(self.stream, x, ldx, lin.w, self.XB4, self.DEN4, y, ldy, n, lin.K, lin.N, mode, lin.bias,
                            res, MT, U4, KW, norm, float(self.config.rms_norm_eps))
             return
-        nm, R, U, Wp = pick_gemm(lin.fmt, n, lin.N, lin.K, self.gemm_tuning, self.rows_per_warp, self.warps)
-        k = get_gemm_v2(lin.fmt, nm, R, Wp, U, self.lanes, norm is not None)
-        blocks = gemm_v2_blocks(lin.N, mode, R, Wp)
+        nm, R, U, Wp, splitk = pick_gemm(lin.fmt, n, lin.N, lin.K, self.gemm_tuning, self.rows_per_warp, self.warps)
+        if splitk:                          # gemm_v5: the block's Wp warps share R rows and split K
+            k = get_gemm_v5(lin.fmt, nm, R, Wp, U, self.lanes, norm is not None)
+            blocks = gemm_v5_blocks(lin.N, mode, R)
+        else:
+            k = get_gemm_v2(lin.fmt, nm, R, Wp, U, self.lanes, norm is not None)
+            blocks = gemm_v2_blocks(lin.N, mode, R, Wp)
         k[blocks, self.lanes * Wp, self.stream](
             x, ldx, lin.w, lin.ws if lin.ws is not None else y, y, ldy,
             lin.bias if lin.bias is not None else y, res if res is not None else y,

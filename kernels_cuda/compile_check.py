@@ -85,16 +85,16 @@ def check(path: str) -> int:
     from numba import cuda, types
     from numba.np import numpy_support
 
-    from .gemm import TUNED_H100, default_u
+    from .gemm import TUNED, default_u
     recs = json.load(open(path))
     for (mod, name), fargs, argdesc in list(recs):     # also the tuned GEMM launch shapes
-        if name == "make_gemm_v2":                      # every tuned launch shape of this token bucket
-            for key, t in TUNED_H100.items():
+        if name == "make_gemm_v2":                      # every tuned launch shape of this token bucket (the
+            for key, t in TUNED.items():                # simulator runs no table: gemm_v5 is only reached here)
                 if (key if isinstance(key, int) else key[2]) == fargs[1]:
                     R, U, Wp = t[0], t[1], (t[2] if len(t) > 2 else 4)
                     U = U if U is not None else default_u(fargs[1])
-                    recs.append([[mod, "make_gemm_v2_tuned"], [fargs[0], fargs[1], R, Wp, U, 32] + list(fargs[6:]),
-                                 argdesc])
+                    kind = "make_gemm_v5_tuned" if len(t) > 3 and t[3] else "make_gemm_v2_tuned"
+                    recs.append([[mod, kind], [fargs[0], fargs[1], R, Wp, U, 32] + list(fargs[6:]), argdesc])
         if name == "make_gated_delta_rule":             # the production head size: dk = 128 over 4 threads a column
             recs.append([[mod, name], [32, 4], argdesc])
     for r in recs:                                      # the simulator ran the delta rule as 1-thread blocks (RG = 1,
@@ -109,7 +109,7 @@ def check(path: str) -> int:
             for i, v in GPU_SHAPE.get(name, {}).items():   # rebuild with the GPU launch shape
                 if i < len(fargs):
                     fargs[i] = v
-            if name == "make_gemm_v2" and len(fargs) > 4 and name != "make_gemm_v2_tuned":
+            if name == "make_gemm_v2" and len(fargs) > 4:
                 fargs[4] = default_u(fargs[1])
             if name == "make_attention_v4":                # the simulator ran 1-thread blocks: 4 warps, dv <= 128
                 fargs = [fargs[0], 1, 4]
@@ -120,6 +120,8 @@ def check(path: str) -> int:
         m = importlib.import_module(mod)
         if name == "make_gemm_v2_tuned":
             kern = m.make_gemm_v2(*fargs)
+        elif name == "make_gemm_v5_tuned":
+            kern = m.make_gemm_v5(*fargs)
         elif fargs is None:
             kern = getattr(m, name)
         else:

@@ -12,6 +12,9 @@ docs/history/ has each version's prediction and outcome):
             accumulators for all NMAX tokens in registers, x read through L1 as float4,
             the next 256-column chunk's weights loaded before the current one is used,
             warp-shuffle reduction, fused epilogue (bias / residual add / SwiGLU pairs).
+  gemm_v5   gemm_v2's loop with the warps of a block sharing the same R rows and splitting K (partial sums
+            through shared memory): more warps per weight row, fewer x loads per weight load; the launch-shape
+            table TUNED picks it per weight shape (1-4 tokens on the H200).
 Every weight byte is read once per call whatever n is: the token loop is innermost.
   gemm_v4   (5..8 tokens, pick.pick_gemm_v4) bf16 weights on the tensor cores: gemm4_split splits x
             once per input into bf16 hi / mid / lo words in B-fragment order (RMSNorm weight applied there, the rms
@@ -158,25 +161,10 @@ def store_output(y, ldy, bias, res, i, p0, r, v, u, N, mode, has_bias):
 
 
 # ----------------------------------------------------------------------------- v2: vectorised
-# reference: reference.linear (and reference.rmsnorm for NORM=True, reference.swiglu_stacked for MODE_SWIGLU)
-@factory
-def make_gemm_v2(fmt: str, NMAX: int, R: int = 4, WARPS: int = 4, U: int = 1, LANES: int = 32, NORM: bool = False):
-    """Kernel for n <= NMAX tokens: warp w owns R rows; the token loop is innermost.
-
-    U chunks of 8 * LANES columns are loaded before any is used (U * R 16-byte loads in flight per
-    lane). LANES = 32 on the GPU (a warp); LANES = 1 makes each "warp" a single thread, which the
-    CUDA simulator runs much faster (same code path, no cross-lane reduction).
-    MODE_SWIGLU: W is [gate; up] stacked ([2P, K]); warp w owns pairs p0 .. p0 + R/2 - 1 and loads
-    gate rows p and up rows P + p, so that silu(gate) * up is formed in registers.
-    NORM: x is the un-normed residual row; the kernel applies RMSNorm(g, eps) on the fly (module doc).
-    """
-    load8, load1 = LOADERS[fmt]
+def make_fma_chunk(NMAX: int, R: int, NORM: bool):
+    """acc[r NMAX + i] += W[row r, k:k+8] . x[i, k:k+8] for the lane's 8 columns at k (weights already in wf[o:],
+    8 a row); NORM: x times g on the fly and acc[R NMAX + i] += the squares of the raw x (RMSNorm's sum)."""
     RN = R * NMAX
-    RNS = RN + (NMAX if NORM else 0)  # accumulators + one sum of squares per token
-    RN1 = RNS + 1                     # padded row of the reduction buffer: conflict-free banks
-    W8 = 8 * R * U
-    HALF = R // 2
-    STEP = 8 * LANES                  # columns per chunk
 
     @cuda.jit(device=True, inline=True)
     def fma_chunk(x, ldx, k, wf, o, acc, g):
@@ -196,26 +184,81 @@ def make_gemm_v2(fmt: str, NMAX: int, R: int = 4, WARPS: int = 4, U: int = 1, LA
                 acc[r * NMAX + i] += (wf[b] * x0 + wf[b + 1] * x1 + wf[b + 2] * x2 + wf[b + 3] * x3
                                       + wf[b + 4] * x4 + wf[b + 5] * x5 + wf[b + 6] * x6 + wf[b + 7] * x7)
 
+    return fma_chunk
+
+
+def make_rows_tail(fmt: str, NMAX: int, R: int, NORM: bool):
+    """Device functions gemm_v2 and gemm_v5 share: `unit_rows` (the R weight rows of work unit u, R rows or, with
+    MODE_SWIGLU, R/2 gate rows and their up rows; returns the unit's first output row, -1 past the end; tail rows
+    repeat the last valid row, read but never stored) and `ragged_tail` (columns k0, k0 + stride, ... < K with scalar
+    loads: K % 8 LANES columns, or all of them when rows are not 16-byte aligned)."""
+    _, load1 = LOADERS[fmt]
+    RN = R * NMAX
+    HALF = R // 2
+
+    @cuda.jit(device=True, inline=True)
+    def unit_rows(rows, u, N, mode):
+        if mode == MODE_SWIGLU:                       # N = 2P rows; pairs u*HALF + (0..HALF-1)
+            P = N >> 1
+            p0 = u * HALF
+            if p0 >= P:
+                return -1
+            for r in range(R):
+                p = min(p0 + (r % HALF), P - 1)
+                rows[r] = p + (r // HALF) * P
+            return p0
+        p0 = u * R
+        if p0 >= N:
+            return -1
+        for r in range(R):
+            rows[r] = min(p0 + r, N - 1)
+        return p0
+
+    @cuda.jit(device=True, inline=True)
+    def ragged_tail(x, ldx, w, ws, rows, g, acc, K, k0, stride):
+        for k in range(k0, K, stride):
+            for i in range(NMAX):
+                xv = x[i * ldx + k]
+                if NORM:
+                    acc[RN + i] += xv * xv
+                    xv *= g[k]
+                for r in range(R):
+                    acc[r * NMAX + i] += load1(w, ws, rows[r], k, K) * xv
+
+    return unit_rows, ragged_tail
+
+
+# reference: reference.linear (and reference.rmsnorm for NORM=True, reference.swiglu_stacked for MODE_SWIGLU)
+@factory
+def make_gemm_v2(fmt: str, NMAX: int, R: int = 4, WARPS: int = 4, U: int = 1, LANES: int = 32, NORM: bool = False):
+    """Kernel for n <= NMAX tokens: warp w owns R rows; the token loop is innermost.
+
+    U chunks of 8 * LANES columns are loaded before any is used (U * R 16-byte loads in flight per
+    lane). LANES = 32 on the GPU (a warp); LANES = 1 makes each "warp" a single thread, which the
+    CUDA simulator runs much faster (same code path, no cross-lane reduction).
+    MODE_SWIGLU: W is [gate; up] stacked ([2P, K]); warp w owns pairs p0 .. p0 + R/2 - 1 and loads
+    gate rows p and up rows P + p, so that silu(gate) * up is formed in registers.
+    NORM: x is the un-normed residual row; the kernel applies RMSNorm(g, eps) on the fly (module doc).
+    """
+    load8 = LOADERS[fmt][0]
+    RN = R * NMAX
+    RNS = RN + (NMAX if NORM else 0)  # accumulators + one sum of squares per token
+    RN1 = RNS + 1                     # padded row of the reduction buffer: conflict-free banks
+    W8 = 8 * R * U
+    HALF = R // 2
+    STEP = 8 * LANES                  # columns per chunk
+
+    fma_chunk = make_fma_chunk(NMAX, R, NORM)
+    unit_rows, ragged_tail = make_rows_tail(fmt, NMAX, R, NORM)
+
     @cuda.jit(fastmath=False)
     def gemm_v2(x, ldx, w, ws, y, ldy, bias, res, n, K, N, mode, has_bias, g, eps):
         lane = cuda.threadIdx.x % LANES
         wid = cuda.threadIdx.x // LANES
-        gw = cuda.blockIdx.x * WARPS + wid
         rows = cuda.local.array(R, int32)
-        if mode == MODE_SWIGLU:                       # N = 2P rows; this warp: pairs gw*HALF + (0..HALF-1)
-            P = N >> 1
-            p0 = gw * HALF
-            if p0 >= P:
-                return
-            for r in range(R):
-                p = min(p0 + (r % HALF), P - 1)
-                rows[r] = p + (r // HALF) * P
-        else:
-            p0 = gw * R
-            if p0 >= N:
-                return
-            for r in range(R):
-                rows[r] = min(p0 + r, N - 1)          # tail rows: read a valid row, never store it
+        p0 = unit_rows(rows, cuda.blockIdx.x * WARPS + wid, N, mode)      # this warp's rows
+        if p0 < 0:
+            return
         acc = cuda.local.array(RNS, float32)
         for a in range(RNS):
             acc[a] = float32(0.0)
@@ -233,15 +276,7 @@ def make_gemm_v2(fmt: str, NMAX: int, R: int = 4, WARPS: int = 4, U: int = 1, LA
             for r in range(R):
                 load8(w, ws, rows[r], k, K, wf, 8 * r)
             fma_chunk(x, ldx, k, wf, 0, acc, g)
-        # ---- ragged tail (K % STEP columns, or everything when rows are not 16-byte aligned)
-        for k in range(kvec + lane, K, LANES):
-            for i in range(NMAX):
-                xv = x[i * ldx + k]
-                if NORM:
-                    acc[RN + i] += xv * xv
-                    xv *= g[k]
-                for r in range(R):
-                    acc[r * NMAX + i] += load1(w, ws, rows[r], k, K) * xv
+        ragged_tail(x, ldx, w, ws, rows, g, acc, K, kvec + lane, LANES)
         # ---- reduction across lanes: transpose through shared memory, lane a sums column a
         red = cuda.shared.array((WARPS, LANES, RN1), float32)
         for a in range(RNS):
@@ -279,19 +314,31 @@ def make_gemm_v2(fmt: str, NMAX: int, R: int = 4, WARPS: int = 4, U: int = 1, LA
     return gemm_v2
 
 
-# Launch shapes (R rows per warp, U chunks in flight[, WARPS per block]) that beat the default in
-# bench_gemv on the H100 (2026-11-25, docs/history/2026-11-26-kernels-notes.md): n = 5..8 tokens with R = 8, U = 2 (62% -> 77% of copy
-# on 14336x4096). Keys: NMAX, or (N, K, NMAX) for one weight shape (looked up first; `autotune.py`
-# measures such a table for a model's own GEMMs).
-TUNED_H100 = {
+# Launch shapes that beat the defaults. Keys: NMAX, or (N, K, NMAX) for one weight shape (looked up first;
+# `autotune.py` measures such a table for a model's own GEMMs). Values (R, U[, WARPS[, SPLITK]]): R rows a warp, U
+# chunks in flight, WARPS warps a block; SPLITK True runs gemm_v5 (the block's WARPS warps share R rows and split K)
+# instead of gemm_v2 (each warp its own R rows).
+TUNED = {
+    # H100, 2026-11-25 (bench_gemv, docs/history/2026-11-26-kernels-notes.md): 5..8 tokens with R = 8, U = 2 (62% ->
+    # 77% of copy on 14336x4096); bf16 weights at 5..8 tokens now run gemm_v4 where pick_gemm_v4 allows it
     8: (8, 2),
-    # MiMo-7B / Qwen2-7B-class shapes, measured by autotune.tune_gemms on the H100 (2026-11-25, one CUDA graph of
-    # the same GEMM over 36 layers; docs/history/2026-11-26-kernels-notes.md): (N, K, NMAX) -> (R, U, WARPS)
-    (6144, 4096, 1): (2, 2, 4), (6144, 4096, 2): (2, 1, 4), (6144, 4096, 4): (4, 1, 4), (6144, 4096, 8): (8, 2, 4),
-    (4096, 4096, 1): (2, 1, 4), (4096, 4096, 2): (8, 2, 4), (4096, 4096, 4): (2, 2, 4), (4096, 4096, 8): (4, 1, 4),
-    (22016, 4096, 1): (4, 2, 8), (22016, 4096, 2): (8, 2, 4), (22016, 4096, 4): (8, 1, 4), (22016, 4096, 8): (8, 2, 4),
-    (4096, 11008, 1): (2, 1, 4), (4096, 11008, 2): (8, 2, 4), (4096, 11008, 4): (2, 2, 4), (4096, 11008, 8): (8, 2, 4),
-    (151680, 4096, 1): (2, 1, 4), (151680, 4096, 2): (8, 2, 4), (151680, 4096, 4): (8, 1, 4),
+    # H200, 2026-12-03 (python -m kernels_cuda.dev.gemm --layers 36: each GEMM over 36 distinct weights in one
+    # graph, as in the forward): at one token gemm_v5 with 4 rows a block beat gemm_v2's best on every MiMo-7B weight
+    1: (4, 2, 4, True),
+    # MiMo-7B / Qwen2-7B-class shapes (N, K, NMAX). gemm_v5 entries: the H200 run above (us per launch, v5 against
+    # the v2 entry it replaced): q|k|v 14.96 / 15.90, o 10.66 / 12.85, gate|up 46.85 / 48.25, down 23.96 / 29.18,
+    # lm_head 278.0 / 280.6 at n = 1; o 11.08 / 12.70, down 23.99 / 28.18 at n = 2; q|k|v 16.44 / 18.29, o 12.18 /
+    # 15.84, down 26.96 / 36.92 at n = 4. The gemm_v2 entries (v2 won or tied there) were measured by
+    # autotune.tune_gemms on the H100 (2026-11-25; docs/history/2026-11-26-kernels-notes.md).
+    (6144, 4096, 1): (4, 2, 2, True), (6144, 4096, 2): (2, 1, 4), (6144, 4096, 4): (8, 1, 2, True),
+    (6144, 4096, 8): (8, 2, 4),
+    (4096, 4096, 1): (4, 2, 4, True), (4096, 4096, 2): (4, 1, 4, True), (4096, 4096, 4): (8, 1, 2, True),
+    (4096, 4096, 8): (4, 1, 4),
+    (22016, 4096, 1): (4, 2, 2, True), (22016, 4096, 2): (8, 2, 4), (22016, 4096, 4): (8, 1, 4),
+    (22016, 4096, 8): (8, 2, 4),
+    (4096, 11008, 1): (4, 2, 4, True), (4096, 11008, 2): (4, 1, 4, True), (4096, 11008, 4): (4, 1, 2, True),
+    (4096, 11008, 8): (8, 2, 4),
+    (151680, 4096, 1): (4, 2, 2, True), (151680, 4096, 2): (8, 2, 4), (151680, 4096, 4): (8, 1, 4),
     (151680, 4096, 8): (8, 2, 4),
 }
 
@@ -301,12 +348,12 @@ def default_u(NMAX: int) -> int:
 
 
 def launch_shape(tuning: dict, N: int, K: int, NMAX: int, R: int = 4, WARPS: int = 4):
-    """(R, U, WARPS) for a weight [N, K] at NMAX tokens: tuning[(N, K, NMAX)], else tuning[NMAX], else
-    the defaults (U None = default_u)."""
+    """(R, U, WARPS, SPLITK) for a weight [N, K] at NMAX tokens: tuning[(N, K, NMAX)], else tuning[NMAX], else
+    the defaults (U None = default_u; SPLITK False = gemm_v2)."""
     t = tuning.get((N, K, NMAX), tuning.get(NMAX))
     if t is None:
-        return R, None, WARPS
-    return t[0], t[1], (t[2] if len(t) > 2 else WARPS)
+        return R, None, WARPS, False
+    return t[0], t[1], (t[2] if len(t) > 2 else WARPS), bool(t[3]) if len(t) > 3 else False
 
 
 _CACHE: dict = {}
@@ -327,15 +374,134 @@ def gemm_v2_blocks(N: int, mode: int = MODE_STORE, R: int = 4, WARPS: int = 4) -
     return (units + rows_per_warp * WARPS - 1) // (rows_per_warp * WARPS)
 
 
+# ----------------------------------------------------------------------------- v5: v2 split over a block's warps
+# reference: reference.linear (reference.rmsnorm for NORM=True, reference.swiglu_stacked for MODE_SWIGLU)
+@factory
+def make_gemm_v5(fmt: str, NMAX: int, R: int = 4, KW: int = 4, U: int = 2, LANES: int = 32, NORM: bool = False):
+    """gemm_v2's inner loop (U chunks of 8 LANES columns in flight, the token loop innermost) with the KW warps of a
+    block sharing the SAME R rows and splitting K (warp w takes chunk groups w, w + KW, ...).
+
+    Why: v2 gives each warp R rows of its own, so a 4096-row weight (o, down, q|k|v) has N / R warps in all; the
+    tuned tables took R = 2 to have enough of them for 132 SMs, and then a lane reads 2 NMAX 16-byte x loads from
+    L1 for every 2 weight loads from HBM, and walks all of K before its rows are done. Here R = 4-8 rows give
+    N / R blocks of KW warps, each warp a K / KW slice. The partial sums meet through shared memory twice: lane a of
+    each warp sums column a over the warp's lanes, then thread a sums the KW warp totals (NORM: the sums of squares
+    too). Same arguments as gemm_v2; gemm_v5_blocks(N, mode, R) blocks of KW * LANES threads. H200 numbers: TUNED."""
+    load8 = LOADERS[fmt][0]
+    RN = R * NMAX
+    RNS = RN + (NMAX if NORM else 0)
+    RN1 = RNS + 1
+    W8 = 8 * R * U
+    HALF = R // 2
+    STEP = 8 * LANES
+    TPB = KW * LANES
+    fma_chunk = make_fma_chunk(NMAX, R, NORM)
+    unit_rows, ragged_tail = make_rows_tail(fmt, NMAX, R, NORM)
+
+    @cuda.jit(fastmath=False)
+    def gemm_v5(x, ldx, w, ws, y, ldy, bias, res, n, K, N, mode, has_bias, g, eps):
+        tid = cuda.threadIdx.x
+        lane = tid % LANES
+        wid = tid // LANES
+        rows = cuda.local.array(R, int32)
+        p0 = unit_rows(rows, cuda.blockIdx.x, N, mode)      # the block's rows, shared by its warps
+        if p0 < 0:
+            return                                # the whole block: no thread waits at the barrier below
+        acc = cuda.local.array(RNS, float32)
+        for a in range(RNS):
+            acc[a] = float32(0.0)
+        wf = cuda.local.array(W8, float32)
+        kvec = (K // STEP) * STEP if K % 8 == 0 else 0
+        nch = kvec // STEP
+        ngrp = nch // U
+        for q in range(wid, ngrp, KW):
+            k = q * U * STEP + lane * 8
+            for u in range(U):
+                for r in range(R):
+                    load8(w, ws, rows[r], k + u * STEP, K, wf, 8 * (u * R + r))
+            for u in range(U):
+                fma_chunk(x, ldx, k + u * STEP, wf, 8 * u * R, acc, g)
+        for c in range(ngrp * U + wid, nch, KW):      # leftover chunks (< U of them)
+            k = c * STEP + lane * 8
+            for r in range(R):
+                load8(w, ws, rows[r], k, K, wf, 8 * r)
+            fma_chunk(x, ldx, k, wf, 0, acc, g)
+        ragged_tail(x, ldx, w, ws, rows, g, acc, K, kvec + tid, TPB)
+        red = cuda.shared.array((KW, LANES, RN1), float32)
+        tot = cuda.shared.array((KW, RN1), float32)
+        for a in range(RNS):
+            red[wid, lane, a] = acc[a]
+        if LANES > 1:
+            syncwarp()
+        for a in range(lane, RNS, LANES):             # the warp's total of column a
+            v = float32(0.0)
+            for l in range(LANES):
+                v += red[wid, l, a]
+            tot[wid, a] = v
+        cuda.syncthreads()
+        for a in range(tid, RN, TPB):                 # output (r, i), a = r * NMAX + i
+            r = a // NMAX
+            i = a - r * NMAX
+            if i >= n:
+                continue
+            v = float32(0.0)
+            for ww in range(KW):
+                v += tot[ww, a]
+            den = float32(1.0)
+            if NORM:
+                ss = float32(0.0)
+                for ww in range(KW):
+                    ss += tot[ww, RN + i]
+                den = math.sqrt(ss / float32(K) + float32(eps))
+                v = v / den
+            if mode == MODE_SWIGLU:
+                if r < HALF and p0 + r < (N >> 1):
+                    u2 = float32(0.0)
+                    for ww in range(KW):
+                        u2 += tot[ww, a + HALF * NMAX]
+                    if NORM:
+                        u2 = u2 / den
+                    store_output(y, ldy, bias, res, i, p0, r, v, u2, N, mode, has_bias)
+            elif p0 + r < N:
+                store_output(y, ldy, bias, res, i, p0, r, v, float32(0.0), N, mode, has_bias)
+
+    gemm_v5.R, gemm_v5.KW, gemm_v5.NMAX, gemm_v5.U, gemm_v5.LANES, gemm_v5.NORM = R, KW, NMAX, U, LANES, NORM
+    return gemm_v5
+
+
+def gemm_v5_blocks(N: int, mode: int = MODE_STORE, R: int = 4) -> int:
+    """Blocks for N rows (MODE_SWIGLU: N = 2P stacked rows, R / 2 pairs a block)."""
+    return (N // 2 + R // 2 - 1) // (R // 2) if mode == MODE_SWIGLU else (N + R - 1) // R
+
+
+def gemm_v5_smem(NMAX: int, R: int, KW: int, LANES: int = 32, NORM: bool = False) -> int:
+    """Bytes of static shared memory of gemm_v5 (the two reduction buffers)."""
+    return 4 * (R * NMAX + (NMAX if NORM else 0) + 1) * KW * (LANES + 1)
+
+
+def get_gemm_v5(fmt: str, NMAX: int, R: int = 4, KW: int = 4, U: int | None = None, LANES: int = 32,
+                NORM: bool = False):
+    key = ("v5", fmt, NMAX, R, KW, default_u(NMAX) if U is None else U, LANES, bool(NORM))
+    if key not in _CACHE:
+        _CACHE[key] = make_gemm_v5(*key[1:])
+    return _CACHE[key]
+
+
 def launch_gemm(stream, fmt, x, ldx, w, ws, y, ldy, n, K, N, mode=MODE_STORE, bias=None, res=None,
-                R: int = 4, WARPS: int = 4, U: int | None = None, LANES: int = 32, norm=None, eps: float = 0.0):
+                R: int = 4, WARPS: int = 4, U: int | None = None, LANES: int = 32, norm=None, eps: float = 0.0,
+                SPLITK: bool = False):
     """y[:n] (+)= x[:n] @ W^T on `stream` (norm = g: RMSNorm(x) with weight g, eps first). All arrays are
-    flat 1-D device arrays.
+    flat 1-D device arrays. SPLITK: gemm_v5 (WARPS warps a block over the same R rows), else gemm_v2.
 
     x must hold NMAX = nmax_for(n) readable rows (rows n .. NMAX-1 are read, never matter)."""
-    k = get_gemm_v2(fmt, nmax_for(n), R, WARPS, U, LANES, norm is not None)
+    if SPLITK:
+        k = get_gemm_v5(fmt, nmax_for(n), R, WARPS, U, LANES, norm is not None)
+        blocks = gemm_v5_blocks(N, mode, R)
+    else:
+        k = get_gemm_v2(fmt, nmax_for(n), R, WARPS, U, LANES, norm is not None)
+        blocks = gemm_v2_blocks(N, mode, R, WARPS)
     dummy = y
-    k[gemm_v2_blocks(N, mode, R, WARPS), LANES * WARPS, stream](
+    k[blocks, LANES * WARPS, stream](
         x, ldx, w, ws if ws is not None else dummy, y, ldy, bias if bias is not None else dummy,
         res if res is not None else dummy, n, K, N, mode, 1 if bias is not None else 0,
         norm if norm is not None else dummy, float(eps))

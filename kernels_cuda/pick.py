@@ -43,17 +43,19 @@ def pick_attention(rep: int, n: int, dk: int, dv: int, ldq: int, qoff: int, ldk:
     return "v1", "attn_combine"
 
 
-def pick_gemm(fmt: str, n: int, N: int, K_: int, tuning: dict, R: int, warps: int) -> tuple[int, int, int | None, int]:
-    """-> (NMAX, R rows per warp, U chunks in flight or None for the default, warps per block) of gemm_v2.
+def pick_gemm(fmt: str, n: int, N: int, K_: int, tuning: dict, R: int,
+              warps: int) -> tuple[int, int, int | None, int, bool]:
+    """-> (NMAX, R rows, U chunks in flight or None for the default, warps per block, SPLITK) of gemm_v2, or of
+    gemm_v5 when SPLITK (the block's warps share the R rows and split K).
 
-    Every dense GEMM runs gemm_v2 (weights streamed once, the token loop innermost); only its launch shape
-    depends on the shape: bf16 weights take the measured table (gemm.TUNED_H100, or autotune's per-weight
-    entries), f32 / FP8 the default R and warps."""
+    Where pick_gemm_v4 declines, a dense GEMM runs gemm_v2 or gemm_v5 (weights streamed once, the token loop
+    innermost): bf16 weights take the measured table (gemm.TUNED: gemm_v5 at one token on any shape, per weight
+    shape at 2-4 tokens; or autotune's per-weight entries), f32 / FP8 gemm_v2 with the default R and warps."""
     nm = nmax_for(n)
     if fmt == "bf16":
-        R, U, warps = launch_shape(tuning, N, K_, nm, R, warps)
-        return nm, R, U, warps
-    return nm, R, None, warps
+        R, U, warps, splitk = launch_shape(tuning, N, K_, nm, R, warps)
+        return nm, R, U, warps, splitk
+    return nm, R, None, warps, False
 
 
 GEMM4_MIN_N = 5           # token counts from which gemm_v4 runs instead of gemm_v2 (see pick_gemm_v4)

@@ -20,7 +20,7 @@ pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from explainer import diagram, heads, roofline, scenario, stepper  # noqa: E402
-from explainer.common import CHART_FONT, DEFAULT_PROMPT  # noqa: E402
+from explainer.common import CHART_FONT, DEFAULT_PROMPT, fmt_bytes  # noqa: E402
 from explainer.presets import HARDWARE, MODELS, PRECISIONS  # noqa: E402
 from mtp_ref import generate, load_model  # noqa: E402
 
@@ -416,6 +416,29 @@ def test_issue19_presets_render_in_chapter1_and_say_what_they_lack(app):
         assert not app.exception, (model, app.exception)
         assert app.selectbox(key="_w_p1_model").value == model
         assert ("no MTP weights" in text_of(app)) == (model == "MiniMax-M2"), model
+
+
+def test_deepseek_v32_and_v4_flash_render_at_their_release_precisions(app):
+    """DeepSeek-V3.2 (fp8) and DeepSeek-V4-Flash (fp8 + MXFP4 routed experts) on both pages that pick a preset:
+    the bytes the text states are the cost model's at that precision (V4-Flash's printed at both rates), and the
+    captions say what the model leaves out (DSA's indexer cache; V4's open compressor windows and hash routing)."""
+    for page in ("views/why_slow.py", "views/limits.py"):
+        goto(app, page)
+        for model, prec in (("DeepSeek-V3.2", "fp8"), ("DeepSeek-V4-Flash", "fp8 + mxfp4 experts")):
+            app.selectbox(key="_w_p1_model").set_value(model).run()
+            app.selectbox(key="_w_p1_prec").set_value(prec).run()
+            assert not app.exception, (page, model, app.exception)
+            cm, bpp = roofline.from_config(model, MODELS[model]), PRECISIONS[prec].bytes_per_param
+            ctx, text = app.session_state["p1_ctx"], text_of(app)
+            assert f"**{model}** at {bpp:.3g} bytes per weight" in text, (page, model)
+            assert ("0.531 for routed experts" in text) == (model == "DeepSeek-V4-Flash"), (page, model)
+            if page == "views/limits.py":
+                mem = roofline.memory_needed(cm, bpp, ctx, app.session_state["p1_batch_size"])
+                assert f"needs **{fmt_bytes(mem['weights'])}** for its weights" in text, (page, model)
+            else:
+                assert f"reads **{fmt_bytes(cm.weight_bytes(1, bpp))}** of weights per token" in text
+            assert ("indexer's own key cache" in text) == (model == "DeepSeek-V3.2"), (page, model)
+            assert ("route by token id" in text) == ("windows not yet closed" in text) == (model != "DeepSeek-V3.2")
 
 
 def test_chapter6_presets_all_render(app):

@@ -89,7 +89,7 @@ if GPU:
     GEMM_CASES += [("f32", n, 1024, 2048, "resid", 32) for n in (1, 8)]
 
 
-def run_gemm(rng, fmt, n, N, Kd, mode, lanes, R=4, warps=4, U=None, version=2):
+def run_gemm(rng, fmt, n, N, Kd, mode, lanes, R=4, warps=4, U=None, version=2, splitk=False):
     NM = gemm.nmax_for(n)
     w, ws, wv = make_weight(rng, fmt, N, Kd)
     x = rng.standard_normal((NM, Kd)).astype(np.float32)
@@ -109,7 +109,7 @@ def run_gemm(rng, fmt, n, N, Kd, mode, lanes, R=4, warps=4, U=None, version=2):
     else:
         gemm.launch_gemm(0, fmt, dev(x), Kd, dev(w), dev(ws) if ws is not None else None, y, N, n, Kd, N, kmode,
                          bias=dev(bias) if bias is not None else None, res=y if kmode == gemm.MODE_RESID else None,
-                         R=R, WARPS=warps, U=U, LANES=lanes)
+                         R=R, WARPS=warps, U=U, LANES=lanes, SPLITK=splitk)
     out = host(y, (NM, N))[:n]
     want = ref.linear(x[:n], wv, bias if kmode != gemm.MODE_SWIGLU else None)
     if kmode == gemm.MODE_RESID:
@@ -128,8 +128,31 @@ def test_gemm_v2(request, fmt, n, N, Kd, mode, lanes):
     assert run_gemm(rng_for(request), fmt, n, N, Kd, mode, lanes) < 2e-5
 
 
-NORM_CASES = [  # fmt, n, N, K, mode, lanes, R, U
+GEMM5_CASES = [  # fmt, n, N, K, mode, lanes, R, KW (warps sharing the R rows), U
+    ("bf16", 1, 20, 264, "bias", 32, 4, 2, 2),     # ragged K (one chunk + 8 tail columns) and rows (20 = 5 x 4)
+    ("bf16", 3, 18, 1032, "resid", 32, 8, 2, 1),   # 4 chunks over 2 warps, a ragged last block of rows
+    ("bf16", 4, 22, 40, "swiglu", 1, 4, 3, 2),     # 1-lane warps: 5 chunks of 8 over 3 warps, U = 2 leftovers
+    ("bf16", 2, 7, 36, "store", 1, 4, 4, 1),       # K % 8 != 0: the scalar tail split over the block
+    ("fp8", 2, 140, 264, "swiglu_bias", 1, 4, 2, 2),
+    ("f32", 4, 10, 264, "store", 1, 2, 4, 1),
+]
+if GPU:
+    GEMM5_CASES += [("bf16", n, N, Kd, m, 32, R, KW, U) for n in (1, 2, 4)
+                    for (N, Kd, m) in ((4096, 4096, "resid"), (2 * 1376, 4096, "swiglu"), (4096, 11008, "resid"),
+                                       (1000, 4104, "bias"))
+                    for (R, KW, U) in ((4, 4, 2), (4, 2, 2), (8, 2, 1))]
+
+
+@pytest.mark.parametrize("fmt,n,N,Kd,mode,lanes,R,KW,U", GEMM5_CASES)
+def test_gemm_v5(request, fmt, n, N, Kd, mode, lanes, R, KW, U):
+    """gemm_v5: the block's KW warps share R rows and split K; every mode, ragged K and rows, every weight format."""
+    assert run_gemm(rng_for(request), fmt, n, N, Kd, mode, lanes, R=R, warps=KW, U=U, splitk=True) < 2e-5
+
+
+NORM_CASES = [  # fmt, n, N, K, mode, lanes, R, U[, KW: gemm_v5 with KW warps a block]
     ("bf16", 1, 20, 264, "store", 32, 4, None),      # ragged K: the tail adds to the sum of squares too
+    ("bf16", 1, 20, 264, "store", 32, 4, 2, 2),      # gemm_v5: each warp's squares of its K slice, summed
+    ("bf16", 3, 24, 80, "swiglu", 1, 4, 2, 3),
     ("bf16", 3, 24, 520, "swiglu", 32, 4, 2),
     ("bf16", 2, 7, 36, "resid", 1, 32, None),        # K % 8 != 0: scalar path only
     ("fp8", 4, 140, 264, "swiglu", 1, 32, None),
@@ -139,11 +162,15 @@ if GPU:
     NORM_CASES += [("bf16", n, N, Kd, m, 32, R, U) for n in (1, 4, 8)
                    for (N, Kd, m) in ((6144, 4096, "store"), (2 * 11008, 4096, "swiglu"))
                    for (R, U) in ((4, None), (2, 2), (8, 2))]
+    NORM_CASES += [("bf16", n, N, Kd, m, 32, R, U, KW) for n in (1, 4)
+                   for (N, Kd, m) in ((6144, 4096, "store"), (2 * 11008, 4096, "swiglu"))
+                   for (R, U, KW) in ((4, 2, 2), (8, 1, 2), (4, 2, 4))]
 
 
-@pytest.mark.parametrize("fmt,n,N,Kd,mode,lanes,R,U", NORM_CASES)
-def test_gemm_v2_fused_rmsnorm(request, fmt, n, N, Kd, mode, lanes, R, U):
-    """NORM: y = rmsnorm(x, g) @ W^T with the norm applied in the GEMM's x load (the un-normed x goes in)."""
+@pytest.mark.parametrize("fmt,n,N,Kd,mode,lanes,R,U,KW", [c if len(c) == 9 else c + (0,) for c in NORM_CASES])
+def test_gemm_v2_fused_rmsnorm(request, fmt, n, N, Kd, mode, lanes, R, U, KW):
+    """NORM: y = rmsnorm(x, g) @ W^T with the norm applied in the GEMM's x load (the un-normed x goes in); KW > 0:
+    the same through gemm_v5 (KW warps a block over the same rows)."""
     rng = rng_for(request)
     NM = gemm.nmax_for(n)
     w, ws, wv = make_weight(rng, fmt, N, Kd)
@@ -154,8 +181,9 @@ def test_gemm_v2_fused_rmsnorm(request, fmt, n, N, Kd, mode, lanes, R, U):
     kmode = {"store": gemm.MODE_STORE, "resid": gemm.MODE_RESID, "swiglu": gemm.MODE_SWIGLU}[mode]
     y = dev(res.copy() if kmode == gemm.MODE_RESID else np.full((NM, N), np.nan, np.float32))
     gemm.launch_gemm(0, fmt, dev(x), Kd, dev(w), dev(ws) if ws is not None else None, y, N, n, Kd, N, kmode,
-                     res=y if kmode == gemm.MODE_RESID else None, R=R, WARPS=1 if lanes == 1 else 4, U=U,
-                     LANES=lanes, norm=dev(g), eps=1e-6)
+                     res=y if kmode == gemm.MODE_RESID else None, R=R,
+                     WARPS=KW if KW else (1 if lanes == 1 else 4), U=U, LANES=lanes, norm=dev(g), eps=1e-6,
+                     SPLITK=KW > 0)
     out = host(y, (NM, N))[:n]
     want = ref.linear(ref.rmsnorm(x[:n], g, 1e-6), wv)
     if kmode == gemm.MODE_RESID:
@@ -878,14 +906,21 @@ def test_pick_attention(rep, n, dk, dv, want):
 
 
 def test_pick_gemm():
-    """gemm_v2's launch shape: a table entry for the weight shape first, then for the token bucket, else the
-    default; f32 / FP8 weights keep the default."""
-    table = {8: (8, 2), (4096, 4096, 8): (2, 1, 8)}
-    assert pick_gemm("bf16", 5, 11008, 4096, table, 4, 4) == (8, 8, 2, 4)
-    assert pick_gemm("bf16", 7, 4096, 4096, table, 4, 4) == (8, 2, 1, 8)
-    assert pick_gemm("bf16", 3, 4096, 4096, table, 4, 4) == (4, 4, None, 4)
-    assert pick_gemm("fp8", 8, 4096, 4096, table, 4, 4) == (8, 4, None, 4)
-    assert pick_gemm("bf16", 8, 1000, 4096, gemm.TUNED_H100, 4, 4)[1:3] == gemm.TUNED_H100[8][:2]
+    """gemm_v2 / gemm_v5 launch shape: a table entry for the weight shape first, then for the token bucket, else the
+    default (gemm_v2); f32 / FP8 weights keep the default."""
+    table = {8: (8, 2), (4096, 4096, 8): (2, 1, 8), 1: (4, 2, 4, True), (4096, 4096, 1): (2, 1, 4)}
+    assert pick_gemm("bf16", 5, 11008, 4096, table, 4, 4) == (8, 8, 2, 4, False)
+    assert pick_gemm("bf16", 7, 4096, 4096, table, 4, 4) == (8, 2, 1, 8, False)
+    assert pick_gemm("bf16", 3, 4096, 4096, table, 4, 4) == (4, 4, None, 4, False)
+    assert pick_gemm("fp8", 8, 4096, 4096, table, 4, 4) == (8, 4, None, 4, False)
+    assert pick_gemm("bf16", 1, 6144, 4096, table, 4, 4) == (1, 4, 2, 4, True)     # the 1-token bucket: gemm_v5
+    assert pick_gemm("bf16", 1, 4096, 4096, table, 4, 4) == (1, 2, 1, 4, False)    # the shape's own entry first
+    assert pick_gemm("fp8", 1, 6144, 4096, table, 4, 4) == (1, 4, None, 4, False)
+    assert pick_gemm("bf16", 8, 1000, 4096, gemm.TUNED, 4, 4)[1:3] == gemm.TUNED[8][:2]
+    # the production table: one token runs gemm_v5 on every bf16 weight, MiMo-7B's o_proj at 4 tokens too
+    assert pick_gemm("bf16", 1, 1000, 4096, gemm.TUNED, 4, 4)[4] and pick_gemm("bf16", 1, 4096, 4096, gemm.TUNED, 4, 4)[4]
+    assert pick_gemm("bf16", 4, 4096, 4096, gemm.TUNED, 4, 4) == (4, 8, 1, 2, True)
+    assert not pick_gemm("bf16", 2, 22016, 4096, gemm.TUNED, 4, 4)[4]
 
 
 def test_pick_gemm_v4():

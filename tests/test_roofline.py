@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from explainer import roofline
-from explainer.presets import HARDWARE, MODELS, PRECISIONS, Hardware
-from mtp_ref import gemma4, load_model
+from explainer.presets import HARDWARE, MODELS, PRECISIONS, Hardware, MixedRate
+from mtp_ref import gemma4, load_model, ops_v4
 from mtp_ref.families import FAMILIES, mtp_tensors
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,6 +68,16 @@ PUBLISHED = [
      "HF model page: 31B in the safetensors, MTP included (rounded to 1B)"),                         # +0.71%
     ("GLM-5", lambda cm: cm.trunk_params(), 744e9, 0.002, "transformers GlmMoeDsa doc: 744B"),        # -0.01%
     ("MiniMax-M2", lambda cm: cm.trunk_params(), 230e9, 0.01, "model card: 230B total"),              # -0.57%
+    # V3.2's 685B is V3's 671B + 14B MTP plus the lightning indexers (62 blocks x 12.7M): trunk and MTP layer
+    ("DeepSeek-V3.2", lambda cm: cm.total_params, 685e9, 0.001, "transformers doc: 685B backbone"),  # +0.052%
+    # V4-Flash's 284B is the trunk (with the MTP module's 6.6B the count is 290.9B, +2.4%); the count holds
+    # everything the engine reads, the 3 hash layers' tid2eid tables (2.3M integers) included
+    ("DeepSeek-V4-Flash", lambda cm: cm.trunk_params(), 284e9, 0.002, "model card: 284B total"),     # +0.118%
+    # active: the head and the non-expert weights (hyper-connection mixers, compressors, indexers, shared
+    # experts) + 6 of 256 experts in all 43 layers (hash-routed layers pick 6 too), embedding row left out, as
+    # V3's 36.6B counts; the card's 13B is rounded to 1B (+-3.8%), so the tolerance is that rounding's
+    ("DeepSeek-V4-Flash", lambda cm: cm.active_params(), 13e9, 0.025,
+     "model card: 13B active (rounded to 1B)"),                                                       # +2.10%
 ]
 
 
@@ -106,6 +116,78 @@ def test_glm5_preset_runs_an_indexer_in_every_layer():
     assert len(mtp) == 5 and sum(mtp.values()) == per
 
 
+def test_dsa_presets_say_what_the_cost_model_leaves_out(presets):
+    """DeepSeek-V3.2 and GLM-5 (DSA): the page says the model reads the whole MLA cache and leaves the indexer's
+    keys out; the other MLA presets carry no such note."""
+    for name in ("DeepSeek-V3.2", "GLM-5"):
+        assert any("indexer's own key cache (128 values" in n for n in presets[name].notes), name
+    assert not any("indexer" in n for n in presets["DeepSeek-V3"].notes + presets["GLM-4.7-Flash"].notes)
+
+
+V4_EXPERT = 3 * 2048 * 4096               # w1, w3 [2048, 4096] + w2 [4096, 2048]
+
+
+def test_v4_flash_counts_by_hand(presets):
+    """DeepSeek-V4-Flash from config.json arithmetic: 43 MoE layers of 256 experts (6 a token), one MTP module
+    whose block has 256 experts too and reads the trunk's head; no embedding or head copy in the module."""
+    cm = presets["DeepSeek-V4-Flash"]
+    assert (cm.moe_layers, cm.n_experts, cm.top_k, cm.expert_params) == (43, 256, 6, V4_EXPERT)
+    assert not cm.tied
+    assert cm.mtp_expert_params == 256 * V4_EXPERT and cm.draft_expert_params == 6 * V4_EXPERT
+    # the draft reads the module's non-expert weights, 6 experts and the trunk's head [129280, 4096]
+    assert cm.draft_params == cm.mtp_params - 250 * V4_EXPERT + 129280 * 4096
+    assert cm.trunk_params() + cm.mtp_params == cm.total_params
+
+
+def test_v4_flash_cache_and_attention_by_hand(presets):
+    """Cache: every block keeps a 128-token window of the one 512-wide K=V head; 21 CSA layers (ratio 4) add a
+    512-wide entry and the indexer's 128-wide one per 4 tokens, 20 HCA layers (ratio 128) a 512-wide entry per 128
+    tokens; the MTP block (ratio 0) the window only. FLOPs per query: q.k and p.v over 64 heads x 512, the CSA
+    query over its indexer's top 512 entries, the indexer's 64 heads x 128 over every entry."""
+    cm, ctx = presets["DeepSeek-V4-Flash"], 8192
+    elems = 43 * 512 * 128 + 21 * (512 + 128) * ctx // 4 + 20 * 512 * ctx // 128
+    assert cm.kv_bytes(ctx, 3) == 3 * 2 * elems
+    assert cm.mtp_kv_layers == [(512, 128)]
+    assert roofline.memory_needed(cm, 2.0, ctx, 3)["kv"] == 3 * 2 * (elems + 512 * 128)
+    f = 4 * 64 * 512
+    attn = 43 * f * 128 + 21 * (f * 512 + 2 * 64 * 128 * ctx // 4) + 20 * f * ctx // 128
+    assert cm.flops(1, ctx) == pytest.approx(2 * cm.active_params() + attn, rel=1e-12)
+    assert any("route by token id" in n for n in cm.notes) and any("CSA" in n for n in cm.notes)
+
+
+def test_v4_flash_release_precision_splits_experts(presets):
+    """'fp8 + mxfp4 experts': routed experts (trunk and MTP) at 17/32 bytes (MXFP4: 16 bytes of e2m1 + one
+    E8M0 scale per 32), every other weight at 1 + 1/128^2 (e4m3 + one E8M0 byte per 128x128 block)."""
+    cm, bpp = presets["DeepSeek-V4-Flash"], PRECISIONS["fp8 + mxfp4 experts"].bytes_per_param
+    fp8, fp4 = 1 + 1 / 16384, 17 / 32
+    assert (float(bpp), bpp.experts) == (fp8, fp4)
+    experts = 44 * 256 * V4_EXPERT
+    m = roofline.memory_needed(cm, bpp, 4096, 1)
+    assert m["weights"] == pytest.approx((cm.total_params - experts) * fp8 + experts * fp4, rel=1e-12)
+    assert 155e9 < m["weights"] < 160e9        # about half the 291 GB all-fp8 count
+    one = cm.weight_bytes(1, bpp)
+    assert one == pytest.approx((cm.dense_params + 4096) * fp8 + 43 * 6 * V4_EXPERT * fp4, rel=1e-12)
+    assert cm.draft_bytes(bpp) == pytest.approx((cm.draft_params - 6 * V4_EXPERT) * fp8 + 6 * V4_EXPERT * fp4,
+                                                rel=1e-12)
+    # a mixed rate whose two rates agree is the plain rate
+    same = MixedRate(0.75, 0.75)
+    for name in ("DeepSeek-V3", "Qwen3.6-27B", "DeepSeek-V4-Flash"):
+        c = presets[name]
+        assert c.weight_bytes(5, same) == c.weight_bytes(5, 0.75)
+        assert roofline.memory_needed(c, same, 4096, 2) == roofline.memory_needed(c, 0.75, 4096, 2)
+        assert roofline.mtp_speedup(c, 0.7, 3, 4, 4096, same, 4.8e12, 989e12) == \
+            roofline.mtp_speedup(c, 0.7, 3, 4, 4096, 0.75, 4.8e12, 989e12)
+
+
+def test_mixed_rate_prints_both_rates():
+    r = MixedRate(1 + 1 / 16384, 17 / 32)
+    assert f"{r:.3g}" == "1 (0.531 for routed experts)"
+    assert r * 2 == 2 + 2 / 16384 and type(r * 2) is float     # arithmetic sees the non-expert rate
+    import pickle
+    back = pickle.loads(pickle.dumps(r))
+    assert (float(back), back.experts) == (float(r), r.experts)
+
+
 # ------------------------------------------------------------------ the old per-family chain
 
 # from_config of git ba2bdcc (the `if fam == ...` chain), per preset: dense, MTP, draft and total params,
@@ -142,6 +224,12 @@ def test_presets_build_the_engine_config():
         if c["model_type"] in gemma4.TARGET_TYPES:
             g = gemma4.target_text_config(c, name)
             assert g.layer_types == c["layer_types"] and g.hidden_size_per_layer_input == 0
+            continue
+        if c["model_type"] == ops_v4.MODEL_TYPE:
+            v4 = ops_v4.config_from_raw(c, name)
+            assert (v4.hidden_size, v4.num_hidden_layers, v4.vocab_size) == (
+                c["hidden_size"], c["num_hidden_layers"], c["vocab_size"])
+            assert v4.compress_ratios == c["compress_ratios"] and len(v4.compress_ratios) == v4.num_hidden_layers + 1
             continue
         cfg, spec = roofline.preset_config(name, c)
         assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.vocab_size) == (

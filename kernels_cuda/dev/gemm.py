@@ -1,7 +1,7 @@
 """Lab: skinny-GEMM versions that CudaModel does not launch (llm.c's dev/cuda shape).
 
-Reference: kernels_cuda/reference.py `linear` (NumPy x @ w.T); the production kernel is gemm_v2 in
-kernels_cuda/gemm.py (kernels_cuda/pick.py picks its launch shape). Versions kept here:
+Reference: kernels_cuda/reference.py `linear` (NumPy x @ w.T); the production kernels are gemm_v2, gemm_v5 and
+gemm_v4 in kernels_cuda/gemm.py (kernels_cuda/pick.py picks them and their launch shapes). Versions kept here:
 
     v1  one thread per output element, scalar loads: the obvious first kernel (reads W n times)
     v3  bf16 on the tensor cores for 5..8 tokens (m16n8k16 MMAs via inline PTX, x split in 3 bf16 parts;
@@ -10,9 +10,13 @@ kernels_cuda/gemm.py (kernels_cuda/pick.py picks its launch shape). Versions kep
     v4  (kernels_cuda/gemm.py, a production candidate: pick_gemm_v4 runs it at 5..8 tokens) v3's MMAs with x
         split once per input by gemm4_split (RMSNorm weight applied there, 1 / rms in the epilogue), MT m16 tiles a
         warp reusing every B fragment, U x MT x 2 16-byte weight loads in flight; timed here beside v2 and v3
+    v5  (kernels_cuda/gemm.py, production through gemm.TUNED at 1..4 tokens) v2 with a block's warps sharing its rows
+        and splitting K; `--layers 36` times it against the production pick and the rule before it (TUNED_BEFORE_V5)
 
     python -m kernels_cuda.dev.gemm [--ns 5,8] [--shapes o,down] [--no-sweep]   # GPU: validate and time v2 / v3 /
                                                  # v4 at n = 1..8 on MiMo-7B shapes (v4 launch shapes swept at n = 8)
+    python -m kernels_cuda.dev.gemm --layers 36 [--ns 1,2,4] [--versions pick,v2,v5]   # GPU: forward-like timing
+                                                 # (36 distinct weights a graph) of the pick, the old rule, V5_SWEEP
     NUMBA_ENABLE_CUDASIM=1 python -m kernels_cuda.dev.gemm    # tiny shapes, validation only
 """
 
@@ -22,7 +26,8 @@ import math
 
 from numba import cuda, float32, uint32
 
-from ..gemm import LOADERS, MODE_RESID, MODE_STORE, MODE_SWIGLU, store_output
+from ..gemm import (LOADERS, MODE_RESID, MODE_STORE, MODE_SWIGLU, gemm_v5_blocks, gemm_v5_smem, get_gemm_v5,
+                    store_output)
 from ..intrinsics import bits_f32, f32_bits, factory, ld_f32x4, ld_u32x4, mma_bf16, shfl_xor
 
 _CACHE: dict = {}
@@ -257,7 +262,7 @@ def _main():
 
     import numpy as np
 
-    from ..gemm import (TUNED_H100, gemm4_xb_words, launch_gemm, launch_gemm_v4, launch_shape, nmax_for)
+    from ..gemm import (TUNED, gemm4_xb_words, launch_gemm, launch_gemm_v4, launch_shape, nmax_for)
     from ..graphs import CudaGraph, events_ms
     from ..intrinsics import SIM
     from ..pick import pick_gemm_v4
@@ -295,10 +300,10 @@ def _main():
         lanes = 32 if gpu else 1
         for n in ns:
             nm = nmax_for(n)
-            R, U, Wp = launch_shape(TUNED_H100, N, Kd, nm) if gpu else (4, None, 1)
-            runs = {"v2": lambda n=n, R=R, U=U, Wp=Wp: launch_gemm(
+            R, U, Wp, sk = launch_shape(TUNED, N, Kd, nm) if gpu else (4, None, 1, False)
+            runs = {"v5" if sk else "v2": lambda n=n, R=R, U=U, Wp=Wp, sk=sk: launch_gemm(
                 st, "bf16", xd, Kd, w, None, y, N, n, Kd, N, mode, res=y if mode == MODE_RESID else None, R=R,
-                WARPS=Wp, U=U, LANES=lanes)}
+                WARPS=Wp, U=U, LANES=lanes, SPLITK=sk)}
             if gemm_v3_ok("bf16", n, Kd, Kd):
                 k3 = get_gemm_v3()
                 runs["v3"] = lambda n=n: k3[gemm_v3_blocks(N, mode), 32 * GEMM3_KW, st](
@@ -330,5 +335,109 @@ def _main():
         del w
 
 
+# The gemm_v2 launch-shape table before gemm_v5 (all H100-measured, 2026-11-25; docs/history/2026-11-26-kernels-notes.md):
+# the "v2" version of the --layers mode and bench_model7b's "no-v5" config.
+TUNED_BEFORE_V5 = {
+    8: (8, 2),
+    (6144, 4096, 1): (2, 2, 4), (6144, 4096, 2): (2, 1, 4), (6144, 4096, 4): (4, 1, 4), (6144, 4096, 8): (8, 2, 4),
+    (4096, 4096, 1): (2, 1, 4), (4096, 4096, 2): (8, 2, 4), (4096, 4096, 4): (2, 2, 4), (4096, 4096, 8): (4, 1, 4),
+    (22016, 4096, 1): (4, 2, 8), (22016, 4096, 2): (8, 2, 4), (22016, 4096, 4): (8, 1, 4), (22016, 4096, 8): (8, 2, 4),
+    (4096, 11008, 1): (2, 1, 4), (4096, 11008, 2): (8, 2, 4), (4096, 11008, 4): (2, 2, 4), (4096, 11008, 8): (8, 2, 4),
+    (151680, 4096, 1): (2, 1, 4), (151680, 4096, 2): (8, 2, 4), (151680, 4096, 4): (8, 1, 4),
+    (151680, 4096, 8): (8, 2, 4),
+}
+V5_SWEEP = {1: [(4, 4, 2), (4, 4, 4), (2, 4, 4), (2, 8, 2), (4, 2, 2), (4, 8, 2), (8, 4, 2)],
+            2: [(4, 4, 2), (8, 4, 1), (8, 4, 2), (4, 4, 1), (4, 8, 2), (8, 2, 1)],
+            4: [(4, 4, 1), (8, 4, 1), (4, 4, 2), (8, 2, 1), (4, 2, 1), (16, 4, 1)],
+            8: [(8, 4, 1), (4, 4, 1)]}   # (R, KW, U) by NMAX
+
+
+def _main_layers(layers: int, ns: list, shapes: list, versions: str):
+    """Forward-like timing: one CUDA graph runs the GEMM over `layers` distinct copies of the weight (lm_head: one,
+    replayed 3 times), so the weights come from HBM as in the 7B forward and not from the 50 MB L2 (the plain lab
+    mode replays one weight). versions: "pick" (what CudaModel launches), "v2" (the rule before gemm_v5), "v5"
+    (V5_SWEEP). The x rows of q|k|v and gate|up are normed inside the GEMM, as in the forward."""
+    import numpy as np
+
+    from ..gemm import TUNED, launch_gemm, launch_shape, nmax_for
+    from ..graphs import CudaGraph, events_samples
+    from ..pick import pick_gemm
+    from ..reference import bf16_value, linear
+
+    st = cuda.stream()
+    rng = np.random.default_rng(0)
+    src, dst = cuda.device_array(1 << 27, np.uint64), cuda.device_array(1 << 27, np.uint64)
+    ceil = 2 * src.nbytes / float(np.median(events_samples(st, lambda: dst.copy_to_device(src, stream=st), 10, 3))) / 1e6
+    del src, dst
+    print(f"skinny GEMM lab, forward-like ({layers} distinct weights a graph): us per launch (median of 7 graph "
+          f"replays; +- half the min-max range), GB/s of weights, % of a {ceil:.0f} GB/s device copy")
+    for label, N, Kd, mode in shapes:
+        L = 1 if N * Kd * 2 > 400e6 else layers
+        reps_l = 3 if L == 1 else 1
+        wall = cuda.device_array(L * N * Kd, np.uint16)
+        _fill_bf16[(wall.size + 255) // 256, 256, st](wall, N)
+        st.synchronize()
+        NC = N if mode == MODE_SWIGLU else min(N, 16384)
+        wv = bf16_value(wall[: NC * Kd].copy_to_host().reshape(NC, Kd))
+        ws = [wall[j * N * Kd:(j + 1) * N * Kd] for j in range(L)]
+        x = rng.standard_normal((16, Kd)).astype(np.float32)
+        xd = cuda.to_device(x.ravel())
+        y = cuda.device_array(16 * N, np.float32)
+        res0 = np.zeros(16 * N, np.float32)
+        use_norm = label in ("qkv", "gate|up")             # the forward norms these GEMMs' inputs inside them
+        gv = (1 + 0.1 * rng.standard_normal(Kd)).astype(np.float32)
+        gd = cuda.to_device(gv)
+        xr = x / np.sqrt((x.astype(np.float64) ** 2).mean(1, keepdims=True) + 1e-6) * gv if use_norm else x
+        for n in ns:
+            nm = nmax_for(n)
+            nm_, R, U, Wp, sk = pick_gemm("bf16", n, N, Kd, TUNED, 4, 4)
+            runs = {}
+            if "v2" in versions.split(","):                 # the rule before gemm_v5
+                R2, U2, W2, _ = launch_shape(TUNED_BEFORE_V5, N, Kd, nm)
+                runs[f"v2 R{R2}U{U2}W{W2}"] = lambda wj, n=n, R=R2, U=U2, Wp=W2: launch_gemm(
+                    st, "bf16", xd, Kd, wj, None, y, N, n, Kd, N, mode, res=y if mode == MODE_RESID else None, R=R,
+                    WARPS=Wp, U=U, norm=gd if use_norm else None, eps=1e-6)
+            if "pick" in versions:                          # what CudaModel launches (gemm.TUNED)
+                runs[f"{'v5' if sk else 'v2'} R{R}U{U}W{Wp}"] = lambda wj, n=n, R=R, U=U, Wp=Wp, sk=sk: launch_gemm(
+                    st, "bf16", xd, Kd, wj, None, y, N, n, Kd, N, mode, res=y if mode == MODE_RESID else None, R=R,
+                    WARPS=Wp, U=U, norm=gd if use_norm else None, eps=1e-6, SPLITK=sk)
+            if "v5" in versions.split(","):
+                for R5, KW, U5 in V5_SWEEP[nm]:
+                    if mode == MODE_SWIGLU and R5 % 2 or gemm_v5_smem(nm, R5, KW, 32, use_norm) > 48 * 1024:
+                        continue
+                    k5 = get_gemm_v5("bf16", nm, R5, KW, U5, 32, use_norm)
+                    runs[f"v5 R{R5}K{KW}U{U5}"] = lambda wj, n=n, k5=k5, R5=R5, KW=KW: k5[
+                        gemm_v5_blocks(N, mode, R5), 32 * KW, st](xd, Kd, wj, y, y, N, y, y, n, Kd, N, mode, 0, gd,
+                                                                  1e-6)
+            want = linear(xr[:n].astype(np.float32), wv)
+            if mode == MODE_SWIGLU:
+                want = want[:, : N // 2] / (1 + np.exp(-want[:, : N // 2])) * want[:, N // 2:]
+            for name, run in runs.items():
+                y.copy_to_device(res0, stream=st)
+                run(ws[0])
+                got = y.copy_to_host().reshape(16, N)[:n, : (N // 2 if mode == MODE_SWIGLU else NC)]
+                err = float(np.abs(got - want).max() / np.abs(want).max())
+                graph = CudaGraph.capture(st, lambda run=run: [run(ws[j % L]) for j in range(L * reps_l)])
+                t = np.array(events_samples(st, graph.launch, 7, 2)) * 1e3 / (L * reps_l)
+                us = float(np.median(t))
+                gbps = N * Kd * 2 / us / 1e3
+                print(f"  {label:8s} {N}x{Kd} n={n} {name:12s}: {us:8.2f} +- {(t.max() - t.min()) / 2:5.2f} us "
+                      f"{gbps:6.0f} GB/s {100 * gbps / ceil:5.1f}% copy  rel err {err:.1e} "
+                      f"{'ok' if err < 2e-5 else 'FAIL'}", flush=True)
+        del wall, ws
+
+
 if __name__ == "__main__":
-    _main()
+    import sys
+    if "--layers" in sys.argv:
+        import argparse
+        ap = argparse.ArgumentParser()
+        ap.add_argument("--layers", type=int, default=36)
+        ap.add_argument("--ns", default="1,2,4,8")
+        ap.add_argument("--shapes", default="qkv,o,gate|up,down,lm_head")
+        ap.add_argument("--versions", default="pick,v5", help="pick: the production launch; v5: the V5_SWEEP")
+        a = ap.parse_args()
+        _main_layers(a.layers, [int(v) for v in a.ns.split(",")],
+                     [s for s in SHAPES_7B if s[0] in a.shapes.split(",")], a.versions)
+    else:
+        _main()
