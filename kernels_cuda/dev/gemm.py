@@ -26,8 +26,7 @@ import math
 
 from numba import cuda, float32, uint32
 
-from ..gemm import (LOADERS, MODE_RESID, MODE_STORE, MODE_SWIGLU, gemm_v5_blocks, gemm_v5_smem, get_gemm_v5,
-                    store_output)
+from ..gemm import LOADERS, MODE_RESID, MODE_STORE, MODE_SWIGLU, gemm_v5_smem, store_output
 from ..intrinsics import bits_f32, f32_bits, factory, ld_f32x4, ld_u32x4, mma_bf16, shfl_xor
 
 _CACHE: dict = {}
@@ -257,33 +256,37 @@ SHAPES_7B = [("qkv", 6144, 4096, MODE_STORE), ("o", 4096, 4096, MODE_RESID), ("g
 V4_SWEEP = [(1, 4, 4), (1, 2, 4), (1, 4, 8), (2, 2, 4), (2, 2, 8), (4, 2, 4), (4, 2, 8)]   # (MT, U, KW) at n = 8
 
 
-def _main():
-    import argparse
+def _copy_gbps(st) -> float:
+    """GB/s of a 1 GiB device-to-device copy (read + write), the ceiling the lab's GB/s are compared with."""
+    import numpy as np
 
+    from ..graphs import events_ms
+    src, dst = cuda.device_array(1 << 27, np.uint64), cuda.device_array(1 << 27, np.uint64)
+    _fill_bf16[(src.size * 4 + 255) // 256, 256, st](src.view(np.uint16), 1)
+    return 2 * src.nbytes / events_ms(st, lambda: dst.copy_to_device(src, stream=st)) / 1e6
+
+
+def _want(x, wv, mode):
+    """reference output of the first len(x) tokens: x @ W^T, or silu(gate) * up for MODE_SWIGLU ([gate; up] rows)."""
+    from ..reference import linear, swiglu_stacked
+    return swiglu_stacked(x, wv) if mode == MODE_SWIGLU else linear(x, wv)
+
+
+def _main(a):
     import numpy as np
 
     from ..gemm import (TUNED, gemm4_xb_words, launch_gemm, launch_gemm_v4, launch_shape, nmax_for)
     from ..graphs import CudaGraph, events_ms
     from ..intrinsics import SIM
     from ..pick import pick_gemm_v4
-    from ..reference import bf16_value, linear
+    from ..reference import bf16_value
 
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--ns", default="1,2,3,4,5,6,7,8")
-    ap.add_argument("--shapes", default="qkv,o,gate|up,down,lm_head")
-    ap.add_argument("--no-sweep", action="store_true")
-    a = ap.parse_args()
     gpu = not SIM
     st = cuda.stream()
     rng = np.random.default_rng(0)
     ns = [int(v) for v in a.ns.split(",")] if gpu else [3, 5]
     shapes = [s for s in SHAPES_7B if s[0] in a.shapes.split(",")] if gpu else [("tiny", 40, 256, MODE_STORE)]
-    ceil = float("nan")
-    if gpu:
-        src, dst = cuda.device_array(1 << 27, np.uint64), cuda.device_array(1 << 27, np.uint64)
-        _fill_bf16[(src.size * 4 + 255) // 256, 256, st](src.view(np.uint16), 1)
-        ceil = 2 * src.nbytes / events_ms(st, lambda: dst.copy_to_device(src, stream=st)) / 1e6
-        del src, dst
+    ceil = _copy_gbps(st) if gpu else float("nan")
     print(f"skinny GEMM lab (bf16 weights, MiMo-7B shapes): us per call (CUDA graph of 20, replayed; v4 = split + "
           f"GEMM), GB/s of weights, % of a {ceil:.0f} GB/s device copy, max rel err against reference.linear")
     for label, N, Kd, mode in shapes:
@@ -317,9 +320,7 @@ def _main():
                 runs[f"v4{(MT, U4, KW)}"] = lambda n=n, MT=MT, U4=U4, KW=KW: launch_gemm_v4(
                     st, xd, Kd, w, xb, den, y, N, n, Kd, N, mode, res=y if mode == MODE_RESID else None, MT=MT,
                     U=U4, KW=KW, split_threads=128 if gpu else 4)
-            want = linear(x[:n], wv)
-            if mode == MODE_SWIGLU:
-                want = want[:, : N // 2] / (1 + np.exp(-want[:, : N // 2])) * want[:, N // 2:]
+            want = _want(x[:n], wv, mode)
             for name, run in runs.items():
                 y.copy_to_device(res0, stream=st)
                 run()
@@ -352,7 +353,7 @@ V5_SWEEP = {1: [(4, 4, 2), (4, 4, 4), (2, 4, 4), (2, 8, 2), (4, 2, 2), (4, 8, 2)
             8: [(8, 4, 1), (4, 4, 1)]}   # (R, KW, U) by NMAX
 
 
-def _main_layers(layers: int, ns: list, shapes: list, versions: str):
+def _main_layers(layers: int, ns: list, shapes: list, versions: list):
     """Forward-like timing: one CUDA graph runs the GEMM over `layers` distinct copies of the weight (lm_head: one,
     replayed 3 times), so the weights come from HBM as in the 7B forward and not from the 50 MB L2 (the plain lab
     mode replays one weight). versions: "pick" (what CudaModel launches), "v2" (the rule before gemm_v5), "v5"
@@ -361,14 +362,11 @@ def _main_layers(layers: int, ns: list, shapes: list, versions: str):
 
     from ..gemm import TUNED, launch_gemm, launch_shape, nmax_for
     from ..graphs import CudaGraph, events_samples
-    from ..pick import pick_gemm
-    from ..reference import bf16_value, linear
+    from ..reference import bf16_value, rmsnorm
 
     st = cuda.stream()
     rng = np.random.default_rng(0)
-    src, dst = cuda.device_array(1 << 27, np.uint64), cuda.device_array(1 << 27, np.uint64)
-    ceil = 2 * src.nbytes / float(np.median(events_samples(st, lambda: dst.copy_to_device(src, stream=st), 10, 3))) / 1e6
-    del src, dst
+    ceil = _copy_gbps(st)
     print(f"skinny GEMM lab, forward-like ({layers} distinct weights a graph): us per launch (median of 7 graph "
           f"replays; +- half the min-max range), GB/s of weights, % of a {ceil:.0f} GB/s device copy")
     for label, N, Kd, mode in shapes:
@@ -387,32 +385,25 @@ def _main_layers(layers: int, ns: list, shapes: list, versions: str):
         use_norm = label in ("qkv", "gate|up")             # the forward norms these GEMMs' inputs inside them
         gv = (1 + 0.1 * rng.standard_normal(Kd)).astype(np.float32)
         gd = cuda.to_device(gv)
-        xr = x / np.sqrt((x.astype(np.float64) ** 2).mean(1, keepdims=True) + 1e-6) * gv if use_norm else x
+        xr = rmsnorm(x, gv, 1e-6) if use_norm else x
         for n in ns:
             nm = nmax_for(n)
-            nm_, R, U, Wp, sk = pick_gemm("bf16", n, N, Kd, TUNED, 4, 4)
-            runs = {}
-            if "v2" in versions.split(","):                 # the rule before gemm_v5
-                R2, U2, W2, _ = launch_shape(TUNED_BEFORE_V5, N, Kd, nm)
-                runs[f"v2 R{R2}U{U2}W{W2}"] = lambda wj, n=n, R=R2, U=U2, Wp=W2: launch_gemm(
-                    st, "bf16", xd, Kd, wj, None, y, N, n, Kd, N, mode, res=y if mode == MODE_RESID else None, R=R,
-                    WARPS=Wp, U=U, norm=gd if use_norm else None, eps=1e-6)
-            if "pick" in versions:                          # what CudaModel launches (gemm.TUNED)
-                runs[f"{'v5' if sk else 'v2'} R{R}U{U}W{Wp}"] = lambda wj, n=n, R=R, U=U, Wp=Wp, sk=sk: launch_gemm(
-                    st, "bf16", xd, Kd, wj, None, y, N, n, Kd, N, mode, res=y if mode == MODE_RESID else None, R=R,
-                    WARPS=Wp, U=U, norm=gd if use_norm else None, eps=1e-6, SPLITK=sk)
-            if "v5" in versions.split(","):
-                for R5, KW, U5 in V5_SWEEP[nm]:
-                    if mode == MODE_SWIGLU and R5 % 2 or gemm_v5_smem(nm, R5, KW, 32, use_norm) > 48 * 1024:
-                        continue
-                    k5 = get_gemm_v5("bf16", nm, R5, KW, U5, 32, use_norm)
-                    runs[f"v5 R{R5}K{KW}U{U5}"] = lambda wj, n=n, k5=k5, R5=R5, KW=KW: k5[
-                        gemm_v5_blocks(N, mode, R5), 32 * KW, st](xd, Kd, wj, y, y, N, y, y, n, Kd, N, mode, 0, gd,
-                                                                  1e-6)
-            want = linear(xr[:n].astype(np.float32), wv)
-            if mode == MODE_SWIGLU:
-                want = want[:, : N // 2] / (1 + np.exp(-want[:, : N // 2])) * want[:, N // 2:]
-            for name, run in runs.items():
+            shapes_n = []                                    # (R, U, WARPS, SPLITK) of each version timed
+            if "v2" in versions:                             # the rule before gemm_v5
+                shapes_n.append(launch_shape(TUNED_BEFORE_V5, N, Kd, nm))
+            if "pick" in versions:                           # what CudaModel launches (gemm.TUNED, via pick_gemm)
+                shapes_n.append(launch_shape(TUNED, N, Kd, nm))
+            if "v5" in versions:
+                shapes_n += [(R5, U5, KW, True) for R5, KW, U5 in V5_SWEEP[nm]
+                             if not (mode == MODE_SWIGLU and R5 % 2) and gemm_v5_smem(nm, R5, KW, 32, use_norm) <= 48 * 1024]
+            want = _want(xr[:n], wv, mode)
+            for R, U, Wp, sk in dict.fromkeys(shapes_n):     # a shape asked twice is timed once
+
+                def run(wj, R=R, U=U, Wp=Wp, sk=sk, n=n):
+                    launch_gemm(st, "bf16", xd, Kd, wj, None, y, N, n, Kd, N, mode,
+                                res=y if mode == MODE_RESID else None, R=R, WARPS=Wp, U=U,
+                                norm=gd if use_norm else None, eps=1e-6, SPLITK=sk)
+                name = f"{'v5' if sk else 'v2'} R{R}U{U}W{Wp}"
                 y.copy_to_device(res0, stream=st)
                 run(ws[0])
                 got = y.copy_to_host().reshape(16, N)[:n, : (N // 2 if mode == MODE_SWIGLU else NC)]
@@ -428,16 +419,18 @@ def _main_layers(layers: int, ns: list, shapes: list, versions: str):
 
 
 if __name__ == "__main__":
-    import sys
-    if "--layers" in sys.argv:
-        import argparse
-        ap = argparse.ArgumentParser()
-        ap.add_argument("--layers", type=int, default=36)
-        ap.add_argument("--ns", default="1,2,4,8")
-        ap.add_argument("--shapes", default="qkv,o,gate|up,down,lm_head")
-        ap.add_argument("--versions", default="pick,v5", help="pick: the production launch; v5: the V5_SWEEP")
-        a = ap.parse_args()
-        _main_layers(a.layers, [int(v) for v in a.ns.split(",")],
-                     [s for s in SHAPES_7B if s[0] in a.shapes.split(",")], a.versions)
+    import argparse
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ns", default=None, help="token counts (default 1..8; 1,2,4,8 with --layers)")
+    ap.add_argument("--shapes", default="qkv,o,gate|up,down,lm_head")
+    ap.add_argument("--no-sweep", action="store_true", help="no gemm_v4 launch-shape sweep at n = 8")
+    ap.add_argument("--layers", type=int, default=0, help="forward-like mode: this many distinct weights a graph")
+    ap.add_argument("--versions", default="pick,v5", help="--layers mode: pick (the production launch), v2 (the "
+                                                          "table before gemm_v5), v5 (V5_SWEEP)")
+    args = ap.parse_args()
+    if args.layers:
+        _main_layers(args.layers, [int(v) for v in (args.ns or "1,2,4,8").split(",")],
+                     [s for s in SHAPES_7B if s[0] in args.shapes.split(",")], args.versions.split(","))
     else:
-        _main()
+        args.ns = args.ns or "1,2,3,4,5,6,7,8"
+        _main(args)
